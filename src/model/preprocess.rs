@@ -1,0 +1,1 @@
+//! Image decoding and the timm / torchvision evaluation transform.

@@ -1,0 +1,1 @@
+//! Checkpoint loading: safetensors and PyTorch state dicts, without executing pickle code.
