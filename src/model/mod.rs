@@ -1,5 +1,32 @@
 //! The model layer: packages, weights, preprocessing and the networks themselves.
 //! Synchronous and runtime-free: no tokio, no axum, no AWS in here.
 
+pub mod arch;
+pub mod kernels;
+pub mod layers;
 pub mod preprocess;
 pub mod weights;
+
+use weights::WeightsError;
+
+/// Everything that can go wrong building or running a network.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A tensor is missing, mis-shaped, or the checkpoint cannot be read.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The configured architecture is not one wick implements.
+    #[error("unknown architecture `{name}`; supported: {supported}")]
+    UnknownArchitecture {
+        /// The name given.
+        name: String,
+        /// Comma-separated list of the supported names.
+        supported: String,
+    },
+    /// The checkpoint describes a layer wick does not implement (e.g. a grouped convolution).
+    #[error("unsupported layer: {0}")]
+    Unsupported(String),
+    /// A tensor operation failed (shapes that do not fit together, an input too small).
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}

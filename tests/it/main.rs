@@ -1,1 +1,3 @@
-//! The single integration-test binary.
+//! The single integration-test binary: one link step for the whole suite.
+
+mod parity;

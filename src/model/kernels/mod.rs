@@ -1,0 +1,210 @@
+//! CPU compute kernels on raw NHWC `f32` slices: the fast paths behind the layers.
+//!
+//! Candle's own grouped convolution runs one convolution per channel and its 1x1 convolution
+//! goes through a generic im2col; both cost EfficientNet-Lite0 more than a second per image
+//! (`docs/performance.md`). Everything here works channels-last (NHWC), so a 1x1 convolution is
+//! one matrix product over all pixels of the whole batch, a depthwise convolution vectorises
+//! across channels, and bias, activation and residual additions are fused into the pass that
+//! produces the output while it is still in cache.
+//!
+//! The kernels know nothing of tensors or checkpoints; [`crate::model::layers`] owns the weights
+//! and wraps these functions as Candle custom ops.
+
+mod conv;
+mod pool;
+
+pub use conv::{
+    dense_conv, depthwise_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput,
+    DenseParams, DepthwiseParams, Padding,
+};
+pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
+
+/// The shape of an NHWC activation: batch, height, width, channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nhwc {
+    /// Batch size.
+    pub n: usize,
+    /// Height in pixels.
+    pub h: usize,
+    /// Width in pixels.
+    pub w: usize,
+    /// Channels (the innermost, contiguous dimension).
+    pub c: usize,
+}
+
+impl Nhwc {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+
+    /// Whether the shape holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of pixels over the whole batch (rows of the channels-last matrix).
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// An element-wise activation fused into the kernel that produces its input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// No activation.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`, the MobileNet / EfficientNet-Lite activation.
+    Relu6,
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `x` if positive, else `slope * x`.
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// Applies the activation in place. Written as simple per-element loops so the compiler
+    /// vectorises them; `clamp` through Candle's broadcast path costs 10x more.
+    pub fn apply(self, xs: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Relu6 => xs.iter_mut().for_each(|x| *x = x.max(0.0).min(6.0)),
+            Activation::Silu => xs.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
+            Activation::LeakyRelu(slope) => xs
+                .iter_mut()
+                .for_each(|x| *x = if *x > 0.0 { *x } else { *x * slope }),
+        }
+    }
+}
+
+/// A row-major matrix product `lhs (m x k) * rhs (k x n)`, accumulated into a destination.
+/// `lhs` rows are `lhs_row_stride` apart (im2col buffers and plain activations alike), `rhs` is
+/// dense `k x n` (weights laid out at load time).
+pub(crate) struct MatMul<'a> {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) lhs: &'a [f32],
+    pub(crate) lhs_row_stride: usize,
+    pub(crate) rhs: &'a [f32],
+}
+
+impl MatMul<'_> {
+    /// `dst[i, j] += (lhs * rhs)[i, j]` with `dst` rows `dst_row_stride` apart, so a product
+    /// can land in a channel slice of a wider buffer (DenseNet's concatenation).
+    ///
+    /// # Panics
+    /// If a slice is too short for the dimensions: a bug in the caller, never input data.
+    pub(crate) fn accumulate_into(&self, dst: &mut [f32], dst_row_stride: usize, parallel: bool) {
+        let MatMul {
+            m,
+            n,
+            k,
+            lhs,
+            lhs_row_stride,
+            rhs,
+        } = *self;
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        assert!(lhs_row_stride >= k && dst_row_stride >= n, "matmul strides");
+        assert!(
+            lhs.len() >= (m - 1) * lhs_row_stride + k,
+            "matmul lhs too short"
+        );
+        assert!(rhs.len() >= k * n, "matmul rhs too short");
+        assert!(
+            dst.len() >= (m - 1) * dst_row_stride + n,
+            "matmul dst too short"
+        );
+        let parallelism = if parallel && rayon::current_num_threads() > 1 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the asserts above guarantee that every element gemm reads or writes
+        // (row r < m at r * stride + column c < n or k) lies inside the borrowed slices, and the
+        // mutable borrow of `dst` excludes aliasing with `lhs` and `rhs`.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                dst_row_stride as isize,
+                true,
+                lhs.as_ptr(),
+                1,
+                lhs_row_stride as isize,
+                rhs.as_ptr(),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+/// How many output rows one parallel task takes: enough tasks for load balance on every core,
+/// few enough that packing the weights per task stays cheap next to the product itself.
+pub(crate) fn rows_per_task(rows: usize, flops_per_row: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    // Below ~2 MFLOP in total, splitting costs more than it saves.
+    if threads == 1 || rows.saturating_mul(flops_per_row) < 2_000_000 {
+        return rows.max(1);
+    }
+    let per_task = rows.div_ceil(threads * 4);
+    per_task.clamp(32, 512).min(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_match_their_definitions() {
+        let mut xs = vec![-7.0, -1.0, 0.0, 0.5, 6.5];
+        Activation::Relu6.apply(&mut xs);
+        assert_eq!(xs, vec![0.0, 0.0, 0.0, 0.5, 6.0]);
+        let mut xs = vec![-2.0, 3.0];
+        Activation::LeakyRelu(0.1).apply(&mut xs);
+        assert_eq!(xs, vec![-0.2, 3.0]);
+        let mut xs = vec![0.0, 2.0];
+        Activation::Silu.apply(&mut xs);
+        assert!((xs[1] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6 && xs[0] == 0.0);
+    }
+
+    #[test]
+    fn matmul_accumulates_into_a_strided_destination() {
+        // lhs 2x3 (row stride 4), rhs 3x2, dst rows 5 apart starting with existing values.
+        let lhs = [1.0, 2.0, 3.0, 99.0, 4.0, 5.0, 6.0];
+        let rhs = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let mut dst = vec![10.0; 7];
+        let product = MatMul {
+            m: 2,
+            n: 2,
+            k: 3,
+            lhs: &lhs,
+            lhs_row_stride: 4,
+            rhs: &rhs,
+        };
+        product.accumulate_into(&mut dst, 5, false);
+        assert_eq!(&dst[0..2], &[14.0, 15.0]);
+        assert_eq!(&dst[5..7], &[20.0, 21.0]);
+        assert_eq!(
+            &dst[2..5],
+            &[10.0, 10.0, 10.0],
+            "columns outside n untouched"
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! Layers built once from checkpoint tensors and run through the NHWC kernels: a convolution
+//! with its batch norm folded in, pooling, and the linear classifier.
+//!
+//! Activations between layers are contiguous `(n, h, w, c)` f32 Candle tensors on the CPU; the
+//! kernels run as Candle custom ops on their storage, so no layer copies its input.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
+
+use super::kernels::{
+    self, dense_conv, depthwise_conv, Activation, ConvGeometry, ConvOutput, DenseParams,
+    DepthwiseParams, Nhwc, Padding,
+};
+use super::weights::Weights;
+use super::ModelError;
+
+/// Hyper-parameters of a convolution as the checkpoint's module declared them.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Padding mode.
+    pub padding: Padding,
+    /// Dilation (both axes).
+    pub dilation: usize,
+    /// 1 for a dense convolution, `c_in` (= `c_out`) for a depthwise one.
+    pub groups: usize,
+    /// Whether the convolution has its own `bias` tensor.
+    pub has_bias: bool,
+    /// Activation after the (folded) batch norm.
+    pub activation: Activation,
+}
+
+impl ConvSpec {
+    /// A bias-free `k x k` convolution with PyTorch's usual padding `(k - 1) / 2`.
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
+        ConvSpec {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding: Padding::symmetric((kernel - 1) / 2),
+            dilation: 1,
+            groups: 1,
+            has_bias: false,
+            activation: Activation::Identity,
+        }
+    }
+
+    /// The same convolution, depthwise.
+    pub fn depthwise(self) -> Self {
+        ConvSpec {
+            groups: self.c_in,
+            ..self
+        }
+    }
+
+    /// The same convolution followed by `activation`.
+    pub fn act(self, activation: Activation) -> Self {
+        ConvSpec { activation, ..self }
+    }
+
+    /// The same convolution with another padding mode.
+    pub fn pad(self, padding: Padding) -> Self {
+        ConvSpec { padding, ..self }
+    }
+}
+
+/// Where a batch norm's four tensors live and its epsilon.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNorm<'a> {
+    /// Key prefix, e.g. `layer1.0.bn1`.
+    pub prefix: &'a str,
+    /// Epsilon added to the running variance.
+    pub eps: f64,
+}
+
+/// A per-channel batch norm in eval mode, as `scale * x + shift`.
+pub(crate) fn load_batch_norm(
+    weights: &Weights,
+    bn: BatchNorm<'_>,
+    channels: usize,
+) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    let get = |leaf: &str| -> Result<Vec<f32>, ModelError> {
+        let t = weights.get(&format!("{}.{leaf}", bn.prefix), &[channels])?;
+        Ok(t.to_vec1::<f32>()?)
+    };
+    let (gamma, beta, mean, var) = (
+        get("weight")?,
+        get("bias")?,
+        get("running_mean")?,
+        get("running_var")?,
+    );
+    let mut scale = Vec::with_capacity(channels);
+    let mut shift = Vec::with_capacity(channels);
+    for c in 0..channels {
+        // Folded in f64: the factor multiplies every weight of the channel.
+        let s = f64::from(gamma[c]) / (f64::from(var[c]) + bn.eps).sqrt();
+        scale.push(s as f32);
+        shift.push((f64::from(beta[c]) - f64::from(mean[c]) * s) as f32);
+    }
+    Ok((scale, shift))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKind {
+    Dense,
+    Depthwise,
+}
+
+/// A convolution with its batch norm folded into weight and bias, its activation fused.
+#[derive(Debug)]
+pub struct Conv {
+    geometry: ConvGeometry,
+    kind: ConvKind,
+    /// Dense: `[kh * kw * c_in, c_out]`. Depthwise: `[kh * kw, c]`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    activation: Activation,
+}
+
+impl Conv {
+    /// Loads `{conv}.weight` (and `{conv}.bias` if the spec has one), folds the optional batch
+    /// norm into them and lays the weight out for the NHWC kernels.
+    pub fn load(
+        weights: &Weights,
+        conv: &str,
+        bn: Option<BatchNorm<'_>>,
+        spec: ConvSpec,
+    ) -> Result<Self, ModelError> {
+        let ConvSpec {
+            c_in,
+            c_out,
+            kernel: k,
+            groups,
+            ..
+        } = spec;
+        let kind = match groups {
+            1 => ConvKind::Dense,
+            g if g == c_in && g == c_out => ConvKind::Depthwise,
+            g => {
+                return Err(ModelError::Unsupported(format!(
+                    "`{conv}`: grouped convolution with {g} groups over {c_in} -> {c_out} channels"
+                )))
+            }
+        };
+        let c_in_per_group = c_in / groups;
+        let w = weights.get(&format!("{conv}.weight"), &[c_out, c_in_per_group, k, k])?;
+        let w = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut bias = if spec.has_bias {
+            weights
+                .get(&format!("{conv}.bias"), &[c_out])?
+                .to_vec1::<f32>()?
+        } else {
+            vec![0.0; c_out]
+        };
+        let mut scale = vec![1.0f32; c_out];
+        if let Some(bn) = bn {
+            let (s, shift) = load_batch_norm(weights, bn, c_out)?;
+            for o in 0..c_out {
+                bias[o] = bias[o] * s[o] + shift[o];
+            }
+            scale = s;
+        }
+        let taps = k * k;
+        let mut weight = vec![0.0f32; w.len()];
+        match kind {
+            ConvKind::Dense => {
+                // (c_out, c_in, ky, kx) -> ((ky, kx, c_in), c_out)
+                for o in 0..c_out {
+                    for i in 0..c_in {
+                        for t in 0..taps {
+                            weight[(t * c_in + i) * c_out + o] =
+                                w[(o * c_in + i) * taps + t] * scale[o];
+                        }
+                    }
+                }
+            }
+            ConvKind::Depthwise => {
+                // (c, 1, ky, kx) -> ((ky, kx), c)
+                for o in 0..c_out {
+                    for t in 0..taps {
+                        weight[t * c_out + o] = w[o * taps + t] * scale[o];
+                    }
+                }
+            }
+        }
+        let geometry = ConvGeometry {
+            kernel: (k, k),
+            stride: (spec.stride, spec.stride),
+            dilation: (spec.dilation, spec.dilation),
+            padding: spec.padding,
+        };
+        Ok(Conv {
+            geometry,
+            kind,
+            weight,
+            bias,
+            c_in,
+            activation: spec.activation,
+        })
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// `(n, h, w, c_in)` -> `(n, h', w', c_out)`.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        xs.apply_op1_no_bwd(self)
+    }
+
+    /// `activation(conv(xs) + residual)`: the residual add of ResNet and MBConv blocks fused
+    /// into the convolution's output pass (dense convolutions only).
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        xs.apply_op2_no_bwd(residual, &ResidualConv(self))
+    }
+
+    fn output_shape(&self, shape: Nhwc) -> candle_core::Result<Nhwc> {
+        if shape.c != self.c_in {
+            candle_core::bail!(
+                "convolution expects {} input channels, got {}",
+                self.c_in,
+                shape.c
+            )
+        }
+        let Some(res) = self.geometry.resolve(shape.h, shape.w) else {
+            candle_core::bail!(
+                "input of {}x{} pixels is smaller than a {}x{} convolution window",
+                shape.h,
+                shape.w,
+                self.geometry.kernel.0,
+                self.geometry.kernel.1
+            )
+        };
+        Ok(Nhwc {
+            n: shape.n,
+            h: res.out_h,
+            w: res.out_w,
+            c: self.c_out(),
+        })
+    }
+
+    fn run(
+        &self,
+        input: &[f32],
+        shape: Nhwc,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let out_shape = self.output_shape(shape)?;
+        let mut out = vec![0.0f32; out_shape.len()];
+        match self.kind {
+            ConvKind::Dense => {
+                let params = DenseParams {
+                    geometry: &self.geometry,
+                    weight: &self.weight,
+                    bias: &self.bias,
+                    activation: self.activation,
+                };
+                let target = ConvOutput {
+                    data: &mut out,
+                    row_stride: out_shape.c,
+                    residual,
+                };
+                dense_conv(input, shape, &params, target);
+            }
+            ConvKind::Depthwise => {
+                if residual.is_some() {
+                    candle_core::bail!("a fused residual needs a dense convolution")
+                }
+                let params = DepthwiseParams {
+                    geometry: &self.geometry,
+                    weight: &self.weight,
+                    bias: &self.bias,
+                    activation: self.activation,
+                };
+                depthwise_conv(input, shape, &params, &mut out);
+            }
+        }
+        Ok((out, nhwc_shape(out_shape)))
+    }
+}
+
+impl CustomOp1 for Conv {
+    fn name(&self) -> &'static str {
+        "wick-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (input, shape) = nhwc_slice(storage, layout)?;
+        let (out, shape) = self.run(input, shape, None)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+struct ResidualConv<'a>(&'a Conv);
+
+impl CustomOp2 for ResidualConv<'_> {
+    fn name(&self) -> &'static str {
+        "wick-conv-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (input, shape) = nhwc_slice(s1, l1)?;
+        let (residual, residual_shape) = nhwc_slice(s2, l2)?;
+        let out_shape = self.0.output_shape(shape)?;
+        if residual_shape != out_shape {
+            candle_core::bail!(
+                "residual {residual_shape:?} does not match the convolution output {out_shape:?}"
+            )
+        }
+        let (out, out_shape) = self.0.run(input, shape, Some(residual))?;
+        Ok((CpuStorage::F32(out), out_shape))
+    }
+}
+
+fn nhwc_shape(s: Nhwc) -> Shape {
+    Shape::from((s.n, s.h, s.w, s.c))
+}
+
+/// The contiguous f32 data of a 4-D tensor and its NHWC shape.
+fn nhwc_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(&'a [f32], Nhwc)> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("NHWC kernels take f32 tensors")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("NHWC kernels take contiguous tensors")
+    };
+    let (n, h, w, c) = layout.shape().dims4()?;
+    Ok((&data[start..end], Nhwc { n, h, w, c }))
+}
+
+/// Runs `f` on the NHWC data of `xs` and wraps its output in a tensor.
+pub(crate) fn map_nhwc<F>(xs: &Tensor, name: &'static str, f: F) -> candle_core::Result<Tensor>
+where
+    F: Fn(&[f32], Nhwc) -> candle_core::Result<(Vec<f32>, Shape)>,
+{
+    struct SliceOp<F> {
+        name: &'static str,
+        f: F,
+    }
+    impl<F> CustomOp1 for SliceOp<F>
+    where
+        F: Fn(&[f32], Nhwc) -> candle_core::Result<(Vec<f32>, Shape)>,
+    {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn cpu_fwd(
+            &self,
+            storage: &CpuStorage,
+            layout: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let (input, shape) = nhwc_slice(storage, layout)?;
+            let (out, shape) = (self.f)(input, shape)?;
+            Ok((CpuStorage::F32(out), shape))
+        }
+    }
+    xs.apply_op1_no_bwd(&SliceOp { name, f })
+}
+
+/// `MaxPool2d` on an NHWC tensor.
+pub fn max_pool(xs: &Tensor, geometry: ConvGeometry) -> candle_core::Result<Tensor> {
+    map_nhwc(xs, "wick-max-pool", |input, shape| {
+        let Some(res) = geometry.resolve(shape.h, shape.w) else {
+            candle_core::bail!(
+                "input of {}x{} pixels is smaller than the pooling window",
+                shape.h,
+                shape.w
+            )
+        };
+        let out_shape = Nhwc {
+            h: res.out_h,
+            w: res.out_w,
+            ..shape
+        };
+        let mut out = vec![0.0f32; out_shape.len()];
+        kernels::max_pool(input, shape, &geometry, &mut out);
+        Ok((out, nhwc_shape(out_shape)))
+    })
+}
+
+/// Global average pooling: `(n, h, w, c)` -> `(n, c)`.
+pub fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
+    map_nhwc(xs, "wick-global-avg-pool", |input, shape| {
+        Ok((
+            kernels::global_avg_pool(input, shape),
+            Shape::from((shape.n, shape.c)),
+        ))
+    })
+}
+
+/// `(n, c, h, w)` -> contiguous `(n, h, w, c)` f32.
+pub fn to_nhwc(xs: &Tensor) -> candle_core::Result<Tensor> {
+    xs.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// A fully connected layer, `y = x W^T + b`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `(in, out)`, transposed once at load so the product reads it row-major.
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` `(out, in)` and `{prefix}.bias` `(out)`.
+    pub fn load(
+        weights: &Weights,
+        prefix: &str,
+        (c_in, c_out): (usize, usize),
+    ) -> Result<Self, ModelError> {
+        let weight = weights.get(&format!("{prefix}.weight"), &[c_out, c_in])?;
+        let bias = weights.get(&format!("{prefix}.bias"), &[c_out])?;
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    /// Builds a layer from an `(out, in)` weight and an `(out)` bias.
+    pub fn from_tensors(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?.to_device(&Device::Cpu)?,
+            bias,
+        })
+    }
+
+    /// Input features.
+    pub fn c_in(&self) -> usize {
+        self.weight_t.dims()[0]
+    }
+
+    /// Output features (classes).
+    pub fn c_out(&self) -> usize {
+        self.weight_t.dims()[1]
+    }
+
+    /// The `(out, in)` weight and the bias, as a checkpoint stores them.
+    pub fn tensors(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.weight_t.t()?.contiguous()?, self.bias.clone()))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}

@@ -1,0 +1,125 @@
+//! Every architecture against the real PyTorch implementation (torchvision, timm,
+//! efficientnet_lite_pytorch). `tests/parity/generate.py` ran each model once with weights from
+//! a deterministic formula and saved its logits; here the same formula rebuilds the exact state
+//! dict, and wick's network must give the same logits. No weight file is involved.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+use wick::model::arch::{self, BuildArgs};
+use wick::model::weights::{synthesize, Weights};
+
+#[derive(Deserialize)]
+struct Fixture {
+    id: String,
+    architecture: String,
+    num_classes: usize,
+    input_shape: Vec<usize>,
+    tensors: Vec<(String, Vec<usize>)>,
+    logits: Vec<Vec<f32>>,
+    input_scale: f64,
+    logits_scaled: Vec<Vec<f32>>,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+fn load(id: &str) -> Result<Fixture> {
+    let path = fixtures_dir().join(format!("{id}.json"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Largest deviation from the reference, relative to max(1, |reference|) per element: f32
+/// summation order differs from PyTorch's, while a wrong BN epsilon (the subtlest bug the
+/// fixtures catch) moves logits by ~7e-4.
+fn max_deviation(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
+    got.iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+fn check(id: &str) -> Result<()> {
+    let fixture = load(id)?;
+    assert_eq!(fixture.id, id);
+    let tensors: HashMap<String, Tensor> = fixture
+        .tensors
+        .iter()
+        .map(|(name, shape)| (name.clone(), synthesize(name, shape)))
+        .collect();
+    let weights = Weights::from_tensors(tensors);
+    let network = arch::build(&BuildArgs {
+        name: &fixture.architecture,
+        weights: &weights,
+        num_classes: fixture.num_classes,
+    })?;
+    let input = synthesize("input", &fixture.input_shape);
+    for (scale, want) in [
+        (1.0, &fixture.logits),
+        (fixture.input_scale, &fixture.logits_scaled),
+    ] {
+        let logits = network.forward(&(&input * scale)?)?.to_vec2::<f32>()?;
+        let deviation = max_deviation(&logits, want);
+        assert!(
+            deviation < 1e-4,
+            "{id} (input x{scale}): logits deviate from PyTorch by {deviation:e}\n got {:?}\nwant {:?}",
+            &logits[0][..4],
+            &want[0][..4]
+        );
+    }
+    Ok(())
+}
+
+macro_rules! parity_tests {
+    ($($name:ident),* $(,)?) => {
+        $(#[test]
+        fn $name() -> Result<()> {
+            check(stringify!($name))
+        })*
+
+        /// Every committed fixture has a test above, so a new one cannot be silently skipped.
+        #[test]
+        fn every_fixture_is_tested() -> Result<()> {
+            let tested = [$(stringify!($name)),*];
+            for entry in std::fs::read_dir(fixtures_dir())? {
+                let path = entry?.path();
+                let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                assert!(tested.contains(&id.as_str()), "fixture {id} has no parity test");
+            }
+            Ok(())
+        }
+    };
+}
+
+parity_tests!(
+    torchvision_resnet18,
+    torchvision_resnet34,
+    torchvision_resnet50,
+    torchvision_resnet101,
+    torchvision_resnet152,
+    timm_resnet50,
+    torchvision_densenet121,
+    torchvision_mobilenet_v2,
+    timm_efficientnet_lite0,
+    timm_efficientnet_lite1,
+    timm_efficientnet_lite2,
+    timm_efficientnet_lite3,
+    timm_efficientnet_lite4,
+    timm_tf_efficientnet_lite0,
+    timm_tf_efficientnet_lite1,
+    timm_tf_efficientnet_lite2,
+    timm_tf_efficientnet_lite3,
+    timm_tf_efficientnet_lite4,
+    lukemelas_efficientnet_lite0,
+    lukemelas_efficientnet_lite1,
+    lukemelas_efficientnet_lite2,
+    lukemelas_efficientnet_lite3,
+    lukemelas_efficientnet_lite4,
+);
