@@ -2,6 +2,7 @@
 //! checkpoint. Adding an architecture means adding one file and one line to [`REGISTRY`].
 
 mod efficientnet_lite;
+mod mobilenet_v2;
 mod resnet;
 
 use candle_core::{Module, Tensor};
@@ -61,6 +62,10 @@ const REGISTRY: &[Family] = &[
     Family {
         names: efficientnet_lite::NAMES,
         build: efficientnet_lite::build,
+    },
+    Family {
+        names: mobilenet_v2::NAMES,
+        build: mobilenet_v2::build,
     },
 ];
 

@@ -71,7 +71,7 @@ impl Activation {
         match self {
             Activation::Identity => {}
             Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
-            Activation::Relu6 => xs.iter_mut().for_each(|x| *x = x.max(0.0).min(6.0)),
+            Activation::Relu6 => xs.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
             Activation::Silu => xs.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
             Activation::LeakyRelu(slope) => xs
                 .iter_mut()
