@@ -1,6 +1,7 @@
 //! The architecture registry: which network names wick knows and how each is built from a
 //! checkpoint. Adding an architecture means adding one file and one line to [`REGISTRY`].
 
+mod densenet;
 mod efficientnet_lite;
 mod resnet;
 
@@ -61,6 +62,10 @@ const REGISTRY: &[Family] = &[
     Family {
         names: efficientnet_lite::NAMES,
         build: efficientnet_lite::build,
+    },
+    Family {
+        names: densenet::NAMES,
+        build: densenet::build,
     },
 ];
 
