@@ -223,6 +223,47 @@ impl Conv {
         xs.apply_op2_no_bwd(residual, &ResidualConv(self))
     }
 
+    /// Runs a dense convolution on a raw NHWC slice into `out`, which may be a channel slice
+    /// of a wider buffer (`row_stride` > `c_out`): lets an architecture that manages its own
+    /// buffers (DenseNet's in-place concatenation) skip the tensor round trip. Every size is
+    /// checked here, so a bad shape is an error rather than a panic inside the kernel.
+    pub(crate) fn run_into(
+        &self,
+        input: &[f32],
+        shape: Nhwc,
+        out: ConvOutput<'_>,
+    ) -> candle_core::Result<Nhwc> {
+        let out_shape = self.output_shape(shape)?;
+        if self.kind != ConvKind::Dense {
+            candle_core::bail!("writing into a strided buffer needs a dense convolution")
+        }
+        let (rows, c_out) = (out_shape.pixels(), out_shape.c);
+        let needed = match rows {
+            0 => 0,
+            r => (r - 1) * out.row_stride + c_out,
+        };
+        if input.len() < shape.len() || out.row_stride < c_out || out.data.len() < needed {
+            candle_core::bail!(
+                "convolution buffers too small: input {} for {shape:?}, output {} for {rows} \
+                 rows of {c_out} channels {} apart",
+                input.len(),
+                out.data.len(),
+                out.row_stride
+            )
+        }
+        if out.residual.is_some_and(|r| r.len() < rows * c_out) {
+            candle_core::bail!("residual too small for {out_shape:?}")
+        }
+        let params = DenseParams {
+            geometry: &self.geometry,
+            weight: &self.weight,
+            bias: &self.bias,
+            activation: self.activation,
+        };
+        dense_conv(input, shape, &params, out);
+        Ok(out_shape)
+    }
+
     fn output_shape(&self, shape: Nhwc) -> candle_core::Result<Nhwc> {
         if shape.c != self.c_in {
             candle_core::bail!(
@@ -258,18 +299,12 @@ impl Conv {
         let mut out = vec![0.0f32; out_shape.len()];
         match self.kind {
             ConvKind::Dense => {
-                let params = DenseParams {
-                    geometry: &self.geometry,
-                    weight: &self.weight,
-                    bias: &self.bias,
-                    activation: self.activation,
-                };
                 let target = ConvOutput {
                     data: &mut out,
                     row_stride: out_shape.c,
                     residual,
                 };
-                dense_conv(input, shape, &params, target);
+                self.run_into(input, shape, target)?;
             }
             ConvKind::Depthwise => {
                 if residual.is_some() {

@@ -1,6 +1,7 @@
 //! The architecture registry: which network names wick knows and how each is built from a
 //! checkpoint. Adding an architecture means adding one file and one line to [`REGISTRY`].
 
+mod densenet;
 mod efficientnet_lite;
 mod mobilenet_v2;
 mod resnet;
@@ -66,6 +67,10 @@ const REGISTRY: &[Family] = &[
     Family {
         names: mobilenet_v2::NAMES,
         build: mobilenet_v2::build,
+    },
+    Family {
+        names: densenet::NAMES,
+        build: densenet::build,
     },
 ];
 
