@@ -1,0 +1,441 @@
+//! The model package: a directory holding `config.json` and one weights file, possibly nested
+//! (SageMaker's uncompressed S3 layouts add folders). `config.json` is a superset of the timm
+//! hub config, so a directory downloaded from a timm model repository loads unchanged; see
+//! `docs/model-package.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::preprocess::{Interpolation, PreprocessConfig};
+
+/// File names wick treats as weights, by extension.
+const WEIGHT_EXTENSIONS: &[&str] = &["safetensors", "pth", "pt", "bin"];
+/// Directory levels searched below the package root; SageMaker nests one or two.
+const MAX_SEARCH_DEPTH: usize = 4;
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// What a package directory can get wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// A file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `config.json` is not valid JSON or has a field of the wrong type.
+    #[error("`{path}` is not a valid model config: {source}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What serde found wrong.
+        source: serde_json::Error,
+    },
+    /// No `config.json` at or below the directory.
+    #[error("no config.json found in `{dir}` (searched {MAX_SEARCH_DEPTH} levels deep)")]
+    NoConfig {
+        /// The package directory.
+        dir: PathBuf,
+    },
+    /// More than one `config.json` below the directory.
+    #[error("several config.json files below `{dir}`: {found:?}; keep one model per directory")]
+    AmbiguousConfig {
+        /// The package directory.
+        dir: PathBuf,
+        /// The files found.
+        found: Vec<PathBuf>,
+    },
+    /// No weights file next to (or below) the config.
+    #[error("no weights file (.safetensors, .pth, .pt, .bin) found in `{dir}`")]
+    NoWeights {
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// Several weights files and no `weights` field to choose one.
+    #[error("several weights files in `{dir}`: {found:?}; name one in config.json's `weights` field")]
+    AmbiguousWeights {
+        /// Where they were found.
+        dir: PathBuf,
+        /// The files.
+        found: Vec<PathBuf>,
+    },
+    /// A config field holds a value wick cannot use.
+    #[error("config.json field `{field}`: {message} (given: {value})")]
+    InvalidField {
+        /// The field, e.g. `pretrained_cfg.crop_pct`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+        /// The value found.
+        value: String,
+    },
+}
+
+/// The model's task, from `config.json`'s `task` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One label per image (or several with `multi_label`).
+    #[default]
+    Classification,
+    /// A class per pixel.
+    Segmentation,
+    /// Labelled boxes.
+    Detection,
+}
+
+/// timm's `pretrained_cfg`: the evaluation transform the weights were trained with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PretrainedCfg {
+    /// `[channels, height, width]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<Vec<usize>>,
+    /// Per-channel mean of the `/255` pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+    /// Fraction of the resized image kept by the center crop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_pct: Option<f32>,
+    /// `bilinear` or `bicubic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpolation: Option<String>,
+    /// Anything else timm writes (tag, first_conv, ...), kept on rewrite.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `config.json` of a model package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageConfig {
+    /// Network name, e.g. `resnet50`, `efficientnet_lite0`.
+    pub architecture: String,
+    /// Outputs of the classifier; inferred from the labels when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Class names in output order (timm's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_names: Option<Vec<String>>,
+    /// Class names by index (Hugging Face's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    /// The evaluation transform.
+    #[serde(default)]
+    pub pretrained_cfg: PretrainedCfg,
+    /// `classification` (default), `segmentation` or `detection`.
+    #[serde(default)]
+    pub task: Task,
+    /// Weights file name, relative to the config; default: the single weights file found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    /// Independent sigmoid scores instead of a softmax over classes.
+    #[serde(default)]
+    pub multi_label: bool,
+    /// Other timm fields (`num_features`, `global_pool`, ...), kept on rewrite.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A package directory, resolved: its config, where its weights are, its labels.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// The parsed `config.json`.
+    pub config: PackageConfig,
+    /// The directory holding `config.json`.
+    pub config_dir: PathBuf,
+    /// The weights file.
+    pub weights_path: PathBuf,
+    /// One name per class, in output order.
+    pub labels: Vec<String>,
+}
+
+impl Package {
+    /// Finds and reads the package in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, PackageError> {
+        let config_path = find_config(dir)?;
+        let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
+        let text = read_to_string(&config_path)?;
+        let config: PackageConfig =
+            serde_json::from_str(&text).map_err(|source| PackageError::Config { path: config_path.clone(), source })?;
+        let weights_path = match &config.weights {
+            Some(name) => {
+                let path = config_dir.join(name);
+                if !path.is_file() {
+                    return Err(PackageError::InvalidField {
+                        field: "weights",
+                        message: format!("no such file in `{}`", config_dir.display()),
+                        value: name.clone(),
+                    });
+                }
+                path
+            }
+            None => find_weights(&config_dir)?,
+        };
+        let labels = resolve_labels(&config, &config_dir)?;
+        Ok(Package { config, config_dir, weights_path, labels })
+    }
+
+    /// Number of classes: `num_classes`, or the number of labels.
+    pub fn num_classes(&self) -> usize {
+        self.config.num_classes.unwrap_or(self.labels.len())
+    }
+
+    /// The evaluation transform from `pretrained_cfg`, with timm's defaults filled in.
+    pub fn preprocess_config(&self) -> Result<PreprocessConfig, PackageError> {
+        preprocess_config(&self.config.pretrained_cfg)
+    }
+}
+
+/// The evaluation transform described by a `pretrained_cfg`, validated.
+pub fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig, PackageError> {
+    let (input_height, input_width) = match cfg.input_size.as_deref() {
+        None => (224, 224),
+        Some(&[3, h, w]) if h > 0 && w > 0 => (h, w),
+        Some(other) => {
+            return Err(PackageError::InvalidField {
+                field: "pretrained_cfg.input_size",
+                message: "expected [3, height, width] with positive sizes".into(),
+                value: format!("{other:?}"),
+            })
+        }
+    };
+    let triple = |field: &'static str, v: &Option<Vec<f32>>, default: [f32; 3]| match v.as_deref() {
+        None => Ok(default),
+        Some(&[a, b, c]) => Ok([a, b, c]),
+        Some(other) => Err(PackageError::InvalidField {
+            field,
+            message: "expected three numbers, one per RGB channel".into(),
+            value: format!("{other:?}"),
+        }),
+    };
+    let mean = triple("pretrained_cfg.mean", &cfg.mean, IMAGENET_MEAN)?;
+    let std = triple("pretrained_cfg.std", &cfg.std, IMAGENET_STD)?;
+    if std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+        return Err(PackageError::InvalidField {
+            field: "pretrained_cfg.std",
+            message: "every value must be positive".into(),
+            value: format!("{std:?}"),
+        });
+    }
+    let crop_pct = cfg.crop_pct.unwrap_or(0.875);
+    if !(crop_pct > 0.0 && crop_pct <= 1.0) {
+        return Err(PackageError::InvalidField {
+            field: "pretrained_cfg.crop_pct",
+            message: "must be in (0, 1]".into(),
+            value: crop_pct.to_string(),
+        });
+    }
+    let interpolation = match cfg.interpolation.as_deref() {
+        None | Some("bilinear") => Interpolation::Bilinear,
+        Some("bicubic") => Interpolation::Bicubic,
+        Some(other) => {
+            return Err(PackageError::InvalidField {
+                field: "pretrained_cfg.interpolation",
+                message: "supported: bilinear, bicubic".into(),
+                value: other.to_string(),
+            })
+        }
+    };
+    Ok(PreprocessConfig { input_height, input_width, crop_pct, interpolation, mean, std })
+}
+
+fn read_to_string(path: &Path) -> Result<String, PackageError> {
+    std::fs::read_to_string(path).map_err(|source| PackageError::Io { path: path.to_path_buf(), source })
+}
+
+/// Files below `dir` (breadth-first, up to [`MAX_SEARCH_DEPTH`] levels) accepted by `keep`.
+fn find_files(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>, PackageError> {
+    let mut found = Vec::new();
+    let mut level = vec![dir.to_path_buf()];
+    for _ in 0..MAX_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for d in level {
+            let entries = std::fs::read_dir(&d).map_err(|source| PackageError::Io { path: d.clone(), source })?;
+            for entry in entries {
+                let path = entry.map_err(|source| PackageError::Io { path: d.clone(), source })?.path();
+                let is_hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+                if is_hidden {
+                    continue;
+                }
+                if path.is_dir() {
+                    next.push(path);
+                } else if keep(&path) {
+                    found.push(path);
+                }
+            }
+        }
+        // The shallowest match wins: a package may ship an older copy in a sub-folder.
+        if !found.is_empty() || next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn find_config(dir: &Path) -> Result<PathBuf, PackageError> {
+    if !dir.is_dir() {
+        return Err(PackageError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let mut found = find_files(dir, &|p| p.file_name().is_some_and(|n| n == "config.json"))?;
+    match found.len() {
+        0 => Err(PackageError::NoConfig { dir: dir.to_path_buf() }),
+        1 => Ok(found.remove(0)),
+        _ => Err(PackageError::AmbiguousConfig { dir: dir.to_path_buf(), found }),
+    }
+}
+
+fn find_weights(dir: &Path) -> Result<PathBuf, PackageError> {
+    let is_weights = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e));
+    let mut found = find_files(dir, &is_weights)?;
+    match found.len() {
+        0 => Err(PackageError::NoWeights { dir: dir.to_path_buf() }),
+        1 => Ok(found.remove(0)),
+        _ => Err(PackageError::AmbiguousWeights { dir: dir.to_path_buf(), found }),
+    }
+}
+
+/// Labels from `label_names`, else `id2label`, else `labels.txt`, else `class_<i>`.
+fn resolve_labels(config: &PackageConfig, config_dir: &Path) -> Result<Vec<String>, PackageError> {
+    let labels = if let Some(names) = &config.label_names {
+        names.clone()
+    } else if let Some(map) = &config.id2label {
+        let mut labels = vec![None; map.len()];
+        for (key, label) in map {
+            let index = key.parse::<usize>().ok().filter(|i| *i < map.len()).ok_or_else(|| {
+                PackageError::InvalidField {
+                    field: "id2label",
+                    message: format!("keys must be the class indices 0..{}", map.len()),
+                    value: key.clone(),
+                }
+            })?;
+            labels[index] = Some(label.clone());
+        }
+        labels.into_iter().flatten().collect()
+    } else if config_dir.join("labels.txt").is_file() {
+        let text = read_to_string(&config_dir.join("labels.txt"))?;
+        text.lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from).collect()
+    } else {
+        let n = config.num_classes.ok_or(PackageError::InvalidField {
+            field: "num_classes",
+            message: "needed when no labels are given (label_names, id2label or labels.txt)".into(),
+            value: "missing".into(),
+        })?;
+        (0..n).map(|i| format!("class_{i}")).collect()
+    };
+    if let Some(n) = config.num_classes {
+        if n != labels.len() {
+            return Err(PackageError::InvalidField {
+                field: "num_classes",
+                message: format!("the package has {} labels", labels.len()),
+                value: n.to_string(),
+            });
+        }
+    }
+    if labels.is_empty() {
+        return Err(PackageError::InvalidField {
+            field: "label_names",
+            message: "a classifier needs at least one class".into(),
+            value: "[]".into(),
+        });
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    #[test]
+    fn a_timm_hub_config_loads_with_its_preprocessing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet50", "num_classes": 2, "num_features": 2048,
+                "label_names": ["cat", "dog"],
+                "pretrained_cfg": {"tag": "a1_in1k", "input_size": [3, 288, 256], "interpolation": "bicubic",
+                                   "crop_pct": 0.95, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}"#,
+        );
+        write(dir.path(), "model.safetensors", "");
+        let package = Package::open(dir.path()).expect("opens");
+        assert_eq!(package.labels, vec!["cat", "dog"]);
+        assert_eq!(package.config.task, Task::Classification);
+        assert!(package.weights_path.ends_with("model.safetensors"));
+        let p = package.preprocess_config().expect("valid");
+        assert_eq!((p.input_height, p.input_width, p.crop_pct), (288, 256, 0.95));
+        assert_eq!(p.interpolation, Interpolation::Bicubic);
+        assert_eq!(p.std, [0.25; 3]);
+        // Unknown timm fields survive a rewrite.
+        let rewritten = serde_json::to_string(&package.config).expect("serialises");
+        assert!(rewritten.contains("num_features") && rewritten.contains("a1_in1k"), "{rewritten}");
+    }
+
+    #[test]
+    fn nested_layouts_and_labels_txt_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "model/v1/config.json", r#"{"architecture": "resnet18"}"#);
+        write(dir.path(), "model/v1/labels.txt", "mask\nno_mask\n");
+        write(dir.path(), "model/v1/weights/net.pth", "");
+        let package = Package::open(dir.path()).expect("opens");
+        assert_eq!(package.labels, vec!["mask", "no_mask"]);
+        assert_eq!(package.num_classes(), 2);
+        assert!(package.weights_path.ends_with("weights/net.pth"));
+    }
+
+    #[test]
+    fn id2label_is_ordered_by_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "id2label": {"1": "b", "0": "a", "10": "k", "2": "c", "3": "d", "4": "e", "5": "f", "6": "g", "7": "h", "8": "i", "9": "j"}}"#);
+        write(dir.path(), "w.pt", "");
+        let labels = Package::open(dir.path()).expect("opens").labels;
+        assert_eq!(labels, vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 3, "label_names": ["a", "b"]}"#);
+        write(dir.path(), "a.pth", "");
+        let err = Package::open(dir.path()).expect_err("label count mismatch").to_string();
+        assert!(err.contains("num_classes") && err.contains("2 labels") && err.contains('3'), "{err}");
+
+        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 2}"#);
+        write(dir.path(), "b.pth", "");
+        let err = Package::open(dir.path()).expect_err("two weights").to_string();
+        assert!(err.contains("several weights files") && err.contains("`weights`"), "{err}");
+
+        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 2, "weights": "c.pth"}"#);
+        let err = Package::open(dir.path()).expect_err("missing named weights").to_string();
+        assert!(err.contains("`weights`") && err.contains("c.pth"), "{err}");
+
+        write(dir.path(), "config.json", r#"{"architecture": 5}"#);
+        let err = Package::open(dir.path()).expect_err("bad json").to_string();
+        assert!(err.contains("not a valid model config"), "{err}");
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = Package::open(empty.path()).expect_err("no config").to_string();
+        assert!(err.contains("no config.json"), "{err}");
+
+        let cfg = PretrainedCfg { crop_pct: Some(1.5), ..Default::default() };
+        let err = preprocess_config(&cfg).expect_err("crop_pct").to_string();
+        assert!(err.contains("pretrained_cfg.crop_pct") && err.contains("1.5"), "{err}");
+    }
+}
