@@ -1,104 +1,332 @@
-//! TEMPORARY stub of the weights API (replaced by the weights branch at merge).
-use candle_core::{Device, Tensor};
-use std::collections::HashMap;
+//! Checkpoint loading: safetensors and PyTorch state dicts, without executing pickle code.
+//!
+//! [`Weights::load`] recognises the format by its magic bytes, memory-maps
+//! the file once, and converts every floating-point tensor to a dense f32
+//! CPU tensor under its state-dict name (DataParallel `module.` prefixes
+//! removed). Integer tensors such as `num_batches_tracked` are dropped.
+//! Corrupt input of any kind is an error naming the file, never a panic,
+//! and nothing is allocated beyond a small multiple of the file size.
 
-/// Stub.
-#[derive(Debug, thiserror::Error)]
-pub enum WeightsError {
-    /// Missing.
-    #[error("missing tensor `{name}`")]
-    Missing { name: String },
-    /// Shape.
-    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
-    Shape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    /// Candle.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+mod error;
+mod gather;
+mod pickle;
+mod pth;
+mod state_dict;
+mod synthetic;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_handmade;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub use error::WeightsError;
+pub use synthetic::synthesize;
+
+/// Named f32 CPU tensors from a checkpoint, or synthesized on demand.
+#[derive(Clone)]
+pub struct Weights {
+    tensors: BTreeMap<String, Tensor>,
+    synthesize_missing: bool,
+    origin: Option<PathBuf>,
 }
 
-/// Stub.
-pub struct Weights {
-    tensors: HashMap<String, Tensor>,
-    synthesize_missing: bool,
+impl fmt::Debug for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Weights")
+            .field("tensors", &self.tensors.len())
+            .field("synthesize_missing", &self.synthesize_missing)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// The file formats [`Weights::load`] tells apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    TorchZip,
+    TorchLegacy,
+}
+
+fn detect(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        Some(Format::TorchZip)
+    } else if bytes.first() == Some(&0x80) {
+        // PROTO: legacy files are a run of pickles.
+        Some(Format::TorchLegacy)
+    } else if bytes.get(8) == Some(&b'{') {
+        // A u64 header length, then the JSON header.
+        Some(Format::Safetensors)
+    } else {
+        None
+    }
+}
+
+/// Maps `file` read-only. The only unsafe code in the module.
+fn map_file(path: &Path, file: &File) -> Result<memmap2::Mmap, WeightsError> {
+    // SAFETY: the map is only read, and only while `Weights::load` runs: every
+    // tensor is copied out before it returns and the map is dropped. The
+    // remaining hazard, another process truncating or rewriting the file
+    // during that window, is the one every mmap-based loader accepts for
+    // checkpoints, which are written once and then only read.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(file) };
+    map.map_err(|source| WeightsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_safetensors(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|source| {
+        WeightsError::Safetensors {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let mut out = Vec::new();
+    for (name, view) in st.iter() {
+        use safetensors::Dtype as D;
+        let float = match view.dtype() {
+            D::F32 => gather::Float::F32,
+            D::F16 => gather::Float::F16,
+            D::BF16 => gather::Float::Bf16,
+            D::F64 => gather::Float::F64,
+            _ => continue,
+        };
+        let data = gather::convert(view.data(), float, float.size());
+        let tensor = Tensor::from_vec(data, view.shape(), &Device::Cpu).map_err(|source| {
+            WeightsError::Tensor {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        out.push((name.to_owned(), tensor));
+    }
+    Ok(out)
+}
+
+/// Removes DataParallel / DistributedDataParallel wrapping from a name.
+fn normalise_name(name: &str) -> &str {
+    let mut name = name;
+    while let Some(rest) = name.strip_prefix("module.") {
+        name = rest;
+    }
+    name
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 impl Weights {
-    /// Stub.
-    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        Self {
+    /// Loads a checkpoint: safetensors, or a PyTorch state dict (`.pth`,
+    /// `.pt`, `.bin`) in the zip or the legacy format. The format is read
+    /// from the file's first bytes; the extension is ignored.
+    pub fn load(path: &Path) -> Result<Self, WeightsError> {
+        let io = |source| WeightsError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.len() == 0 {
+            return Err(WeightsError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        let map = map_file(path, &file)?;
+        Self::from_bytes(path, &map)
+    }
+
+    /// Parses checkpoint `bytes`; `path` only names the file in errors.
+    fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, WeightsError> {
+        let loaded = match detect(bytes) {
+            Some(Format::Safetensors) => load_safetensors(path, bytes)?,
+            Some(Format::TorchZip) => pth::load_zip(path, bytes)?,
+            Some(Format::TorchLegacy) => pth::load_legacy(path, bytes)?,
+            None => {
+                let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                return Err(WeightsError::UnknownFormat {
+                    path: path.to_owned(),
+                    head,
+                });
+            }
+        };
+        if loaded.is_empty() {
+            return Err(WeightsError::NoTensors {
+                path: path.to_owned(),
+                detail: "only non-float tensors, if any".into(),
+            });
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, tensor) in loaded {
+            let name = normalise_name(&name).to_owned();
+            if tensors.contains_key(&name) {
+                return Err(WeightsError::DuplicateName {
+                    path: path.to_owned(),
+                    name,
+                });
+            }
+            tensors.insert(name, tensor);
+        }
+        Ok(Weights {
             tensors,
             synthesize_missing: false,
+            origin: Some(path.to_owned()),
+        })
+    }
+
+    /// Wraps tensors built in memory. Names are kept as given; [`Weights::get`]
+    /// converts to f32, CPU, contiguous on the way out.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Weights {
+            tensors: tensors.into_iter().collect(),
+            synthesize_missing: false,
+            origin: None,
         }
     }
-    /// Stub.
+
+    /// No tensors at all: every [`Weights::get`] returns [`synthesize`]d
+    /// values, for parity tests and benchmarks without a checkpoint.
     pub fn synthetic() -> Self {
-        Self {
-            tensors: HashMap::new(),
+        Weights {
+            tensors: BTreeMap::new(),
             synthesize_missing: true,
+            origin: None,
         }
     }
-    /// Stub.
+
+    /// Whether a tensor of this name was really loaded (never true for names
+    /// that would only be synthesized).
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
-    /// Stub.
+
+    /// The names of the present tensors, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(|s| s.as_str())
+        self.tensors.keys().map(String::as_str)
     }
-    /// Stub.
+
+    /// The shape of a present tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(Tensor::dims)
+    }
+
+    /// Number of present tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether no tensor is present (true for [`Weights::synthetic`]).
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Whether absent names are synthesized rather than reported missing.
+    pub fn synthesizes_missing(&self) -> bool {
+        self.synthesize_missing
+    }
+
+    /// The tensor `name` as an f32, CPU, contiguous tensor of exactly
+    /// `shape`. A present tensor of another shape is an error even for
+    /// synthetic weights; an absent one is synthesized or an error with a
+    /// "did you mean" hint.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
-        match self.tensors.get(name) {
-            Some(t) if t.dims() == shape => Ok(t.clone()),
-            Some(t) => Err(WeightsError::Shape {
-                name: name.into(),
-                expected: shape.into(),
-                found: t.dims().into(),
-            }),
-            None if self.synthesize_missing => Ok(synthesize(name, shape)),
-            None => Err(WeightsError::Missing { name: name.into() }),
+        let Some(t) = self.tensors.get(name) else {
+            if self.synthesize_missing {
+                return Ok(synthesize(name, shape));
+            }
+            return Err(WeightsError::Missing {
+                name: name.to_owned(),
+                origin: self.origin.clone(),
+                hint: self.hint(name),
+            });
+        };
+        if t.dims() != shape {
+            return Err(WeightsError::ShapeMismatch {
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
         }
+        normalised(name, t)
+    }
+
+    /// A present name that is probably what `name` meant: the same tensor
+    /// under an extra or missing prefix, else a near spelling.
+    fn hint(&self, name: &str) -> Option<String> {
+        let dotted = format!(".{name}");
+        let by_prefix = self
+            .names()
+            .filter(|n| n.ends_with(&dotted) || name.ends_with(&format!(".{n}")))
+            .min_by_key(|n| n.len());
+        if let Some(n) = by_prefix {
+            return Some(n.to_owned());
+        }
+        let limit = (name.len() / 8).max(2);
+        self.names()
+            .map(|n| (edit_distance(name, n), n))
+            .filter(|(d, _)| *d <= limit)
+            .min()
+            .map(|(_, n)| n.to_owned())
+    }
+
+    /// Writes every present tensor as f32 under its (normalised) name.
+    /// The file appears atomically: it is written beside `path`, then renamed.
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), WeightsError> {
+        let mut out: HashMap<&str, Tensor> = HashMap::with_capacity(self.tensors.len());
+        for (name, t) in &self.tensors {
+            out.insert(name, normalised(name, t)?);
+        }
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+        if let Err(source) = candle_core::safetensors::save(&out, &tmp) {
+            // Best effort: the write already failed, the temp file is litter.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(WeightsError::Save {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        std::fs::rename(&tmp, path).map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            WeightsError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 }
 
-/// Stub formula.
-pub fn synthesize(name: &str, shape: &[usize]) -> Tensor {
-    let mut seed: u64 = 0xcbf29ce484222325;
-    for b in name.bytes() {
-        seed ^= u64::from(b);
-        seed = seed.wrapping_mul(0x100000001b3);
-    }
-    let numel: usize = shape.iter().product();
-    let leaf = name.rsplit('.').next().unwrap_or(name);
-    let fan_in = if shape.len() <= 1 {
-        numel
-    } else {
-        numel / shape[0].max(1)
+/// `t` as f32 on the CPU in row-major layout (no-ops for loaded tensors).
+fn normalised(name: &str, t: &Tensor) -> Result<Tensor, WeightsError> {
+    let wrap = |source| WeightsError::Tensor {
+        name: name.to_owned(),
+        source,
     };
-    let v: Vec<f32> = (0..numel)
-        .map(|i| {
-            let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^= z >> 31;
-            let u = (z >> 40) as f64 / 16777216.0;
-            let s = 2.0 * u - 1.0;
-            let v = if leaf == "running_var" {
-                0.5 + u
-            } else if leaf == "running_mean" || leaf == "bias" {
-                0.1 * s
-            } else if leaf == "weight" && shape.len() == 1 {
-                1.0 + 0.25 * s
-            } else if name == "input" {
-                s
-            } else {
-                s * (3.0 / fan_in as f64).sqrt()
-            };
-            v as f32
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches")
+    t.to_device(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.contiguous())
+        .map_err(wrap)
 }
