@@ -1,6 +1,12 @@
 //! wick: a SageMaker-compatible serving and training container for image models.
 //!
 //! The crate is one library plus a thin binary (`src/main.rs`). The [`model`] layer is
-//! synchronous and knows nothing of HTTP, async runtimes or AWS.
+//! synchronous and knows nothing of HTTP, async runtimes or AWS; the commands ([`predict`],
+//! [`convert`], [`bench`]) drive it.
 
+pub mod bench;
+pub mod cli;
+pub mod convert;
 pub mod model;
+pub mod predict;
+pub mod telemetry;

@@ -1,1 +1,24 @@
-fn main() {}
+//! The `wick` binary: parse the command line, start logging, run the command, turn its error
+//! into a message and a non-zero exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wick::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    wick::telemetry::init(cli.log_format, "info");
+    let result = match &cli.command {
+        Command::Predict(args) => wick::predict::run(args),
+        Command::Convert(args) => wick::convert::run(args),
+        Command::Bench(args) => wick::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

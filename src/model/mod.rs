@@ -2,11 +2,16 @@
 //! Synchronous and runtime-free: no tokio, no axum, no AWS in here.
 
 pub mod arch;
+pub mod classifier;
 pub mod kernels;
 pub mod layers;
+pub mod package;
 pub mod preprocess;
 pub mod weights;
 
+pub use classifier::{Classifier, Prediction};
+use package::PackageError;
+use preprocess::PreprocessError;
 use weights::WeightsError;
 
 /// Everything that can go wrong building or running a network.
@@ -26,6 +31,12 @@ pub enum ModelError {
     /// The checkpoint describes a layer wick does not implement (e.g. a grouped convolution).
     #[error("unsupported layer: {0}")]
     Unsupported(String),
+    /// The package directory or its `config.json` is unusable.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// An image could not be decoded or transformed.
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
     /// A tensor operation failed (shapes that do not fit together, an input too small).
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

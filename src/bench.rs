@@ -1,0 +1,138 @@
+//! `wick bench`: median / min / max forward time per architecture and batch size, and the
+//! decode + preprocess time of one large JPEG, on this machine. The numbers in
+//! `docs/performance.md` come from here.
+
+use std::io::Cursor;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use candle_core::Tensor;
+use image::{ImageFormat, Rgb, RgbImage};
+
+use crate::cli::BenchArgs;
+use crate::model::arch::{self, BuildArgs, Network};
+use crate::model::package::preprocess_config;
+use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
+use crate::model::weights::{synthesize, Weights};
+use crate::model::Classifier;
+
+const WARMUP_ITERATIONS: usize = 3;
+
+/// Median, min and max of a set of timings.
+struct Summary {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+fn summarise(mut samples: Vec<Duration>) -> Summary {
+    samples.sort();
+    Summary { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
+}
+
+fn time<F: FnMut() -> Result<()>>(iterations: usize, mut f: F) -> Result<Summary> {
+    for _ in 0..WARMUP_ITERATIONS {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        f()?;
+        samples.push(started.elapsed());
+    }
+    Ok(summarise(samples))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs the command.
+pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    ensure!(args.iterations > 0, "`--iterations` must be at least 1 (given: 0)");
+    ensure!(args.batch_sizes.iter().all(|&b| b > 0), "`--batch-sizes` must all be at least 1");
+    println!("threads: {}", rayon::current_num_threads());
+    println!("| model | batch | median ms | min ms | max ms | median ms / image |");
+    println!("|---|---|---|---|---|---|");
+    let targets: Vec<(String, Network, (usize, usize))> = match &args.model_dir {
+        Some(dir) => {
+            let classifier = Classifier::load(dir)?;
+            let cfg = classifier.preprocess_config();
+            let size = (cfg.input_height, cfg.input_width);
+            let name = classifier.architecture().to_string();
+            vec![(name, classifier.into_network(), size)]
+        }
+        None => {
+            let weights = Weights::synthetic();
+            let mut targets = Vec::new();
+            for name in &args.architectures {
+                let network = arch::build(&BuildArgs { name, weights: &weights, num_classes: 1000 })?;
+                targets.push((name.clone(), network, (args.image_size, args.image_size)));
+            }
+            targets
+        }
+    };
+    for (name, network, (h, w)) in &targets {
+        for &batch in &args.batch_sizes {
+            let input = synthesize("input", &[batch, 3, *h, *w]);
+            let summary = time(args.iterations, || forward(network, &input))?;
+            println!(
+                "| {name} {h}x{w} | {batch} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                ms(summary.median),
+                ms(summary.min),
+                ms(summary.max),
+                ms(summary.median) / batch as f64
+            );
+        }
+    }
+    bench_preprocess(args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn forward(network: &Network, input: &Tensor) -> Result<()> {
+    network.forward(input)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(())
+}
+
+/// Decode + preprocess of one JPEG to the default 224x224 ImageNet transform.
+fn bench_preprocess(args: &BenchArgs) -> Result<()> {
+    let (bytes, what) = match &args.image {
+        Some(path) => (std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?, path.display().to_string()),
+        None => (synthetic_jpeg(1920, 1080)?, "generated 1920x1080 JPEG".to_string()),
+    };
+    let cfg: PreprocessConfig = preprocess_config(&Default::default())?;
+    let limits = DecodeLimits { max_pixels: 100_000_000 };
+    let summary = time(args.iterations, || {
+        let image = decode(&bytes, &limits)?;
+        preprocess(&image, &cfg)?;
+        Ok(())
+    })?;
+    println!();
+    println!(
+        "decode + preprocess ({what}, {} KB) -> {}x{}: median {:.2} ms, min {:.2} ms, max {:.2} ms",
+        bytes.len() / 1024,
+        cfg.input_height,
+        cfg.input_width,
+        ms(summary.median),
+        ms(summary.min),
+        ms(summary.max)
+    );
+    Ok(())
+}
+
+/// A photo-like test image: smooth gradients plus fine texture, so the JPEG is not trivially
+/// compressible (about the entropy of a real 1080p photo at quality 90).
+fn synthetic_jpeg(width: u32, height: u32) -> Result<Vec<u8>> {
+    let image = RgbImage::from_fn(width, height, |x, y| {
+        let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 27;
+        Rgb([
+            ((x * 255 / width) as u8).wrapping_add(noise as u8),
+            ((y * 255 / height) as u8).wrapping_add((noise >> 1) as u8),
+            (((x + y) / 8 % 256) as u8) ^ (noise as u8),
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, ImageFormat::Jpeg)?;
+    Ok(out.into_inner())
+}
