@@ -60,6 +60,8 @@ fn resized_size(width: u32, height: u32, scale_size: (u64, u64)) -> (u64, u64) {
     } else {
         // Non-square target: timm uses `ResizeKeepRatio(scale_size)` (longest = 0): divide by
         // the smaller of the two side ratios, then Python `round` (half to even) each side.
+        // (timm constructs it without passing `interpolation`, so timm itself resizes these
+        // with bilinear whatever the config says; we honour the configured filter.)
         let ratio = (h as f64 / scale_h as f64).min(w as f64 / scale_w as f64);
         (
             (h as f64 / ratio).round_ties_even() as u64,
