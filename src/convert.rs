@@ -29,7 +29,7 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
     let mut config = package.config.clone();
     config.weights = Some("model.safetensors".into());
     config.num_classes = Some(package.num_classes());
-    config.label_names = Some(package.labels.clone());
+    config.label_names = Some(package.labels);
     config.id2label = None;
     let config_path = args.dest.join("config.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)? + "\n")
