@@ -28,7 +28,11 @@ struct Summary {
 
 fn summarise(mut samples: Vec<Duration>) -> Summary {
     samples.sort();
-    Summary { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
+    Summary {
+        median: samples[samples.len() / 2],
+        min: samples[0],
+        max: samples[samples.len() - 1],
+    }
 }
 
 fn time<F: FnMut() -> Result<()>>(iterations: usize, mut f: F) -> Result<Summary> {
@@ -50,8 +54,14 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the command.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    ensure!(args.iterations > 0, "`--iterations` must be at least 1 (given: 0)");
-    ensure!(args.batch_sizes.iter().all(|&b| b > 0), "`--batch-sizes` must all be at least 1");
+    ensure!(
+        args.iterations > 0,
+        "`--iterations` must be at least 1 (given: 0)"
+    );
+    ensure!(
+        args.batch_sizes.iter().all(|&b| b > 0),
+        "`--batch-sizes` must all be at least 1"
+    );
     println!("threads: {}", rayon::current_num_threads());
     println!("| model | batch | median ms | min ms | max ms | median ms / image |");
     println!("|---|---|---|---|---|---|");
@@ -67,7 +77,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             let weights = Weights::synthetic();
             let mut targets = Vec::new();
             for name in &args.architectures {
-                let network = arch::build(&BuildArgs { name, weights: &weights, num_classes: 1000 })?;
+                let network = arch::build(&BuildArgs {
+                    name,
+                    weights: &weights,
+                    num_classes: 1000,
+                })?;
                 targets.push((name.clone(), network, (args.image_size, args.image_size)));
             }
             targets
@@ -98,11 +112,19 @@ fn forward(network: &Network, input: &Tensor) -> Result<()> {
 /// Decode + preprocess of one JPEG to the default 224x224 ImageNet transform.
 fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     let (bytes, what) = match &args.image {
-        Some(path) => (std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?, path.display().to_string()),
-        None => (synthetic_jpeg(1920, 1080)?, "generated 1920x1080 JPEG".to_string()),
+        Some(path) => (
+            std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (
+            synthetic_jpeg(1920, 1080)?,
+            "generated 1920x1080 JPEG".to_string(),
+        ),
     };
     let cfg: PreprocessConfig = preprocess_config(&Default::default())?;
-    let limits = DecodeLimits { max_pixels: 100_000_000 };
+    let limits = DecodeLimits {
+        max_pixels: 100_000_000,
+    };
     let summary = time(args.iterations, || {
         let image = decode(&bytes, &limits)?;
         preprocess(&image, &cfg)?;

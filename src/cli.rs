@@ -74,7 +74,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Architectures to run with synthetic weights (ignored with --model-dir).
-    #[arg(long, value_delimiter = ',', default_value = "efficientnet_lite0,resnet50")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "efficientnet_lite0,resnet50"
+    )]
     pub architectures: Vec<String>,
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]

@@ -16,14 +16,24 @@ const MAX_LOGIT_DIFFERENCE: f32 = 1e-5;
 
 /// Runs the command.
 pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
-    let package = Package::open(&args.src).with_context(|| format!("reading the package in `{}`", args.src.display()))?;
+    let package = Package::open(&args.src)
+        .with_context(|| format!("reading the package in `{}`", args.src.display()))?;
     let weights = Weights::load(&package.weights_path)?;
-    let source = Classifier::from_package(&package, &weights)
-        .with_context(|| format!("building `{}` from `{}`", package.config.architecture, package.weights_path.display()))?;
+    let source = Classifier::from_package(&package, &weights).with_context(|| {
+        format!(
+            "building `{}` from `{}`",
+            package.config.architecture,
+            package.weights_path.display()
+        )
+    })?;
     if args.dest.join("config.json").exists() {
-        bail!("`{}` already holds a config.json; choose an empty destination", args.dest.display());
+        bail!(
+            "`{}` already holds a config.json; choose an empty destination",
+            args.dest.display()
+        );
     }
-    std::fs::create_dir_all(&args.dest).with_context(|| format!("creating `{}`", args.dest.display()))?;
+    std::fs::create_dir_all(&args.dest)
+        .with_context(|| format!("creating `{}`", args.dest.display()))?;
     let weights_path = args.dest.join("model.safetensors");
     weights.save_safetensors(&weights_path)?;
     let mut config = package.config.clone();
@@ -38,7 +48,10 @@ pub fn run(args: &ConvertArgs) -> Result<ExitCode> {
     let converted = Classifier::load(&args.dest)?;
     let cfg = source.preprocess_config();
     let probe = synthesize("input", &[1, 3, cfg.input_height, cfg.input_width]);
-    let difference = (source.logits(&probe)? - converted.logits(&probe)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let difference = (source.logits(&probe)? - converted.logits(&probe)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     ensure!(
         difference <= MAX_LOGIT_DIFFERENCE,
         "the converted package computes different logits (max difference {difference:e}); please report this"

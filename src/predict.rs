@@ -26,10 +26,19 @@ struct Line<'a> {
 /// Runs the command; exits non-zero if any image failed (after printing every result).
 pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     ensure!(args.top_k > 0, "`--top-k` must be at least 1 (given: 0)");
-    ensure!(args.batch_size > 0, "`--batch-size` must be at least 1 (given: 0)");
-    let classifier = Classifier::load(&args.model_dir)
-        .with_context(|| format!("loading the model package in `{}`", args.model_dir.display()))?;
-    let limits = DecodeLimits { max_pixels: args.max_image_pixels };
+    ensure!(
+        args.batch_size > 0,
+        "`--batch-size` must be at least 1 (given: 0)"
+    );
+    let classifier = Classifier::load(&args.model_dir).with_context(|| {
+        format!(
+            "loading the model package in `{}`",
+            args.model_dir.display()
+        )
+    })?;
+    let limits = DecodeLimits {
+        max_pixels: args.max_image_pixels,
+    };
     let mut failures = 0usize;
     let stdout = std::io::stdout();
     for files in args.images.chunks(args.batch_size) {
@@ -37,10 +46,18 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         let mut out = stdout.lock();
         for (file, result) in files.iter().zip(results) {
             let line = match result {
-                Ok(predictions) => Line { file, predictions: Some(predictions), error: None },
+                Ok(predictions) => Line {
+                    file,
+                    predictions: Some(predictions),
+                    error: None,
+                },
                 Err(err) => {
                     failures += 1;
-                    Line { file, predictions: None, error: Some(format!("{err:#}")) }
+                    Line {
+                        file,
+                        predictions: None,
+                        error: Some(format!("{err:#}")),
+                    }
                 }
             };
             serde_json::to_writer(&mut out, &line)?;
@@ -49,7 +66,10 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         out.flush()?;
     }
     if failures > 0 {
-        eprintln!("error: {failures} of {} images could not be classified", args.images.len());
+        eprintln!(
+            "error: {failures} of {} images could not be classified",
+            args.images.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -66,12 +86,16 @@ fn classify_files(
     let inputs: Vec<Result<Vec<f32>>> = files
         .par_iter()
         .map(|file| {
-            let bytes = std::fs::read(file).with_context(|| format!("reading `{}`", file.display()))?;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading `{}`", file.display()))?;
             let image = decode(&bytes, limits).map_err(ModelError::from)?;
             Ok(preprocess(&image, cfg).map_err(ModelError::from)?)
         })
         .collect();
-    let ready: Vec<Vec<f32>> = inputs.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let ready: Vec<Vec<f32>> = inputs
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
     let mut predictions = if ready.is_empty() {
         Ok(Vec::new())
     } else {

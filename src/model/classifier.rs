@@ -95,14 +95,22 @@ impl Classifier {
     }
 
     /// The `top_k` most likely classes of each image, best first.
-    pub fn classify(&self, batch: &Tensor, top_k: usize) -> Result<Vec<Vec<Prediction>>, ModelError> {
+    pub fn classify(
+        &self,
+        batch: &Tensor,
+        top_k: usize,
+    ) -> Result<Vec<Vec<Prediction>>, ModelError> {
         let logits = self.logits(batch)?;
         let scores = if self.is_multi_label {
             candle_nn::ops::sigmoid(&logits)?
         } else {
             candle_nn::ops::softmax(&logits, D::Minus1)?
         };
-        Ok(scores.to_vec2::<f32>()?.iter().map(|row| self.rank(row, top_k)).collect())
+        Ok(scores
+            .to_vec2::<f32>()?
+            .iter()
+            .map(|row| self.rank(row, top_k))
+            .collect())
     }
 
     fn rank(&self, scores: &[f32], top_k: usize) -> Vec<Prediction> {
@@ -112,7 +120,10 @@ impl Classifier {
         order
             .into_iter()
             .take(top_k)
-            .map(|i| Prediction { label: self.labels[i].clone(), score: scores[i] })
+            .map(|i| Prediction {
+                label: self.labels[i].clone(),
+                score: scores[i],
+            })
             .collect()
     }
 }

@@ -57,7 +57,9 @@ pub enum PackageError {
         dir: PathBuf,
     },
     /// Several weights files and no `weights` field to choose one.
-    #[error("several weights files in `{dir}`: {found:?}; name one in config.json's `weights` field")]
+    #[error(
+        "several weights files in `{dir}`: {found:?}; name one in config.json's `weights` field"
+    )]
     AmbiguousWeights {
         /// Where they were found.
         dir: PathBuf,
@@ -163,7 +165,10 @@ impl Package {
         let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
         let text = read_to_string(&config_path)?;
         let config: PackageConfig =
-            serde_json::from_str(&text).map_err(|source| PackageError::Config { path: config_path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|source| PackageError::Config {
+                path: config_path.clone(),
+                source,
+            })?;
         let weights_path = match &config.weights {
             Some(name) => {
                 let path = config_dir.join(name);
@@ -179,7 +184,12 @@ impl Package {
             None => find_weights(&config_dir)?,
         };
         let labels = resolve_labels(&config, &config_dir)?;
-        Ok(Package { config, config_dir, weights_path, labels })
+        Ok(Package {
+            config,
+            config_dir,
+            weights_path,
+            labels,
+        })
     }
 
     /// Number of classes: `num_classes`, or the number of labels.
@@ -243,11 +253,21 @@ pub fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig, Packag
             })
         }
     };
-    Ok(PreprocessConfig { input_height, input_width, crop_pct, interpolation, mean, std })
+    Ok(PreprocessConfig {
+        input_height,
+        input_width,
+        crop_pct,
+        interpolation,
+        mean,
+        std,
+    })
 }
 
 fn read_to_string(path: &Path) -> Result<String, PackageError> {
-    std::fs::read_to_string(path).map_err(|source| PackageError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| PackageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Files below `dir` (breadth-first, up to [`MAX_SEARCH_DEPTH`] levels) accepted by `keep`.
@@ -257,10 +277,21 @@ fn find_files(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>, 
     for _ in 0..MAX_SEARCH_DEPTH {
         let mut next = Vec::new();
         for d in level {
-            let entries = std::fs::read_dir(&d).map_err(|source| PackageError::Io { path: d.clone(), source })?;
+            let entries = std::fs::read_dir(&d).map_err(|source| PackageError::Io {
+                path: d.clone(),
+                source,
+            })?;
             for entry in entries {
-                let path = entry.map_err(|source| PackageError::Io { path: d.clone(), source })?.path();
-                let is_hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+                let path = entry
+                    .map_err(|source| PackageError::Io {
+                        path: d.clone(),
+                        source,
+                    })?
+                    .path();
+                let is_hidden = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
                 if is_hidden {
                     continue;
                 }
@@ -290,19 +321,33 @@ fn find_config(dir: &Path) -> Result<PathBuf, PackageError> {
     }
     let mut found = find_files(dir, &|p| p.file_name().is_some_and(|n| n == "config.json"))?;
     match found.len() {
-        0 => Err(PackageError::NoConfig { dir: dir.to_path_buf() }),
+        0 => Err(PackageError::NoConfig {
+            dir: dir.to_path_buf(),
+        }),
         1 => Ok(found.remove(0)),
-        _ => Err(PackageError::AmbiguousConfig { dir: dir.to_path_buf(), found }),
+        _ => Err(PackageError::AmbiguousConfig {
+            dir: dir.to_path_buf(),
+            found,
+        }),
     }
 }
 
 fn find_weights(dir: &Path) -> Result<PathBuf, PackageError> {
-    let is_weights = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e));
+    let is_weights = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
+    };
     let mut found = find_files(dir, &is_weights)?;
     match found.len() {
-        0 => Err(PackageError::NoWeights { dir: dir.to_path_buf() }),
+        0 => Err(PackageError::NoWeights {
+            dir: dir.to_path_buf(),
+        }),
         1 => Ok(found.remove(0)),
-        _ => Err(PackageError::AmbiguousWeights { dir: dir.to_path_buf(), found }),
+        _ => Err(PackageError::AmbiguousWeights {
+            dir: dir.to_path_buf(),
+            found,
+        }),
     }
 }
 
@@ -313,19 +358,25 @@ fn resolve_labels(config: &PackageConfig, config_dir: &Path) -> Result<Vec<Strin
     } else if let Some(map) = &config.id2label {
         let mut labels = vec![None; map.len()];
         for (key, label) in map {
-            let index = key.parse::<usize>().ok().filter(|i| *i < map.len()).ok_or_else(|| {
-                PackageError::InvalidField {
+            let index = key
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < map.len())
+                .ok_or_else(|| PackageError::InvalidField {
                     field: "id2label",
                     message: format!("keys must be the class indices 0..{}", map.len()),
                     value: key.clone(),
-                }
-            })?;
+                })?;
             labels[index] = Some(label.clone());
         }
         labels.into_iter().flatten().collect()
     } else if config_dir.join("labels.txt").is_file() {
         let text = read_to_string(&config_dir.join("labels.txt"))?;
-        text.lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from).collect()
+        text.lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
     } else {
         let n = config.num_classes.ok_or(PackageError::InvalidField {
             field: "num_classes",
@@ -380,18 +431,28 @@ mod tests {
         assert_eq!(package.config.task, Task::Classification);
         assert!(package.weights_path.ends_with("model.safetensors"));
         let p = package.preprocess_config().expect("valid");
-        assert_eq!((p.input_height, p.input_width, p.crop_pct), (288, 256, 0.95));
+        assert_eq!(
+            (p.input_height, p.input_width, p.crop_pct),
+            (288, 256, 0.95)
+        );
         assert_eq!(p.interpolation, Interpolation::Bicubic);
         assert_eq!(p.std, [0.25; 3]);
         // Unknown timm fields survive a rewrite.
         let rewritten = serde_json::to_string(&package.config).expect("serialises");
-        assert!(rewritten.contains("num_features") && rewritten.contains("a1_in1k"), "{rewritten}");
+        assert!(
+            rewritten.contains("num_features") && rewritten.contains("a1_in1k"),
+            "{rewritten}"
+        );
     }
 
     #[test]
     fn nested_layouts_and_labels_txt_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "model/v1/config.json", r#"{"architecture": "resnet18"}"#);
+        write(
+            dir.path(),
+            "model/v1/config.json",
+            r#"{"architecture": "resnet18"}"#,
+        );
         write(dir.path(), "model/v1/labels.txt", "mask\nno_mask\n");
         write(dir.path(), "model/v1/weights/net.pth", "");
         let package = Package::open(dir.path()).expect("opens");
@@ -403,27 +464,58 @@ mod tests {
     #[test]
     fn id2label_is_ordered_by_index() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "id2label": {"1": "b", "0": "a", "10": "k", "2": "c", "3": "d", "4": "e", "5": "f", "6": "g", "7": "h", "8": "i", "9": "j"}}"#);
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "id2label": {"1": "b", "0": "a", "10": "k", "2": "c", "3": "d", "4": "e", "5": "f", "6": "g", "7": "h", "8": "i", "9": "j"}}"#,
+        );
         write(dir.path(), "w.pt", "");
         let labels = Package::open(dir.path()).expect("opens").labels;
-        assert_eq!(labels, vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]);
+        assert_eq!(
+            labels,
+            vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 3, "label_names": ["a", "b"]}"#);
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "num_classes": 3, "label_names": ["a", "b"]}"#,
+        );
         write(dir.path(), "a.pth", "");
-        let err = Package::open(dir.path()).expect_err("label count mismatch").to_string();
-        assert!(err.contains("num_classes") && err.contains("2 labels") && err.contains('3'), "{err}");
+        let err = Package::open(dir.path())
+            .expect_err("label count mismatch")
+            .to_string();
+        assert!(
+            err.contains("num_classes") && err.contains("2 labels") && err.contains('3'),
+            "{err}"
+        );
 
-        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 2}"#);
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "num_classes": 2}"#,
+        );
         write(dir.path(), "b.pth", "");
-        let err = Package::open(dir.path()).expect_err("two weights").to_string();
-        assert!(err.contains("several weights files") && err.contains("`weights`"), "{err}");
+        let err = Package::open(dir.path())
+            .expect_err("two weights")
+            .to_string();
+        assert!(
+            err.contains("several weights files") && err.contains("`weights`"),
+            "{err}"
+        );
 
-        write(dir.path(), "config.json", r#"{"architecture": "resnet18", "num_classes": 2, "weights": "c.pth"}"#);
-        let err = Package::open(dir.path()).expect_err("missing named weights").to_string();
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "num_classes": 2, "weights": "c.pth"}"#,
+        );
+        let err = Package::open(dir.path())
+            .expect_err("missing named weights")
+            .to_string();
         assert!(err.contains("`weights`") && err.contains("c.pth"), "{err}");
 
         write(dir.path(), "config.json", r#"{"architecture": 5}"#);
@@ -431,11 +523,19 @@ mod tests {
         assert!(err.contains("not a valid model config"), "{err}");
 
         let empty = tempfile::tempdir().expect("tempdir");
-        let err = Package::open(empty.path()).expect_err("no config").to_string();
+        let err = Package::open(empty.path())
+            .expect_err("no config")
+            .to_string();
         assert!(err.contains("no config.json"), "{err}");
 
-        let cfg = PretrainedCfg { crop_pct: Some(1.5), ..Default::default() };
+        let cfg = PretrainedCfg {
+            crop_pct: Some(1.5),
+            ..Default::default()
+        };
         let err = preprocess_config(&cfg).expect_err("crop_pct").to_string();
-        assert!(err.contains("pretrained_cfg.crop_pct") && err.contains("1.5"), "{err}");
+        assert!(
+            err.contains("pretrained_cfg.crop_pct") && err.contains("1.5"),
+            "{err}"
+        );
     }
 }
