@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 use serde::Serialize;
 
 use super::arch::{self, BuildArgs, Network};
-use super::package::Package;
+use super::package::{Package, Task};
 use super::preprocess::PreprocessConfig;
 use super::weights::Weights;
 use super::ModelError;
@@ -50,6 +50,14 @@ impl Classifier {
 
     /// Builds the classifier a package describes from already loaded weights.
     pub fn from_package(package: &Package, weights: &Weights) -> Result<Self, ModelError> {
+        if package.config.task != Task::Classification {
+            return Err(ModelError::Unsupported(format!(
+                "config.json `task` is {:?}; this version of wick serves classification models only",
+                package.config.task
+            )));
+        }
+        let preprocess = package.preprocess_config()?;
+        preprocess.validate()?;
         let network = arch::build(&BuildArgs {
             name: &package.config.architecture,
             weights,
@@ -58,7 +66,7 @@ impl Classifier {
         Ok(Classifier {
             network,
             labels: package.labels.clone(),
-            preprocess: package.preprocess_config()?,
+            preprocess,
             is_multi_label: package.config.multi_label,
             architecture: package.config.architecture.clone(),
         })

@@ -21,20 +21,20 @@ const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
     /// A file could not be read.
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`: {cause}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so it is not printed twice as a source).
+        cause: std::io::Error,
     },
     /// `config.json` is not valid JSON or has a field of the wrong type.
-    #[error("`{path}` is not a valid model config: {source}")]
+    #[error("`{path}` is not a valid model config: {cause}")]
     Config {
         /// The config file.
         path: PathBuf,
         /// What serde found wrong.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// No `config.json` at or below the directory.
     #[error("no config.json found in `{dir}` (searched {MAX_SEARCH_DEPTH} levels deep)")]
@@ -165,9 +165,9 @@ impl Package {
         let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
         let text = read_to_string(&config_path)?;
         let config: PackageConfig =
-            serde_json::from_str(&text).map_err(|source| PackageError::Config {
+            serde_json::from_str(&text).map_err(|cause| PackageError::Config {
                 path: config_path.clone(),
-                source,
+                cause,
             })?;
         let weights_path = match &config.weights {
             Some(name) => {
@@ -264,9 +264,9 @@ pub fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig, Packag
 }
 
 fn read_to_string(path: &Path) -> Result<String, PackageError> {
-    std::fs::read_to_string(path).map_err(|source| PackageError::Io {
+    std::fs::read_to_string(path).map_err(|cause| PackageError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -277,15 +277,15 @@ fn find_files(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>, 
     for _ in 0..MAX_SEARCH_DEPTH {
         let mut next = Vec::new();
         for d in level {
-            let entries = std::fs::read_dir(&d).map_err(|source| PackageError::Io {
+            let entries = std::fs::read_dir(&d).map_err(|cause| PackageError::Io {
                 path: d.clone(),
-                source,
+                cause,
             })?;
             for entry in entries {
                 let path = entry
-                    .map_err(|source| PackageError::Io {
+                    .map_err(|cause| PackageError::Io {
                         path: d.clone(),
-                        source,
+                        cause,
                     })?
                     .path();
                 let is_hidden = path
@@ -316,7 +316,7 @@ fn find_config(dir: &Path) -> Result<PathBuf, PackageError> {
     if !dir.is_dir() {
         return Err(PackageError::Io {
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });
     }
     let mut found = find_files(dir, &|p| p.file_name().is_some_and(|n| n == "config.json"))?;
