@@ -23,8 +23,15 @@ fn exact_input_tensor_gives_pytorchs_logits() -> Result<()> {
         .map(|l| l.trim().parse())
         .collect::<Result<_, _>>()?;
     assert_eq!(logits.len(), reference.len());
-    let max_diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(max_diff < 1e-3, "max logit difference from PyTorch: {max_diff}");
+    let max_diff = logits
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        max_diff < 1e-3,
+        "max logit difference from PyTorch: {max_diff}"
+    );
     Ok(())
 }
 
@@ -47,7 +54,8 @@ struct ReferenceClass {
 #[test]
 fn photos_end_to_end_match_pytorchs_top5() -> Result<()> {
     let classifier = Classifier::load(&lite0_package()?)?;
-    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(fixture("reference_top5.json"))?)?;
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference_top5.json"))?)?;
     let cfg = classifier.preprocess_config();
     for name in ["chelsea.png", "chelsea.jpg", "coffee.png", "coffee.jpg"] {
         let image = decode(&std::fs::read(fixture(name))?, &DecodeLimits::default())?;
@@ -58,7 +66,13 @@ fn photos_end_to_end_match_pytorchs_top5() -> Result<()> {
         let want_labels: Vec<&str> = want.iter().map(|c| c.label.as_str()).collect();
         assert_eq!(got_labels, want_labels, "{name}: top-5 order");
         for (g, w) in got.iter().zip(want) {
-            assert!((g.score - w.probability).abs() < 0.03, "{name} {}: {} vs PyTorch {}", g.label, g.score, w.probability);
+            assert!(
+                (g.score - w.probability).abs() < 0.03,
+                "{name} {}: {} vs PyTorch {}",
+                g.label,
+                g.score,
+                w.probability
+            );
         }
     }
     Ok(())
@@ -80,13 +94,26 @@ fn predict_prints_one_json_line_per_image_and_fails_on_a_bad_one() -> Result<()>
         bad.as_os_str(),
         fixture("coffee.jpg").as_os_str(),
     ])?;
-    assert_eq!(out.status.code(), Some(1), "a failed image makes the exit code non-zero");
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed image makes the exit code non-zero"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 3, "one line per image, in order");
     assert_eq!(lines[0]["predictions"][0]["label"], "Egyptian cat");
     assert_eq!(lines[0]["predictions"].as_array().map(Vec::len), Some(3));
-    assert!(lines[1]["error"].as_str().unwrap_or_default().contains("unsupported image format"), "{}", lines[1]);
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unsupported image format"),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2]["predictions"][0]["label"], "espresso");
     assert!(String::from_utf8(out.stderr)?.contains("1 of 3 images"));
     Ok(())
@@ -98,14 +125,21 @@ fn convert_writes_a_safetensors_package_that_predicts_the_same() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let dest = dir.path().join("converted");
     let out = wick(&[OsStr::new("convert"), package.as_os_str(), dest.as_os_str()])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dest.join("model.safetensors").is_file());
     let original = Classifier::load(&package)?;
     let converted = Classifier::load(&dest)?;
     assert_eq!(converted.labels(), original.labels());
     let (shape, values) = read_npy_f32(&fixture("chelsea_input_224.npy"))?;
     let input = Tensor::from_vec(values, shape, &Device::Cpu)?;
-    let diff = (original.logits(&input)? - converted.logits(&input)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let diff = (original.logits(&input)? - converted.logits(&input)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     assert!(diff < 1e-5, "converted logits differ by {diff}");
     // A second conversion into the same place is refused instead of overwriting.
     let again = wick(&[OsStr::new("convert"), package.as_os_str(), dest.as_os_str()])?;

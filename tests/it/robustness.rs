@@ -53,17 +53,34 @@ fn wrong_architecture_or_shapes_name_the_problem() -> Result<()> {
     let config_path = dir.path().join("config.json");
     let config = std::fs::read_to_string(&config_path)?;
 
-    std::fs::write(&config_path, config.replace("efficientnet_lite0", "vit_base_patch16_224"))?;
+    std::fs::write(
+        &config_path,
+        config.replace("efficientnet_lite0", "vit_base_patch16_224"),
+    )?;
     let err = load_error(dir.path());
-    assert!(err.contains("vit_base_patch16_224") && err.contains("resnet50") && err.contains("efficientnet_lite0"), "{err}");
+    assert!(
+        err.contains("vit_base_patch16_224")
+            && err.contains("resnet50")
+            && err.contains("efficientnet_lite0"),
+        "{err}"
+    );
 
     // Lite2 is wider than Lite0: the first scaled layer's weights do not fit.
-    std::fs::write(&config_path, config.replace("efficientnet_lite0", "efficientnet_lite2"))?;
+    std::fs::write(
+        &config_path,
+        config.replace("efficientnet_lite0", "efficientnet_lite2"),
+    )?;
     let err = load_error(dir.path());
-    assert!(err.contains("_blocks.") && err.contains("has shape") && err.contains("expected"), "{err}");
+    assert!(
+        err.contains("_blocks.") && err.contains("has shape") && err.contains("expected"),
+        "{err}"
+    );
 
     // A checkpoint of another family: the first tensor it needs is missing, by name.
-    std::fs::write(&config_path, config.replace("efficientnet_lite0", "resnet18"))?;
+    std::fs::write(
+        &config_path,
+        config.replace("efficientnet_lite0", "resnet18"),
+    )?;
     let err = load_error(dir.path());
     assert!(err.contains("conv1.weight"), "{err}");
     Ok(())
@@ -72,7 +89,9 @@ fn wrong_architecture_or_shapes_name_the_problem() -> Result<()> {
 #[test]
 fn corrupt_and_oversized_images_are_refused_before_decoding() -> Result<()> {
     let jpeg = std::fs::read(crate::support::fixture("chelsea.jpg"))?;
-    let err = decode(&jpeg[..jpeg.len() / 2], &DecodeLimits::default()).expect_err("truncated").to_string();
+    let err = decode(&jpeg[..jpeg.len() / 2], &DecodeLimits::default())
+        .expect_err("truncated")
+        .to_string();
     assert!(!err.is_empty());
     // Headers announcing 100000x100000 pixels in every format are unit-tested in
     // `model::preprocess::decode`; here the limit is exercised end to end.
@@ -87,7 +106,10 @@ fn corrupt_and_oversized_images_are_refused_before_decoding() -> Result<()> {
     ])?;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout)?;
-    assert!(stdout.contains("135300 pixels") && stdout.contains("100000"), "{stdout}");
+    assert!(
+        stdout.contains("135300 pixels") && stdout.contains("100000"),
+        "{stdout}"
+    );
     Ok(())
 }
 
@@ -104,4 +126,3 @@ fn a_missing_model_directory_is_a_clear_cli_error() -> Result<()> {
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
     Ok(())
 }
-
