@@ -29,6 +29,9 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the SageMaker hosting contract: `GET /ping`, `POST /invocations`,
+    /// `GET /execution-parameters` on port 8080 (`SAGEMAKER_BIND_TO_PORT`).
+    Serve(ServeArgs),
     /// Classify image files offline with the same pipeline `wick serve` uses; prints one JSON
     /// line per image.
     Predict(PredictArgs),
@@ -92,4 +95,65 @@ pub struct BenchArgs {
     /// JPEG or PNG to time decoding + preprocessing on; default: a generated 1920x1080 JPEG.
     #[arg(long)]
     pub image: Option<PathBuf>,
+}
+
+/// `wick serve`. Every setting is a flag and an environment variable; SageMaker's own names are
+/// honoured (`SAGEMAKER_*`, `SM_MODEL_DIR`), and the scikit example's `MODEL_SERVER_WORKERS` /
+/// `MODEL_SERVER_TIMEOUT` are accepted as aliases.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model package directory (config.json + weights).
+    #[arg(long, env = "SM_MODEL_DIR", default_value = "/opt/ml/model")]
+    pub model_dir: PathBuf,
+    /// TCP port to listen on (all interfaces).
+    #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Inference worker threads, each running whole batches on all cores [default: 1; alias
+    /// MODEL_SERVER_WORKERS].
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS")]
+    pub workers: Option<usize>,
+    /// Seconds a request may take before it is answered with 504 [default: 60, or 3600 with
+    /// SAGEMAKER_BATCH=true; aliases MODEL_SERVER_TIMEOUT, SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS].
+    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT")]
+    pub timeout_secs: Option<u64>,
+    /// Largest request body, in MiB.
+    #[arg(long, env = "SAGEMAKER_MAX_PAYLOAD_IN_MB", default_value_t = 6)]
+    pub max_payload_mb: u64,
+    /// Response type when the request's Accept is missing or `*/*`.
+    #[arg(
+        long,
+        env = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+        default_value = "application/json"
+    )]
+    pub default_accept: String,
+    /// Images waiting for inference before new requests are refused with 429.
+    #[arg(long, env = "WICK_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+    /// Most images one forward pass takes when requests queue up (dynamic batching).
+    #[arg(long, env = "WICK_MAX_BATCH_SIZE", default_value_t = 8)]
+    pub max_batch_size: usize,
+    /// Classes returned per image unless the request asks otherwise.
+    #[arg(long, env = "WICK_DEFAULT_TOP_K", default_value_t = 5)]
+    pub default_top_k: usize,
+    /// Images larger than this many pixels are refused with 413 before decoding.
+    #[arg(long, env = "WICK_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Batch transform mode (`SAGEMAKER_BATCH`, set by SageMaker; any case of true/1).
+    #[arg(long, env = "SAGEMAKER_BATCH", default_value = "false")]
+    pub batch: String,
+    /// `BatchStrategy` reported by /execution-parameters (MULTI_RECORD, SINGLE_RECORD, or the
+    /// SDK local mode's MultiRecord / SingleRecord).
+    #[arg(long, env = "SAGEMAKER_BATCH_STRATEGY", default_value = "MULTI_RECORD")]
+    pub batch_strategy: String,
+    /// `MaxConcurrentTransforms` reported by /execution-parameters [default: what the queue
+    /// and the payload limit allow, with MaxConcurrentTransforms x MaxPayloadInMB <= 100].
+    #[arg(long, env = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")]
+    pub max_concurrent_transforms: Option<usize>,
+    /// Seconds to finish in-flight requests after SIGTERM before exiting anyway (SageMaker
+    /// sends SIGKILL 30 s after SIGTERM).
+    #[arg(long, env = "WICK_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+    /// Testing only: sleep this long in every inference (slow-model fault injection).
+    #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
+    pub fault_inference_delay_ms: Option<u64>,
 }

@@ -8,8 +8,9 @@ use wick::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    wick::telemetry::init(cli.log_format, "info");
+    wick::telemetry::init(cli.log_format, wick::telemetry::default_level());
     let result = match &cli.command {
+        Command::Serve(args) => wick::serve::run(args),
         Command::Predict(args) => wick::predict::run(args),
         Command::Convert(args) => wick::convert::run(args),
         Command::Bench(args) => wick::bench::run(args),

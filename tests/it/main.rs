@@ -1,6 +1,9 @@
 //! The single integration-test binary: one link step for the whole suite.
 
+mod http;
 mod parity;
 mod real_model;
 mod robustness;
+mod serve_process;
+mod serve_router;
 mod support;

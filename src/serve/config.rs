@@ -1,0 +1,142 @@
+//! `ServeConfig`: the validated, resolved settings of `wick serve`, from the command line and
+//! SageMaker's environment variables (aliases and batch-mode defaults applied here, once).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::codec::ResponseFormat;
+use crate::cli::ServeArgs;
+
+const MIB: u64 = 1024 * 1024;
+/// SageMaker batch transform caps `MaxConcurrentTransforms x MaxPayloadInMB` at 100.
+const BATCH_CONCURRENCY_PAYLOAD_PRODUCT: u64 = 100;
+
+/// Everything `wick serve` needs, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServeConfig {
+    /// Model package directory.
+    pub model_dir: PathBuf,
+    /// Listening port.
+    pub port: u16,
+    /// Inference worker threads.
+    pub workers: usize,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_payload_bytes: u64,
+    /// Response format for a missing or wildcard Accept.
+    pub default_response: ResponseFormat,
+    /// Images that may wait for inference.
+    pub queue_capacity: usize,
+    /// Most images per forward pass.
+    pub max_batch_size: usize,
+    /// Classes per image by default.
+    pub default_top_k: usize,
+    /// Decompression-bomb guard.
+    pub max_image_pixels: u64,
+    /// Whether SageMaker batch transform runs this container.
+    pub is_batch: bool,
+    /// `BatchStrategy` for /execution-parameters.
+    pub batch_strategy: String,
+    /// `MaxConcurrentTransforms` for /execution-parameters.
+    pub max_concurrent_transforms: usize,
+    /// Drain deadline after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Test-only slow-model fault injection.
+    pub fault_inference_delay: Option<Duration>,
+}
+
+fn env_number(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => bail!("environment variable `{name}` must be a whole number (given: {v:?})"),
+        },
+        _ => Ok(None),
+    }
+}
+
+impl ServeConfig {
+    /// Resolves aliases and defaults and checks every limit.
+    pub fn from_args(args: &ServeArgs) -> Result<Self> {
+        let workers = match args.workers {
+            Some(w) => w as u64,
+            None => env_number("MODEL_SERVER_WORKERS")?.unwrap_or(1),
+        };
+        if !(1..=64).contains(&workers) {
+            bail!("`workers` (SAGEMAKER_MODEL_SERVER_WORKERS) must be between 1 and 64 (given: {workers})");
+        }
+        let is_batch = matches!(
+            args.batch.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes"
+        );
+        let timeout_secs = match args.timeout_secs {
+            Some(t) => Some(t),
+            None => match env_number("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS")? {
+                Some(t) => Some(t),
+                None => env_number("MODEL_SERVER_TIMEOUT")?,
+            },
+        }
+        .unwrap_or(if is_batch { 3600 } else { 60 });
+        if timeout_secs == 0 {
+            bail!("`timeout-secs` (SAGEMAKER_MODEL_SERVER_TIMEOUT) must be at least 1 (given: 0)");
+        }
+        if !(1..=1024).contains(&args.max_payload_mb) {
+            bail!("`max-payload-mb` (SAGEMAKER_MAX_PAYLOAD_IN_MB) must be between 1 and 1024 (given: {})", args.max_payload_mb);
+        }
+        let default_response = ResponseFormat::from_media_type(&args.default_accept).ok_or_else(|| {
+            anyhow::anyhow!(
+                "`default-accept` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) must be application/json or application/jsonlines (given: {:?})",
+                args.default_accept
+            )
+        })?;
+        if args.max_batch_size == 0 || args.queue_capacity == 0 || args.default_top_k == 0 {
+            bail!(
+                "`max-batch-size`, `queue-capacity` and `default-top-k` must be at least 1 (given: {}, {}, {})",
+                args.max_batch_size,
+                args.queue_capacity,
+                args.default_top_k
+            );
+        }
+        let batch_strategy = match args.batch_strategy.as_str() {
+            s @ ("MULTI_RECORD" | "SINGLE_RECORD" | "MultiRecord" | "SingleRecord") => s.to_string(),
+            other => bail!(
+                "`batch-strategy` (SAGEMAKER_BATCH_STRATEGY) must be MULTI_RECORD or SINGLE_RECORD (given: {other:?})"
+            ),
+        };
+        let product_cap = (BATCH_CONCURRENCY_PAYLOAD_PRODUCT / args.max_payload_mb).max(1) as usize;
+        let max_concurrent_transforms = match args.max_concurrent_transforms {
+            Some(0) => bail!("`max-concurrent-transforms` must be at least 1 (given: 0)"),
+            Some(n) => n,
+            // As many requests as can be queued at once, within SageMaker's product cap.
+            None => (workers as usize * args.max_batch_size)
+                .min(args.queue_capacity)
+                .min(product_cap),
+        };
+        Ok(ServeConfig {
+            model_dir: args.model_dir.clone(),
+            port: args.port,
+            workers: workers as usize,
+            timeout: Duration::from_secs(timeout_secs),
+            max_payload_bytes: args.max_payload_mb * MIB,
+            default_response,
+            queue_capacity: args.queue_capacity,
+            max_batch_size: args.max_batch_size,
+            default_top_k: args.default_top_k,
+            max_image_pixels: args.max_image_pixels,
+            is_batch,
+            batch_strategy,
+            max_concurrent_transforms,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.min(28)),
+            fault_inference_delay: args.fault_inference_delay_ms.map(Duration::from_millis),
+        })
+    }
+
+    /// `MaxPayloadInMB` as /execution-parameters reports it.
+    pub fn max_payload_mb(&self) -> u64 {
+        self.max_payload_bytes / MIB
+    }
+}

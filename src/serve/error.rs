@@ -1,0 +1,145 @@
+//! `ApiError`: every way a request can fail, mapped to an HTTP status and a stable
+//! `error_type` in one exhaustive match. Bodies are `{"error": "...", "error_type": "..."}`;
+//! 5xx bodies carry no internals (those are logged once, with the request id).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::codec::CodecError;
+use super::engine::EngineError;
+use crate::model::preprocess::PreprocessError;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body, a header or a parameter is wrong.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// An image does not decode or is too large.
+    #[error(transparent)]
+    Image(#[from] PreprocessError),
+    /// The body exceeds the payload limit.
+    #[error("the request body exceeds the payload limit of {limit_bytes} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB={limit_mb})")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit_bytes: u64,
+        /// The limit in MiB, as configured.
+        limit_mb: u64,
+    },
+    /// The model is still loading or warming up.
+    #[error(
+        "the model is not ready yet (loading or warming up); retry after GET /ping returns 200"
+    )]
+    NotReady,
+    /// The engine refused or failed the work.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The request took longer than the configured deadline.
+    #[error(
+        "the request took longer than the {timeout_secs} s limit (SAGEMAKER_MODEL_SERVER_TIMEOUT)"
+    )]
+    Timeout {
+        /// The deadline in seconds.
+        timeout_secs: u64,
+    },
+    /// No such route.
+    #[error("no route for {method} {path}; wick serves GET /ping, POST /invocations and GET /execution-parameters")]
+    NotFound {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route exists with another method.
+    #[error("method not allowed; use GET /ping, POST /invocations, GET /execution-parameters")]
+    MethodNotAllowed,
+    /// A bug: reading the body or joining a blocking task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_type: &'static str,
+}
+
+impl ApiError {
+    /// HTTP status and stable error type.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Codec(err) => match err {
+                CodecError::UnsupportedMediaType(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                }
+                CodecError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+                CodecError::TooManyPixels { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
+                }
+                CodecError::EmptyBody
+                | CodecError::InvalidJson(_)
+                | CodecError::InvalidBase64 { .. }
+                | CodecError::InvalidNpy(_)
+                | CodecError::InvalidParameter { .. }
+                | CodecError::CustomAttributesTooLong { .. } => {
+                    (StatusCode::BAD_REQUEST, "validation")
+                }
+            },
+            ApiError::Image(err) => match err {
+                PreprocessError::TooManyPixels { .. } | PreprocessError::LimitExceeded { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
+                }
+                PreprocessError::InvalidConfig { .. } | PreprocessError::Resize(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+                PreprocessError::Empty
+                | PreprocessError::UnsupportedFormat { .. }
+                | PreprocessError::UnsupportedFeature { .. }
+                | PreprocessError::Corrupt { .. }
+                | PreprocessError::NoPixels { .. } => (StatusCode::BAD_REQUEST, "invalid_image"),
+            },
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Engine(err) => match err {
+                EngineError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+                EngineError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                EngineError::Inference(_) | EngineError::Panicked(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            },
+            ApiError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error_type) = self.status();
+        let message = if status.is_server_error()
+            && status != StatusCode::SERVICE_UNAVAILABLE
+            && status != StatusCode::GATEWAY_TIMEOUT
+        {
+            tracing::error!(error = %self, "request failed");
+            "internal server error; the server log has the details".to_string()
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::to_vec(&ErrorBody {
+            error: &message,
+            error_type,
+        })
+        .unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}

@@ -1,0 +1,284 @@
+//! The HTTP handlers and router: `/ping`, `/invocations`, `/execution-parameters`, and JSON
+//! answers for unknown routes. Decoding and preprocessing run on the blocking pool; inference
+//! on the engine's threads; the async runtime only moves bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use rayon::prelude::*;
+use tracing::Instrument;
+
+use super::codec::{
+    self, CustomAttributes, ParsedRequest, RawImage, RequestFormat, ResponseFormat,
+};
+use super::engine::EngineError;
+use super::error::ApiError;
+use super::AppState;
+use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
+
+/// The response header SageMaker passes back to the client.
+const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
+/// A body this many times over the limit is not drained any further: the connection closes.
+const MAX_DRAIN_FACTOR: u64 = 16;
+
+/// The whole HTTP surface, without a socket (tests drive it with `oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/invocations", post(invocations))
+        .route("/execution-parameters", get(execution_parameters))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn ping(State(state): State<AppState>) -> Response {
+    tracing::debug!("ping");
+    if state.ready().is_some() {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+async fn execution_parameters(State(state): State<AppState>) -> Response {
+    let config = state.config();
+    Json(serde_json::json!({
+        "MaxConcurrentTransforms": config.max_concurrent_transforms,
+        "BatchStrategy": config.batch_strategy,
+        "MaxPayloadInMB": config.max_payload_mb(),
+    }))
+    .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
+}
+
+/// Per-stage wall times, returned to the client in Custom-Attributes.
+#[derive(Default)]
+struct Timings {
+    decode: Duration,
+    preprocess: Duration,
+    queue: Duration,
+    inference: Duration,
+}
+
+fn next_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id()
+    });
+    format!(
+        "{prefix:08x}-{:06}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let request_id = next_request_id();
+    let span = tracing::info_span!("invocation", request_id = %request_id);
+    let timeout = state.config().timeout;
+    let mut timings = Timings::default();
+    let result = tokio::time::timeout(
+        timeout,
+        handle(&state, &headers, body, &mut timings).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or(Err(ApiError::Timeout {
+        timeout_secs: timeout.as_secs(),
+    }));
+    let mut response = span.in_scope(|| match result {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    });
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let attributes = format!(
+        "request_id={request_id};decode_ms={:.2};preprocess_ms={:.2};queue_ms={:.2};inference_ms={:.2}",
+        ms(timings.decode),
+        ms(timings.preprocess),
+        ms(timings.queue),
+        ms(timings.inference)
+    );
+    if let Ok(value) = HeaderValue::from_str(&attributes) {
+        response.headers_mut().insert(CUSTOM_ATTRIBUTES, value);
+    }
+    tracing::info!(
+        parent: &span,
+        status = response.status().as_u16(),
+        latency_ms = format!("{:.2}", ms(started.elapsed())),
+        "invocation"
+    );
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    timings: &mut Timings,
+) -> Result<Response, ApiError> {
+    let config = state.config();
+    // The body is read before anything can fail: an error answered over an unread body makes
+    // hyper close the connection, and the client sees a broken pipe instead of the JSON error.
+    let bytes = read_body(body, headers, config.max_payload_bytes).await?;
+    let ready = state.ready().ok_or(ApiError::NotReady)?;
+    let header_text = |name| {
+        headers.get(name).map(|v| {
+            v.to_str().map_err(|_| codec::CodecError::InvalidParameter {
+                name: "headers",
+                expected: "visible ASCII",
+                value: format!("{name} with non-ASCII bytes"),
+            })
+        })
+    };
+    let attributes = CustomAttributes::parse(header_text(CUSTOM_ATTRIBUTES).transpose()?)?;
+    let request_format =
+        RequestFormat::from_content_type(header_text(header::CONTENT_TYPE.as_str()).transpose()?)?;
+    let response_format = ResponseFormat::negotiate(
+        header_text(header::ACCEPT.as_str()).transpose()?,
+        config.default_response,
+    )?;
+
+    let predictor = ready.predictor.clone();
+    let max_pixels = config.max_image_pixels;
+    let span = tracing::Span::current();
+    let prepared = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            prepare(
+                &bytes,
+                request_format,
+                max_pixels,
+                predictor.preprocess_config(),
+            )
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
+    timings.decode = prepared.decode;
+    timings.preprocess = prepared.preprocess;
+
+    let top_k = prepared
+        .top_k
+        .or(attributes.top_k)
+        .unwrap_or(config.default_top_k);
+    let reply = ready.engine.submit(prepared.inputs, top_k)?;
+    let outcome = reply
+        .await
+        .map_err(|_| ApiError::Engine(EngineError::Stopped))??;
+    timings.queue = outcome.queue;
+    timings.inference = outcome.inference;
+
+    let body = codec::encode(&outcome.predictions, prepared.is_list, response_format);
+    Ok((
+        [(header::CONTENT_TYPE, response_format.content_type())],
+        body,
+    )
+        .into_response())
+}
+
+/// Reads the body up to `limit` bytes. A larger body is read to its end and discarded (up to
+/// a bound) so the client gets a JSON 413 on a connection that stays usable, rather than a
+/// reset socket in the middle of its upload.
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || ApiError::PayloadTooLarge {
+        limit_bytes: limit,
+        limit_mb: limit / (1024 * 1024),
+    };
+    let mut is_over = declared.is_some_and(|len| len > limit);
+    let mut buffer = Vec::with_capacity(declared.filter(|len| *len <= limit).unwrap_or(0) as usize);
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::Internal(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            is_over = true;
+            buffer = Vec::new();
+        }
+        if is_over {
+            if seen > limit.saturating_mul(MAX_DRAIN_FACTOR) {
+                return Err(too_large());
+            }
+            continue;
+        }
+        buffer.extend_from_slice(&data);
+    }
+    if is_over {
+        return Err(too_large());
+    }
+    Ok(buffer)
+}
+
+struct Prepared {
+    inputs: Vec<Vec<f32>>,
+    is_list: bool,
+    top_k: Option<usize>,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+/// Body -> model inputs, on the blocking pool: parse, decode every image (in parallel), then
+/// apply the model's evaluation transform.
+fn prepare(
+    body: &[u8],
+    format: RequestFormat,
+    max_pixels: u64,
+    cfg: &PreprocessConfig,
+) -> Result<Prepared, ApiError> {
+    let ParsedRequest {
+        images,
+        is_list,
+        top_k,
+    } = codec::parse_body(format, body, max_pixels)?;
+    let limits = DecodeLimits { max_pixels };
+    let started = Instant::now();
+    let decoded = images
+        .into_par_iter()
+        .map(|image| match image {
+            RawImage::Encoded(bytes) => decode(&bytes, &limits),
+            RawImage::Pixels(pixels) => Ok(pixels),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let decode_time = started.elapsed();
+    let started = Instant::now();
+    let inputs = decoded
+        .par_iter()
+        .map(|image| preprocess(image, cfg))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared {
+        inputs,
+        is_list,
+        top_k,
+        decode: decode_time,
+        preprocess: started.elapsed(),
+    })
+}

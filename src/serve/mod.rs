@@ -1,0 +1,204 @@
+//! `wick serve`: the SageMaker hosting contract. Binds the port at once, loads and warms the
+//! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
+//! SIGTERM or SIGINT, after which it drains in-flight requests and exits 0.
+
+pub mod codec;
+pub mod config;
+mod engine;
+mod error;
+mod handlers;
+mod npy;
+
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use std::future::IntoFuture;
+
+use anyhow::{Context, Result};
+use tokio::sync::{oneshot, Notify};
+
+pub use codec::{CodecError, ResponseFormat};
+pub use config::ServeConfig;
+pub use engine::{Engine, EngineConfig, EngineError, Predictor};
+pub use error::ApiError;
+pub use handlers::app;
+
+use crate::cli::ServeArgs;
+use crate::model::preprocess::to_batch;
+use crate::model::Classifier;
+
+/// A model that has loaded and passed its warm-up inference.
+pub struct Ready {
+    /// The queue in front of the worker threads.
+    pub engine: Engine,
+    /// The model, shared with the workers (handlers need its transform).
+    pub predictor: Arc<dyn Predictor>,
+}
+
+/// Shared server state: the configuration and, once loaded, the model.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: ServeConfig,
+    ready: OnceLock<Ready>,
+}
+
+impl AppState {
+    /// State with no model yet: `/ping` answers 503 until [`AppState::set_ready`].
+    pub fn new(config: ServeConfig) -> Self {
+        AppState {
+            inner: Arc::new(Shared {
+                config,
+                ready: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    /// The loaded model, if any.
+    pub fn ready(&self) -> Option<&Ready> {
+        self.inner.ready.get()
+    }
+
+    /// Publishes the loaded, warmed-up model; a second call is ignored.
+    pub fn set_ready(&self, ready: Ready) {
+        let _ = self.inner.ready.set(ready);
+    }
+
+    /// Starts the engine for `predictor` with this state's settings and publishes it.
+    pub fn start_engine(&self, predictor: Arc<dyn Predictor>) -> std::io::Result<()> {
+        let config = self.config();
+        let engine = Engine::start(
+            &predictor,
+            &EngineConfig {
+                workers: config.workers,
+                queue_capacity: config.queue_capacity,
+                max_batch_size: config.max_batch_size,
+                fault_delay: config.fault_inference_delay,
+            },
+        )?;
+        self.set_ready(Ready { engine, predictor });
+        Ok(())
+    }
+}
+
+/// Runs the server until a shutdown signal (exit 0) or a model that fails to load (exit 1).
+pub fn run(args: &ServeArgs) -> Result<ExitCode> {
+    let config = ServeConfig::from_args(args)?;
+    // HTTP work is light (decoding runs on the blocking pool, inference on its own threads):
+    // two I/O threads keep /ping answering while every core computes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wick-http")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let code = runtime.block_on(serve(config));
+    // A model still loading when SIGTERM arrived must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn serve(config: ServeConfig) -> Result<ExitCode> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "wick serve configuration");
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.port))
+        .await
+        .with_context(|| format!("binding 0.0.0.0:{} (SAGEMAKER_BIND_TO_PORT)", config.port))?;
+    tracing::info!(address = %listener.local_addr()?, "listening; /ping answers 503 until the model is ready");
+    let grace = config.shutdown_grace;
+    let state = AppState::new(config);
+
+    let (failed_tx, failed_rx) = oneshot::channel::<anyhow::Error>();
+    let loader = state.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = load_and_warm(&loader) {
+            let _ = failed_tx.send(err);
+        }
+    });
+
+    let stop = Arc::new(Notify::new());
+    let stop_signal = Arc::clone(&stop);
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { stop_signal.notified().await })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            result.context("serving HTTP")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(err) = failed_rx => {
+            tracing::error!(error = format!("{err:#}"), "the model failed to load; exiting");
+            return Ok(ExitCode::FAILURE);
+        }
+        signal = shutdown_signal() => {
+            tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
+            stop.notify_one();
+        }
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("serving HTTP")?,
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests did not finish in time; exiting anyway"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the package, runs one inference through the real path, starts the engine.
+fn load_and_warm(state: &AppState) -> Result<()> {
+    let model_dir = &state.config().model_dir;
+    let classifier = Classifier::load(model_dir)
+        .with_context(|| format!("loading the model package in `{}`", model_dir.display()))?;
+    let predictor: Arc<dyn Predictor> = Arc::new(classifier);
+    let started = Instant::now();
+    let cfg = predictor.preprocess_config();
+    let blank = vec![0.0f32; cfg.tensor_len()];
+    predictor
+        .classify(&to_batch(&[blank], cfg)?, 1)
+        .context("warm-up inference")?;
+    tracing::info!(
+        warmup_ms = started.elapsed().as_millis() as u64,
+        "warm-up inference done; ready"
+    );
+    state
+        .start_engine(predictor)
+        .context("starting the inference workers")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (SageMaker, `docker stop`) or SIGINT (Ctrl-C). As PID 1 in a container
+/// there is no default handler, so without this the process would ignore SIGTERM.
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => "SIGINT",
+        () = term => "SIGTERM",
+    }
+}

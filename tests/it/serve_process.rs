@@ -1,0 +1,542 @@
+//! `wick serve` as SageMaker runs it: the real binary on an ephemeral port
+//! (`SAGEMAKER_BIND_TO_PORT=0`) with the real EfficientNet-Lite0 package, driven over TCP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+
+use crate::http::{request, Connection};
+use crate::support::{fixture, lite0_package};
+
+/// A running `wick serve` process, killed on drop.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the server and waits until it listens (not until it is ready).
+    pub(crate) fn start(model_dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args(["--log-format", "json", "serve", "--model-dir"])
+            .arg(model_dir)
+            .env("SAGEMAKER_BIND_TO_PORT", "0")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let address = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("address").and_then(|a| a.as_str()).map(String::from));
+                if let Some(address) = address {
+                    let _ = tx.send(address);
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the server never logged its address")?;
+        let port = address
+            .rsplit(':')
+            .next()
+            .context("address without port")?
+            .parse::<u16>()?;
+        Ok(Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+
+    /// Polls /ping until 200.
+    pub(crate) fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(reply) = request(self.addr, "GET", "/ping", &[], b"") {
+                if reply.status == 200 {
+                    return Ok(());
+                }
+                assert_eq!(reply.status, 503, "/ping is 503 until ready");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the server did not become ready")
+    }
+
+    pub(crate) fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the server did not exit within {timeout:?}")
+    }
+
+    /// Peak resident memory of the process, from /proc.
+    pub(crate) fn peak_rss_mb(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmHWM")?
+            .parse()?;
+        Ok(kb / 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready_server(env: &[(&str, &str)]) -> Result<Server> {
+    let server = Server::start(&lite0_package()?, env)?;
+    server.wait_ready()?;
+    Ok(server)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A version-1 `.npy` file of uint8 data.
+fn npy_u8(shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn top1(predictions: &serde_json::Value) -> &str {
+    predictions[0]["label"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn every_request_form_classifies_the_cat() -> Result<()> {
+    let server = ready_server(&[])?;
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+    let png = std::fs::read(fixture("chelsea.png"))?;
+    let pixels = image::load_from_memory(&png)?.to_rgb8();
+    let (w, h) = pixels.dimensions();
+
+    for (content_type, body) in [
+        ("image/jpeg", jpg.clone()),
+        ("image/png", png.clone()),
+        ("application/x-image", jpg.clone()),
+        ("image/x-image", png.clone()),
+        ("application/octet-stream", jpg.clone()),
+        (
+            "application/json",
+            format!(r#"{{"inputs": "{}"}}"#, b64(&jpg)).into_bytes(),
+        ),
+        (
+            "application/x-npy",
+            npy_u8(&format!("({},)", jpg.len()), &jpg),
+        ),
+        (
+            "application/x-npy",
+            npy_u8(&format!("({h}, {w}, 3)"), pixels.as_raw()),
+        ),
+    ] {
+        let reply = request(
+            server.addr,
+            "POST",
+            "/invocations",
+            &[("Content-Type", content_type), ("Accept", "*/*")],
+            &body,
+        )?;
+        assert_eq!(
+            reply.status,
+            200,
+            "{content_type}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.header("content-type"), "application/json");
+        let predictions = reply.json()?;
+        assert_eq!(
+            top1(&predictions),
+            "Egyptian cat",
+            "{content_type}: {predictions}"
+        );
+        assert_eq!(
+            predictions.as_array().map(Vec::len),
+            Some(5),
+            "default top_k is 5"
+        );
+        let attributes = reply.header("x-amzn-sagemaker-custom-attributes");
+        assert!(
+            attributes.contains("request_id=") && attributes.contains("inference_ms="),
+            "{attributes}"
+        );
+    }
+
+    // A list in, a list out; parameters.top_k; JSON Lines by Accept.
+    let list = format!(
+        r#"{{"inputs": ["{}", "{}"], "parameters": {{"top_k": 2}}}}"#,
+        b64(&jpg),
+        b64(&png)
+    );
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "application/json")],
+        list.as_bytes(),
+    )?;
+    let results = reply.json()?;
+    assert_eq!(results.as_array().map(Vec::len), Some(2));
+    assert!(results
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|r| top1(r) == "Egyptian cat" && r.as_array().map(Vec::len) == Some(2)));
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/jsonlines"),
+        ],
+        list.as_bytes(),
+    )?;
+    assert_eq!(reply.header("content-type"), "application/jsonlines");
+    let lines: Vec<serde_json::Value> = String::from_utf8(reply.body)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "one line per image");
+
+    // Options in Custom-Attributes; every SageMaker header and unknown ones are ignored.
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "image/jpeg"),
+            ("X-Amzn-SageMaker-Custom-Attributes", "trace=abc;top_k=3"),
+            ("X-Amzn-SageMaker-Target-Model", "m.tar.gz"),
+            ("X-Amzn-SageMaker-Target-Variant", "v1"),
+            ("X-Amzn-SageMaker-Inference-Id", "id-1"),
+            ("X-Amzn-SageMaker-Enable-Explanations", "`false`"),
+            ("X-Random", "1"),
+        ],
+        &jpg,
+    )?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()?.as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+#[test]
+fn errors_are_json_with_the_right_status_and_keep_the_connection() -> Result<()> {
+    let server = ready_server(&[("WICK_MAX_IMAGE_PIXELS", "100000")])?;
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+    let small = {
+        let img = image::load_from_memory(&jpg)?.resize_exact(
+            200,
+            150,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.to_rgb8().write_to(&mut out, image::ImageFormat::Jpeg)?;
+        out.into_inner()
+    };
+    let long_attributes = "a".repeat(1025);
+    // (headers, body, expected status, expected error_type)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("Content-Type", "image/jpeg")],
+            jpg[..jpg.len() / 2].to_vec(),
+            400,
+            "invalid_image",
+        ),
+        (
+            vec![("Content-Type", "text/csv")],
+            b"a,b".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            vec![
+                ("Content-Type", "image/jpeg"),
+                ("Accept", "application/xml"),
+            ],
+            small.clone(),
+            406,
+            "not_acceptable",
+        ),
+        (
+            vec![("Content-Type", "application/json")],
+            b"{\"inputs\": \"***\"}".to_vec(),
+            400,
+            "validation",
+        ),
+        (
+            vec![("Content-Type", "application/json")],
+            b"{not json".to_vec(),
+            400,
+            "validation",
+        ),
+        (
+            vec![
+                ("Content-Type", "image/jpeg"),
+                ("X-Amzn-SageMaker-Custom-Attributes", &long_attributes),
+            ],
+            small.clone(),
+            400,
+            "validation",
+        ),
+        (
+            vec![("Content-Type", "image/jpeg")],
+            jpg.clone(),
+            413,
+            "image_too_large",
+        ),
+        (
+            vec![("Content-Type", "image/jpeg")],
+            Vec::new(),
+            400,
+            "validation",
+        ),
+    ];
+    let mut connection = Connection::open(server.addr)?;
+    for (headers, body, status, error_type) in cases {
+        let reply = connection.send("POST", "/invocations", &headers, &body)?;
+        assert_eq!(
+            reply.status,
+            status,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let json = reply.json()?;
+        assert_eq!(json["error_type"], error_type, "{json}");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()) && reply.body.len() < 2048);
+    }
+    // An oversized body gets a JSON 413, and the same connection still serves the next request.
+    let big = vec![0u8; 6 * 1024 * 1024 + 1];
+    let reply = connection.send(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &big,
+    )?;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()?["error_type"], "payload_too_large");
+    let reply = connection.send(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &small,
+    )?;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = connection.send("GET", "/models", &[], b"")?;
+    assert_eq!(
+        (reply.status, reply.json()?["error_type"].clone()),
+        (404, "not_found".into())
+    );
+    // A body of exactly the limit is read in full (it is not an image, so 400, not 413).
+    let reply = connection.send(
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &big[1..],
+    )?;
+    assert_eq!(reply.status, 400);
+    Ok(())
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_zero() -> Result<()> {
+    let mut server = ready_server(&[("WICK_FAULT_INFERENCE_DELAY_MS", "1500")])?;
+    let addr = server.addr;
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+    let in_flight = std::thread::spawn(move || {
+        request(
+            addr,
+            "POST",
+            "/invocations",
+            &[("Content-Type", "image/jpeg")],
+            &jpg,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let signalled = Instant::now();
+    server.signal("TERM")?;
+    let reply = in_flight
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    assert_eq!(reply.status, 200, "the in-flight request completes");
+    assert_eq!(top1(&reply.json()?), "Egyptian cat");
+    let status = server.wait_exit(Duration::from_secs(25))?;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        signalled.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_slow_model_is_cut_off_with_504_and_the_server_stays_up() -> Result<()> {
+    let server = ready_server(&[
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1"),
+        ("WICK_FAULT_INFERENCE_DELAY_MS", "2500"),
+    ])?;
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+    let started = Instant::now();
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &jpg,
+    )?;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()?["error_type"], "timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(request(server.addr, "GET", "/ping", &[], b"")?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn sixteen_concurrent_clients_all_get_correct_answers() -> Result<()> {
+    let server = ready_server(&[])?;
+    let addr = server.addr;
+    let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
+    let clients: Vec<_> = (0..16)
+        .map(|client| {
+            let jpg = std::sync::Arc::clone(&jpg);
+            std::thread::spawn(move || -> Result<usize> {
+                let mut connection = Connection::open(addr)?;
+                let mut ok = 0;
+                for _ in 0..(200 / 16 + usize::from(client < 200 % 16)) {
+                    let reply = connection.send(
+                        "POST",
+                        "/invocations",
+                        &[("Content-Type", "image/jpeg")],
+                        &jpg,
+                    )?;
+                    assert_eq!(
+                        reply.status,
+                        200,
+                        "{}",
+                        String::from_utf8_lossy(&reply.body)
+                    );
+                    assert_eq!(top1(&reply.json()?), "Egyptian cat");
+                    ok += 1;
+                }
+                Ok(ok)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for client in clients {
+        total += client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    assert_eq!(total, 200);
+    // One model copy: the whole process stays far below two copies of model + activations.
+    let peak = server.peak_rss_mb()?;
+    assert!(peak < 400, "peak RSS {peak} MB");
+    Ok(())
+}
+
+#[test]
+fn sagemaker_environment_settings_take_effect() -> Result<()> {
+    let server = ready_server(&[
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "20"),
+        (
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+            "application/jsonlines",
+        ),
+        ("SAGEMAKER_BATCH", "True"),
+        ("MODEL_SERVER_WORKERS", "2"),
+    ])?;
+    let params = request(server.addr, "GET", "/execution-parameters", &[], b"")?.json()?;
+    assert_eq!(params["MaxPayloadInMB"], 20);
+    assert_eq!(params["BatchStrategy"], "MULTI_RECORD");
+    let concurrency = params["MaxConcurrentTransforms"].as_u64().unwrap_or(0);
+    assert!(concurrency >= 1 && concurrency * 20 <= 100, "{params}");
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &jpg,
+    )?;
+    assert_eq!(reply.header("content-type"), "application/jsonlines");
+    // A 19 MiB body is within the raised limit (read in full; not an image, so 400 not 413).
+    let reply = request(
+        server.addr,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &vec![0u8; 19 << 20],
+    )?;
+    assert_eq!(reply.status, 400);
+    Ok(())
+}
+
+#[test]
+fn bad_settings_and_a_missing_model_exit_non_zero_with_the_reason() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--model-dir", "/nonexistent/model"])
+        .env("SAGEMAKER_BIND_TO_PORT", "0")
+        .env("SAGEMAKER_MODEL_SERVER_WORKERS", "0")
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)?.contains("SAGEMAKER_MODEL_SERVER_WORKERS"));
+
+    let mut server = Server::start(Path::new("/nonexistent/model"), &[])?;
+    let status = server.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a model that cannot load ends the process"
+    );
+    Ok(())
+}
