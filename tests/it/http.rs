@@ -66,6 +66,32 @@ impl Connection {
         self.read_reply()
     }
 
+    /// Sends a body with `Transfer-Encoding: chunked` (no Content-Length), as batch transform
+    /// does with `MaxPayloadInMB=0`.
+    pub(crate) fn send_chunked(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        chunk: usize,
+    ) -> Result<Reply> {
+        let mut request =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(request.as_bytes())?;
+        for part in body.chunks(chunk.max(1)) {
+            stream.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+            stream.write_all(part)?;
+            stream.write_all(b"\r\n")?;
+        }
+        stream.write_all(b"0\r\n\r\n")?;
+        self.read_reply()
+    }
+
     fn read_reply(&mut self) -> Result<Reply> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;

@@ -540,3 +540,157 @@ fn bad_settings_and_a_missing_model_exit_non_zero_with_the_reason() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn ping_is_empty_fast_under_load_and_connections_stay_open() -> Result<()> {
+    let server = ready_server(&[("WICK_FAULT_INFERENCE_DELAY_MS", "300")])?;
+    let addr = server.addr;
+    // Keep the inference worker saturated with slow requests...
+    let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let jpg = std::sync::Arc::clone(&jpg);
+            std::thread::spawn(move || -> Result<()> {
+                let mut connection = Connection::open(addr)?;
+                for _ in 0..5 {
+                    let reply = connection.send(
+                        "POST",
+                        "/invocations",
+                        &[("Content-Type", "image/jpeg")],
+                        &jpg,
+                    )?;
+                    anyhow::ensure!(reply.status == 200, "status {}", reply.status);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // ...while /ping keeps answering at once: new connections and a long keep-alive one.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let reply = request(addr, "GET", "/ping", &[], b"")?;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!((reply.status, reply.header("content-length")), (200, "0"));
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "slowest /ping under load: {slowest:?}"
+    );
+    let mut connection = Connection::open(addr)?;
+    for _ in 0..1000 {
+        assert_eq!(connection.send("GET", "/ping", &[], b"")?.status, 200);
+    }
+    for client in load {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    // A chunked body without Content-Length (batch transform streaming) is accepted.
+    let reply = connection.send_chunked(
+        "/invocations",
+        &[("Content-Type", "image/jpeg")],
+        &jpg,
+        4096,
+    )?;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_commands_fail_with_usage() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .arg("bogus")
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("Usage"));
+    Ok(())
+}
+
+#[test]
+fn log_level_follows_sagemaker_and_pings_are_not_logged_at_info() -> Result<()> {
+    for (level, expect_request_lines) in [("20", true), ("40", false)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args(["--log-format", "json", "serve", "--model-dir"])
+            .arg(lite0_package()?)
+            .env("SAGEMAKER_BIND_TO_PORT", "0")
+            .env("SAGEMAKER_CONTAINER_LOG_LEVEL", level)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // At level 40 the address line is not logged: find the port from /proc instead.
+        let port = wait_for_port(child.id())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while request(addr, "GET", "/ping", &[], b"")
+            .map(|r| r.status)
+            .unwrap_or(0)
+            != 200
+        {
+            anyhow::ensure!(Instant::now() < deadline, "not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let jpg = std::fs::read(fixture("chelsea.jpg"))?;
+        request(
+            addr,
+            "POST",
+            "/invocations",
+            &[("Content-Type", "image/jpeg")],
+            &jpg,
+        )?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        let out = child.wait_with_output()?;
+        let logs = String::from_utf8(out.stderr)?;
+        assert_eq!(
+            logs.contains("\"invocation\""),
+            expect_request_lines,
+            "level {level}: {logs}"
+        );
+        assert!(
+            !logs.contains("\"ping\""),
+            "pings are not logged at info: {logs}"
+        );
+        for line in logs.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "not JSON: {line}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The TCP port a process listens on, from /proc/net/tcp (state 0A = LISTEN) and its fds.
+fn wait_for_port(pid: u32) -> Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')
+                    .map(String::from)
+            })
+            .collect();
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap_or_default();
+                return Ok(u16::from_str_radix(port, 16)?);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("process {pid} never listened")
+}
