@@ -616,7 +616,7 @@ fn unknown_commands_fail_with_usage() -> Result<()> {
 #[test]
 fn log_level_follows_sagemaker_and_pings_are_not_logged_at_info() -> Result<()> {
     for (level, expect_request_lines) in [("20", true), ("40", false)] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+        let child = Command::new(env!("CARGO_BIN_EXE_wick"))
             .args(["--log-format", "json", "serve", "--model-dir"])
             .arg(lite0_package()?)
             .env("SAGEMAKER_BIND_TO_PORT", "0")
