@@ -260,20 +260,37 @@ fn prepare(
         top_k,
     } = codec::parse_body(format, body, max_pixels)?;
     let limits = DecodeLimits { max_pixels };
+    let decode_one = |image: RawImage| match image {
+        RawImage::Encoded(bytes) => decode(&bytes, &limits),
+        RawImage::Pixels(pixels) => Ok(pixels),
+    };
+    // A single image stays on this blocking thread: handing it to rayon would queue it behind
+    // the inference running on rayon's pool, instead of overlapping with it.
     let started = Instant::now();
-    let decoded = images
-        .into_par_iter()
-        .map(|image| match image {
-            RawImage::Encoded(bytes) => decode(&bytes, &limits),
-            RawImage::Pixels(pixels) => Ok(pixels),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let decoded = if images.len() == 1 {
+        images
+            .into_iter()
+            .map(decode_one)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        images
+            .into_par_iter()
+            .map(decode_one)
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let decode_time = started.elapsed();
     let started = Instant::now();
-    let inputs = decoded
-        .par_iter()
-        .map(|image| preprocess(image, cfg))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = if decoded.len() == 1 {
+        decoded
+            .iter()
+            .map(|image| preprocess(image, cfg))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        decoded
+            .par_iter()
+            .map(|image| preprocess(image, cfg))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     Ok(Prepared {
         inputs,
         is_list,
