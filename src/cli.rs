@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::artifacts::ArtifactUri;
+
 /// wick: a SageMaker-compatible serving and training container for image models.
 #[derive(Debug, Parser)]
 #[command(name = "wick", version, about, long_about = None)]
@@ -36,6 +38,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Measure inference and preprocessing speed on this machine.
     Bench(BenchArgs),
+    /// Check that a model package loads, then write the `model.tar.gz` a SageMaker Model
+    /// expects (files at the archive root) and optionally upload it to S3.
+    Package(PackageArgs),
 }
 
 /// `wick predict`.
@@ -92,4 +97,18 @@ pub struct BenchArgs {
     /// JPEG or PNG to time decoding + preprocessing on; default: a generated 1920x1080 JPEG.
     #[arg(long)]
     pub image: Option<PathBuf>,
+}
+
+/// `wick package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// Model package directory (config.json + weights + labels); loaded once as a check.
+    pub model_dir: PathBuf,
+    /// Archive to write, e.g. `model.tar.gz` (replaced atomically if it exists).
+    pub output: PathBuf,
+    /// Also upload the archive to `s3://bucket/key.tar.gz`, or to `s3://bucket/prefix/` under
+    /// its file name. Credentials, region and endpoint come from the standard AWS chain
+    /// (`AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3`, instance roles).
+    #[arg(long, env = "WICK_PACKAGE_UPLOAD", value_name = "S3_URI")]
+    pub upload: Option<ArtifactUri>,
 }

@@ -2,11 +2,14 @@
 //!
 //! The crate is one library plus a thin binary (`src/main.rs`). The [`model`] layer is
 //! synchronous and knows nothing of HTTP, async runtimes or AWS; the commands ([`predict`],
-//! [`convert`], [`bench`]) drive it.
+//! [`convert`], [`bench`], [`package_cmd`]) drive it. [`artifacts`] turns local paths and S3
+//! URIs into a local package directory; it is the only module that knows AWS.
 
+pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod convert;
 pub mod model;
+pub mod package_cmd;
 pub mod predict;
 pub mod telemetry;
