@@ -124,6 +124,25 @@ async fn main() -> Result<()> {
         ms(gunzip),
         mb(packed.archive_bytes) / gunzip.as_secs_f64()
     );
+    // What the packer's compression level buys on real weights (float data barely compresses).
+    for level in [1, 6] {
+        let mut size = 0;
+        let time = repeat(iterations.min(3), || {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+            for entry in std::fs::read_dir(&package)? {
+                std::io::copy(&mut std::fs::File::open(entry?.path())?, &mut encoder)?;
+            }
+            size = encoder.finish()?.len() as u64;
+            Ok(())
+        })?;
+        println!(
+            "| baseline: gzip level {level} of the package files | {:.0} | | | | {:.0} (-> {:.2} MB) |",
+            ms(time),
+            mb(packed.bytes) / time.as_secs_f64(),
+            mb(size)
+        );
+    }
     let load = repeat(iterations, || {
         Classifier::load(&package)?;
         Ok(())

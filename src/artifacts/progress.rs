@@ -123,3 +123,66 @@ impl Drop for Reporter {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn logs_bytes_objects_and_rate_on_every_tick() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // Thread-local: the reporter task runs on this (current-thread) runtime's thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let progress = Progress::new();
+        progress.expect(3, 3 << 20);
+        progress.add_bytes(2 << 20);
+        progress.object_done();
+        let reporter = Reporter::start(
+            Arc::clone(&progress),
+            "s3://b/p/".into(),
+            "downloading model",
+            Duration::from_millis(20),
+        );
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        drop(reporter);
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 2, "{text}");
+        for field in [
+            "downloading model",
+            "uri=s3://b/p/",
+            "bytes=2097152",
+            "total_bytes=3145728",
+            "objects=1",
+            "total_objects=3",
+            "mib_per_s=",
+        ] {
+            assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+        }
+    }
+}

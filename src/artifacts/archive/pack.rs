@@ -56,6 +56,8 @@ pub fn pack(dir: &Path, out: &Path) -> Result<PackStats, ArchiveError> {
             .try_clone()
             .map_err(|e| ArchiveError::io(out, e))?,
     );
+    // The default level (6): zlib-rs's level 1 uses static Huffman codes, which make float
+    // weights *larger* than stored (docs/performance.md, "Artifacts").
     let mut builder = tar::Builder::new(GzEncoder::new(writer, Compression::default()));
     builder.mode(tar::HeaderMode::Deterministic);
     let mut stats = PackStats::default();
