@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::artifacts::ArtifactUri;
+
 /// wick: a SageMaker-compatible serving and training container for image models.
 #[derive(Debug, Parser)]
 #[command(name = "wick", version, about, long_about = None)]
@@ -39,6 +41,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Measure inference and preprocessing speed on this machine.
     Bench(BenchArgs),
+    /// Check that a model package loads, then write the `model.tar.gz` a SageMaker Model
+    /// expects (files at the archive root) and optionally upload it to S3.
+    Package(PackageArgs),
 }
 
 /// `wick predict`.
@@ -102,9 +107,14 @@ pub struct BenchArgs {
 /// `MODEL_SERVER_TIMEOUT` are accepted as aliases.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Model package directory (config.json + weights).
+    /// Model package directory (config.json + weights; a `model.tar.gz` found there alone is
+    /// unpacked). Ignored when --model-uri is given.
     #[arg(long, env = "SM_MODEL_DIR", default_value = "/opt/ml/model")]
     pub model_dir: PathBuf,
+    /// Where to fetch the model from instead: a local directory or `.tar.gz`, `s3://bucket/prefix/`
+    /// or `s3://bucket/key.tar.gz` (credentials, region and endpoint from the standard AWS chain).
+    #[arg(long, env = "WICK_MODEL_URI")]
+    pub model_uri: Option<String>,
     /// TCP port to listen on (all interfaces).
     #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
     pub port: u16,
@@ -156,4 +166,18 @@ pub struct ServeArgs {
     /// Testing only: sleep this long in every inference (slow-model fault injection).
     #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
     pub fault_inference_delay_ms: Option<u64>,
+}
+
+/// `wick package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// Model package directory (config.json + weights + labels); loaded once as a check.
+    pub model_dir: PathBuf,
+    /// Archive to write, e.g. `model.tar.gz` (replaced atomically if it exists).
+    pub output: PathBuf,
+    /// Also upload the archive to `s3://bucket/key.tar.gz`, or to `s3://bucket/prefix/` under
+    /// its file name. Credentials, region and endpoint come from the standard AWS chain
+    /// (`AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3`, instance roles).
+    #[arg(long, env = "WICK_PACKAGE_UPLOAD", value_name = "S3_URI")]
+    pub upload: Option<ArtifactUri>,
 }

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => wick::predict::run(args),
         Command::Convert(args) => wick::convert::run(args),
         Command::Bench(args) => wick::bench::run(args),
+        Command::Package(args) => wick::package_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,13 +1,13 @@
 //! `ServeConfig`: the validated, resolved settings of `wick serve`, from the command line and
 //! SageMaker's environment variables (aliases and batch-mode defaults applied here, once).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::codec::ResponseFormat;
+use crate::artifacts::ArtifactUri;
 use crate::cli::ServeArgs;
 
 const MIB: u64 = 1024 * 1024;
@@ -17,8 +17,11 @@ const BATCH_CONCURRENCY_PAYLOAD_PRODUCT: u64 = 100;
 /// Everything `wick serve` needs, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServeConfig {
-    /// Model package directory.
-    pub model_dir: PathBuf,
+    /// Where the model package comes from (a local directory by default).
+    pub model_uri: String,
+    /// The same, parsed.
+    #[serde(skip)]
+    pub model_location: ArtifactUri,
     /// Listening port.
     pub port: u16,
     /// Inference worker threads.
@@ -116,8 +119,15 @@ impl ServeConfig {
                 .min(args.queue_capacity)
                 .min(product_cap),
         };
+        let model_location = match &args.model_uri {
+            Some(uri) => uri
+                .parse::<ArtifactUri>()
+                .map_err(|e| anyhow::anyhow!("`model-uri` (WICK_MODEL_URI): {e}"))?,
+            None => ArtifactUri::Local(args.model_dir.clone()),
+        };
         Ok(ServeConfig {
-            model_dir: args.model_dir.clone(),
+            model_uri: model_location.to_string(),
+            model_location,
             port: args.port,
             workers: workers as usize,
             timeout: Duration::from_secs(timeout_secs),

@@ -17,7 +17,7 @@ use std::time::Instant;
 use std::future::IntoFuture;
 
 use anyhow::{Context, Result};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 pub use codec::{CodecError, ResponseFormat};
 pub use config::ServeConfig;
@@ -25,6 +25,7 @@ pub use engine::{Engine, EngineConfig, EngineError, Predictor};
 pub use error::ApiError;
 pub use handlers::app;
 
+use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
 use crate::cli::ServeArgs;
 use crate::model::preprocess::to_batch;
 use crate::model::Classifier;
@@ -115,15 +116,13 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
         .with_context(|| format!("binding 0.0.0.0:{} (SAGEMAKER_BIND_TO_PORT)", config.port))?;
     tracing::info!(address = %listener.local_addr()?, "listening; /ping answers 503 until the model is ready");
     let grace = config.shutdown_grace;
+    let location = config.model_location.clone();
     let state = AppState::new(config);
 
-    let (failed_tx, failed_rx) = oneshot::channel::<anyhow::Error>();
-    let loader = state.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(err) = load_and_warm(&loader) {
-            let _ = failed_tx.send(err);
-        }
-    });
+    let mut loader = tokio::spawn(fetch_and_load(state.clone(), location));
+    let mut is_loading = true;
+    // Held for the server's lifetime: dropping it deletes a downloaded model's scratch copy.
+    let mut _local_model = None;
 
     let stop = Arc::new(Notify::new());
     let stop_signal = Arc::clone(&stop);
@@ -131,20 +130,36 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
         .with_graceful_shutdown(async move { stop_signal.notified().await })
         .into_future();
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => {
-            result.context("serving HTTP")?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Ok(err) = failed_rx => {
-            tracing::error!(error = format!("{err:#}"), "the model failed to load; exiting");
-            return Ok(ExitCode::FAILURE);
-        }
-        signal = shutdown_signal() => {
-            tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
-            stop.notify_one();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = &mut server => {
+                result.context("serving HTTP")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            joined = &mut loader, if is_loading => {
+                is_loading = false;
+                match joined {
+                    Ok(Ok(model)) => _local_model = Some(model),
+                    Ok(Err(err)) => {
+                        tracing::error!(error = format!("{err:#}"), "the model failed to load; exiting");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "the model loader crashed; exiting");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+            signal = &mut shutdown => {
+                tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
+                stop.notify_one();
+                break;
+            }
         }
     }
+    loader.abort();
     match tokio::time::timeout(grace, server).await {
         Ok(result) => result.context("serving HTTP")?,
         Err(_) => tracing::warn!(
@@ -156,9 +171,23 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Fetches the package (a no-op for a plain local directory), then loads and warms it on the
+/// blocking pool. `/ping` answers 503 all along.
+async fn fetch_and_load(state: AppState, location: ArtifactUri) -> Result<LocalModel> {
+    let started = Instant::now();
+    let model = artifacts::fetch(&location, &FetchOptions::default()).await?;
+    if model.is_scratch() {
+        tracing::info!(uri = %location, fetch_ms = started.elapsed().as_millis() as u64, path = %model.path().display(), "model fetched");
+    }
+    let dir = model.path().to_path_buf();
+    tokio::task::spawn_blocking(move || load_and_warm(&state, &dir))
+        .await
+        .context("the model loading thread")??;
+    Ok(model)
+}
+
 /// Loads the package, runs one inference through the real path, starts the engine.
-fn load_and_warm(state: &AppState) -> Result<()> {
-    let model_dir = &state.config().model_dir;
+fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
     let classifier = Classifier::load(model_dir)
         .with_context(|| format!("loading the model package in `{}`", model_dir.display()))?;
     let predictor: Arc<dyn Predictor> = Arc::new(classifier);

@@ -1,5 +1,6 @@
 //! The single integration-test binary: one link step for the whole suite.
 
+mod artifacts;
 mod http;
 mod parity;
 mod real_model;

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +34,8 @@ impl Server {
             .spawn()?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log_writer = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let address = serde_json::from_str::<serde_json::Value>(&line)
@@ -42,11 +44,16 @@ impl Server {
                 if let Some(address) = address {
                     let _ = tx.send(address);
                 }
+                log_writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
             }
         });
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("the server never logged its address")?;
+        let address = rx.recv_timeout(Duration::from_secs(30)).with_context(|| {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+            format!("the server never logged its address; its log:\n{log}")
+        })?;
         let port = address
             .rsplit(':')
             .next()
