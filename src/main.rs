@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => wick::predict::run(args),
         Command::Convert(args) => wick::convert::run(args),
         Command::Bench(args) => wick::bench::run(args),
+        Command::Train(args) => wick::train::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,3 +4,4 @@ mod parity;
 mod real_model;
 mod robustness;
 mod support;
+mod train;

@@ -24,6 +24,9 @@ pub struct Network {
     pub backbone: Box<dyn Backbone>,
     /// `num_features -> num_classes`.
     pub classifier: Linear,
+    /// Checkpoint prefix of `classifier` (`fc`, `classifier`, `_fc`, `classifier.1`): its
+    /// tensors are `{key}.weight` and `{key}.bias`. `wick train` writes a new head under it.
+    pub classifier_key: &'static str,
 }
 
 impl Network {
