@@ -365,14 +365,14 @@ fn job_key(
     for label in &data.labels {
         images.add(label.as_bytes());
     }
-    for (name, samples, root) in [
-        ("train", &data.train, &layout.training_dir),
-        ("val", &data.val, &layout.validation_dir),
-    ] {
+    for (name, samples) in [("train", &data.train), ("val", &data.val)] {
         images.add(name.as_bytes());
         for s in samples {
             // Relative to the channel: SageMaker may mount a restarted job's data elsewhere.
-            let path = s.path.strip_prefix(root).unwrap_or(&s.path);
+            let path = [&layout.training_dir, &layout.validation_dir]
+                .into_iter()
+                .find_map(|root| s.path.strip_prefix(root).ok())
+                .unwrap_or(&s.path);
             let size = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
             images
                 .add(path.to_string_lossy().as_bytes())
