@@ -5,3 +5,4 @@ mod real_model;
 mod robustness;
 mod support;
 mod train;
+mod train_resume;
