@@ -54,13 +54,13 @@ impl Backbone {
                 dir.display()
             ))
         })?;
-        let weights = Weights::load(&package.weights_path)?;
         ensure!(
             package.config.task == Task::Classification,
             "the backbone package in `{}` is a {:?} model; wick trains classification heads",
             dir.display(),
             package.config.task
         );
+        let weights = Weights::load(&package.weights_path)?;
         let preprocess = package.preprocess_config()?;
         preprocess.validate()?;
         let network = arch::build(&BuildArgs {

@@ -117,9 +117,9 @@ pub struct Pass<'a> {
     pub skip: Option<&'a [bool]>,
 }
 
-/// Fills `table` from row `table.done` on. Returns `Ok(false)` when a stop was requested
-/// (the table holds what was computed), `Ok(true)` when every row is done. `save` receives the
-/// partial table every [`SAVE_EVERY`] and on a stop.
+/// Fills `table` from row `table.done` on. Returns whether every row is done (`false`: a stop
+/// was requested and the table holds what was computed) and the images this call could not
+/// read. `save` receives the partial table every [`SAVE_EVERY`] and on a stop.
 pub fn extract(
     backbone: &Backbone,
     pass: &Pass<'_>,
