@@ -44,6 +44,10 @@ pub enum Command {
     /// Check that a model package loads, then write the `model.tar.gz` a SageMaker Model
     /// expects (files at the archive root) and optionally upload it to S3.
     Package(PackageArgs),
+    /// Fine-tune a new classification head on a frozen pretrained backbone under SageMaker's
+    /// training contract (`docker run IMAGE train`): reads `/opt/ml/input`, writes a model
+    /// package to `/opt/ml/model` and reports to `/opt/ml/output`.
+    Train(TrainArgs),
 }
 
 /// `wick predict`.
@@ -180,4 +184,45 @@ pub struct PackageArgs {
     /// (`AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3`, instance roles).
     #[arg(long, env = "WICK_PACKAGE_UPLOAD", value_name = "S3_URI")]
     pub upload: Option<ArtifactUri>,
+}
+
+/// `wick train`. Every path defaults to its place under `--ml-root`; the `SM_*` variables the
+/// SageMaker training toolkit sets override single paths, but plain bring-your-own-container
+/// jobs do not get them and none is required.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The SageMaker directory tree: `input/config/*.json`, `input/data/<channel>/`, `model/`,
+    /// `output/`, `checkpoints/`. Point it at a local copy (e.g. `local_test/test_dir`) to run
+    /// a job outside SageMaker.
+    #[arg(long, env = "WICK_ML_ROOT", default_value = "/opt/ml")]
+    pub ml_root: PathBuf,
+    /// Where the trained model package is written [default: ML_ROOT/model].
+    #[arg(long, env = "SM_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// The `training` channel [default: ML_ROOT/input/data/training].
+    #[arg(long, env = "SM_CHANNEL_TRAINING")]
+    pub training_dir: Option<PathBuf>,
+    /// The `validation` channel; used when set even if inputdataconfig.json does not name it
+    /// [default: ML_ROOT/input/data/validation].
+    #[arg(long, env = "SM_CHANNEL_VALIDATION")]
+    pub validation_dir: Option<PathBuf>,
+    /// The `model` channel holding the backbone's model package (the `base_model`
+    /// hyperparameter takes precedence) [default: ML_ROOT/input/data/model].
+    #[arg(long, env = "SM_CHANNEL_MODEL")]
+    pub base_model_dir: Option<PathBuf>,
+    /// Where `failure` is written [default: ML_ROOT/output].
+    #[arg(long, env = "SM_OUTPUT_DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Where metrics.json, the confusion matrix and the curves are written
+    /// [default: OUTPUT_DIR/data].
+    #[arg(long, env = "SM_OUTPUT_DATA_DIR")]
+    pub output_data_dir: Option<PathBuf>,
+    /// Checkpoints, written after every epoch and resumed from when present (managed spot
+    /// training syncs this directory with S3) [default: ML_ROOT/checkpoints].
+    #[arg(long, env = "WICK_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Extra arguments (SageMaker's `ContainerArguments`) are accepted and ignored, with a
+    /// warning.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub extra_args: Vec<String>,
 }

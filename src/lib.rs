@@ -2,9 +2,9 @@
 //!
 //! The crate is one library plus a thin binary (`src/main.rs`). The [`model`] layer is
 //! synchronous and knows nothing of HTTP, async runtimes or AWS; the commands ([`serve`],
-//! [`predict`], [`convert`], [`bench`], [`package_cmd`]) drive it. Only [`serve`] knows axum;
-//! [`artifacts`] turns local paths and S3 URIs into a local package directory and is the only
-//! module that knows AWS.
+//! [`train`], [`predict`], [`convert`], [`bench`], [`package_cmd`]) drive it. Only [`serve`]
+//! knows axum; [`artifacts`] turns local paths and S3 URIs into a local package directory and
+//! is the only module that knows AWS.
 
 pub mod artifacts;
 pub mod bench;
@@ -15,3 +15,4 @@ pub mod package_cmd;
 pub mod predict;
 pub mod serve;
 pub mod telemetry;
+pub mod train;

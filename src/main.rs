@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => wick::convert::run(args),
         Command::Bench(args) => wick::bench::run(args),
         Command::Package(args) => wick::package_cmd::run(args),
+        Command::Train(args) => wick::train::run(args),
     };
     match result {
         Ok(code) => code,

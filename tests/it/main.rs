@@ -8,3 +8,5 @@ mod robustness;
 mod serve_process;
 mod serve_router;
 mod support;
+mod train;
+mod train_resume;

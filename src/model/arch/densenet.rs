@@ -25,6 +25,8 @@ use crate::model::ModelError;
 pub(super) const NAMES: &[&str] = &["densenet121"];
 
 const BN_EPS: f64 = 1e-5;
+/// Checkpoint prefix of the final linear layer.
+const CLASSIFIER_KEY: &str = "classifier";
 /// Channels each dense layer adds to its block.
 const GROWTH: usize = 32;
 /// Width of a dense layer's 1x1 bottleneck, as a multiple of `GROWTH`.
@@ -157,7 +159,7 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
         }
     }
     let norm5 = NormRelu::load(w, "features.norm5", c)?;
-    let classifier = Linear::load(w, "classifier", (c, args.num_classes))?;
+    let classifier = Linear::load(w, CLASSIFIER_KEY, (c, args.num_classes))?;
     Ok(Network {
         backbone: Box::new(DenseNet {
             stem,
@@ -166,6 +168,7 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
             norm5,
         }),
         classifier,
+        classifier_key: CLASSIFIER_KEY,
     })
 }
 

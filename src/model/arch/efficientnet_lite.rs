@@ -141,6 +141,7 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
     Ok(Network {
         backbone: Box::new(EfficientNetLite { stem, blocks, head }),
         classifier,
+        classifier_key: fc,
     })
 }
 

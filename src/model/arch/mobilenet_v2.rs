@@ -26,6 +26,8 @@ const STAGES: [(usize, usize, usize, usize); 7] = [
 const STEM: usize = 32;
 const HEAD: usize = 1280;
 const BN_EPS: f64 = 1e-5;
+/// Checkpoint prefix of the final linear layer (`classifier.0` is dropout).
+const CLASSIFIER_KEY: &str = "classifier.1";
 
 struct InvertedResidual {
     /// Expand (absent in the first block), depthwise, projection.
@@ -95,10 +97,11 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
         "features.18.1".into(),
         ConvSpec::new(c_in, HEAD, 1, 1).act(relu6),
     )?;
-    let classifier = Linear::load(w, "classifier.1", (HEAD, args.num_classes))?;
+    let classifier = Linear::load(w, CLASSIFIER_KEY, (HEAD, args.num_classes))?;
     Ok(Network {
         backbone: Box::new(MobileNetV2 { stem, blocks, head }),
         classifier,
+        classifier_key: CLASSIFIER_KEY,
     })
 }
 

@@ -24,6 +24,9 @@ pub struct Network {
     pub backbone: Box<dyn Backbone>,
     /// `num_features -> num_classes`.
     pub classifier: Linear,
+    /// Checkpoint prefix of `classifier` (`fc`, `classifier`, `_fc`, `classifier.1`): its
+    /// tensors are `{key}.weight` and `{key}.bias`. `wick train` writes a new head under it.
+    pub classifier_key: &'static str,
 }
 
 impl Network {
@@ -166,4 +169,32 @@ pub fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
             supported: supported().join(", "),
         })?;
     (family.build)(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wick train` writes the new head under this key; it must be the one the builder reads.
+    #[test]
+    fn each_family_names_its_classifier_key() -> Result<(), ModelError> {
+        let weights = Weights::synthetic();
+        for (name, key) in [
+            ("resnet18", "fc"),
+            ("mobilenet_v2", "classifier.1"),
+            ("densenet121", "classifier"),
+            // Synthetic weights have no `_conv_stem.weight`, so this is the timm flavour.
+            ("efficientnet_lite0", "classifier"),
+            ("tf_efficientnet_lite0", "classifier"),
+        ] {
+            let network = build(&BuildArgs {
+                name,
+                weights: &weights,
+                num_classes: 3,
+            })?;
+            assert_eq!(network.classifier_key, key, "{name}");
+            assert_eq!(network.classifier.c_out(), 3, "{name}");
+        }
+        Ok(())
+    }
 }

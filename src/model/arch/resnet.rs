@@ -14,6 +14,8 @@ use crate::model::ModelError;
 pub(super) const NAMES: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"];
 
 const BN_EPS: f64 = 1e-5;
+/// Checkpoint prefix of the final linear layer.
+const CLASSIFIER_KEY: &str = "fc";
 
 struct Block {
     /// Every convolution of the main path; the last one adds the shortcut before its ReLU.
@@ -58,10 +60,11 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
             c_in = c_out;
         }
     }
-    let classifier = Linear::load(w, "fc", (c_in, args.num_classes))?;
+    let classifier = Linear::load(w, CLASSIFIER_KEY, (c_in, args.num_classes))?;
     Ok(Network {
         backbone: Box::new(ResNet { stem, blocks }),
         classifier,
+        classifier_key: CLASSIFIER_KEY,
     })
 }
 
