@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// or `s3://bucket/key.tar.gz` (credentials, region and endpoint from the standard AWS chain).
     #[arg(long, env = "WICK_MODEL_URI")]
     pub model_uri: Option<String>,
+    /// Most bytes a model archive may unpack to (a tar bomb is refused past it).
+    #[arg(long, env = "WICK_MAX_UNPACKED_BYTES", default_value_t = 32 << 30)]
+    pub max_unpacked_bytes: u64,
+    /// Most entries (files, directories, links) a model archive may hold.
+    #[arg(long, env = "WICK_MAX_ARCHIVE_ENTRIES", default_value_t = 100_000)]
+    pub max_archive_entries: u64,
     /// TCP port to listen on (all interfaces).
     #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
     pub port: u16,

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::codec::ResponseFormat;
-use crate::artifacts::ArtifactUri;
+use crate::artifacts::{ArchiveLimits, ArtifactUri};
 use crate::cli::ServeArgs;
 
 const MIB: u64 = 1024 * 1024;
@@ -22,6 +22,9 @@ pub struct ServeConfig {
     /// The same, parsed.
     #[serde(skip)]
     pub model_location: ArtifactUri,
+    /// Caps for unpacking a model archive.
+    #[serde(skip)]
+    pub archive_limits: ArchiveLimits,
     /// Listening port.
     pub port: u16,
     /// Inference worker threads.
@@ -128,6 +131,10 @@ impl ServeConfig {
         Ok(ServeConfig {
             model_uri: model_location.to_string(),
             model_location,
+            archive_limits: ArchiveLimits {
+                max_bytes: args.max_unpacked_bytes,
+                max_entries: args.max_archive_entries,
+            },
             port: args.port,
             workers: workers as usize,
             timeout: Duration::from_secs(timeout_secs),

@@ -164,6 +164,11 @@ async fn handle(
     let predictor = ready.predictor.clone();
     let max_pixels = config.max_image_pixels;
     let span = tracing::Span::current();
+    let _permit = state
+        .decode_permits()
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("decode permits closed: {e}")))?;
     let prepared = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
             prepare(
@@ -176,6 +181,7 @@ async fn handle(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
+    drop(_permit);
     timings.decode = prepared.decode;
     timings.preprocess = prepared.preprocess;
 

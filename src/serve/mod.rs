@@ -47,15 +47,22 @@ pub struct AppState {
 struct Shared {
     config: ServeConfig,
     ready: OnceLock<Ready>,
+    /// One decoding job per core: more would only take CPU time from the inference threads.
+    decode_permits: tokio::sync::Semaphore,
 }
 
 impl AppState {
     /// State with no model yet: `/ping` answers 503 until [`AppState::set_ready`].
     pub fn new(config: ServeConfig) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let decode_permits = tokio::sync::Semaphore::new(cores);
         AppState {
             inner: Arc::new(Shared {
                 config,
                 ready: OnceLock::new(),
+                decode_permits,
             }),
         }
     }
@@ -68,6 +75,11 @@ impl AppState {
     /// The loaded model, if any.
     pub fn ready(&self) -> Option<&Ready> {
         self.inner.ready.get()
+    }
+
+    /// Limits concurrent decoding to one job per core.
+    pub(crate) fn decode_permits(&self) -> &tokio::sync::Semaphore {
+        &self.inner.decode_permits
     }
 
     /// Publishes the loaded, warmed-up model; a second call is ignored.
@@ -117,9 +129,13 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
     tracing::info!(address = %listener.local_addr()?, "listening; /ping answers 503 until the model is ready");
     let grace = config.shutdown_grace;
     let location = config.model_location.clone();
+    let fetch_options = FetchOptions {
+        limits: config.archive_limits,
+        ..FetchOptions::default()
+    };
     let state = AppState::new(config);
 
-    let mut loader = tokio::spawn(fetch_and_load(state.clone(), location));
+    let mut loader = tokio::spawn(fetch_and_load(state.clone(), location, fetch_options));
     let mut is_loading = true;
     // Held for the server's lifetime: dropping it deletes a downloaded model's scratch copy.
     let mut _local_model = None;
@@ -173,9 +189,13 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
 
 /// Fetches the package (a no-op for a plain local directory), then loads and warms it on the
 /// blocking pool. `/ping` answers 503 all along.
-async fn fetch_and_load(state: AppState, location: ArtifactUri) -> Result<LocalModel> {
+async fn fetch_and_load(
+    state: AppState,
+    location: ArtifactUri,
+    options: FetchOptions,
+) -> Result<LocalModel> {
     let started = Instant::now();
-    let model = artifacts::fetch(&location, &FetchOptions::default()).await?;
+    let model = artifacts::fetch(&location, &options).await?;
     if model.is_scratch() {
         tracing::info!(uri = %location, fetch_ms = started.elapsed().as_millis() as u64, path = %model.path().display(), "model fetched");
     }

@@ -701,3 +701,60 @@ fn wait_for_port(pid: u32) -> Result<u16> {
     }
     bail!("process {pid} never listened")
 }
+
+#[test]
+fn four_workers_share_one_model_copy() -> Result<()> {
+    // SageMaker contract item 20: RSS with 4 workers stays below 1.3x RSS with 1 worker.
+    let mut peaks = Vec::new();
+    for workers in ["1", "4"] {
+        let server = ready_server(&[("SAGEMAKER_MODEL_SERVER_WORKERS", workers)])?;
+        let addr = server.addr;
+        let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let jpg = std::sync::Arc::clone(&jpg);
+                std::thread::spawn(move || -> Result<()> {
+                    let mut connection = Connection::open(addr)?;
+                    for _ in 0..5 {
+                        let reply = connection.send(
+                            "POST",
+                            "/invocations",
+                            &[("Content-Type", "image/jpeg")],
+                            &jpg,
+                        )?;
+                        anyhow::ensure!(reply.status == 200, "status {}", reply.status);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for client in clients {
+            client
+                .join()
+                .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        }
+        peaks.push(server.peak_rss_mb()?);
+    }
+    assert!(
+        (peaks[1] as f64) < 1.3 * peaks[0] as f64,
+        "peak RSS with 1 and 4 workers: {peaks:?} MB"
+    );
+    Ok(())
+}
+
+#[test]
+fn archive_caps_are_settings_and_a_refused_archive_ends_the_process() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("model.tar.gz");
+    wick::artifacts::archive::pack(&lite0_package()?, &archive)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--model-uri"])
+        .arg(&archive)
+        .env("SAGEMAKER_BIND_TO_PORT", "0")
+        .env("WICK_MAX_ARCHIVE_ENTRIES", "2")
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8(out.stderr)?;
+    assert!(log.contains("more than 2 entries"), "{log}");
+    Ok(())
+}
