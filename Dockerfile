@@ -6,7 +6,7 @@
 #             docker build -t wick .
 #   prebuilt  takes a binary built outside Docker (for machines that cannot pull a Rust image);
 #             the binary must be built for glibc <= bookworm's (e.g. on Debian 12):
-#             cargo build --release --locked
+#             cargo build --release --locked && strip target/release/wick   (a smaller image)
 #             docker build --target prebuilt --build-arg WICK_BINARY=target/release/wick -t wick .
 #
 # CUDA variant for GPU instances (candle's `cuda` feature; nvidia-docker supplies the driver,
@@ -51,17 +51,22 @@ COPY tests/it/main.rs ./tests/it/main.rs
 # Touch the sources so cargo rebuilds the crate over the dummy one.
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --features "$CARGO_FEATURES" \
-    && install -m 0755 target/release/wick /usr/local/bin/wick
+    && install -s -m 0755 target/release/wick /usr/local/bin/wick
 
 # ---------------------------------------------------------------------------------------------
-# The runtime image without the binary. ca-certificates: S3 model downloads (--model-uri) use
-# rustls with the system's root certificates.
-FROM ${RUNTIME_IMAGE} AS base
-# Unpinned on purpose: the distribution's current (security-patched) certificates.
+# Root certificates for S3 model downloads (--model-uri: rustls with the system's roots). Only the
+# bundle goes into the runtime image; the ca-certificates package would add openssl (~11 MB).
+FROM ${RUNTIME_IMAGE} AS certs
+# Unpinned on purpose: the distribution's current certificates.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
+
+# ---------------------------------------------------------------------------------------------
+# The runtime image without the binary.
+FROM ${RUNTIME_IMAGE} AS base
+COPY --from=certs /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # `serve` and `train` on PATH: SageMaker and its init may run them directly (see container/).
 # --chmod, not a RUN chmod: a chmod layer would hold a second copy of each file.
 COPY --chmod=0755 container/serve container/train /usr/local/bin/

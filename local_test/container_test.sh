@@ -75,6 +75,8 @@ fi
 step "building $image from $binary"
 mkdir -p "$repo_dir/dist"
 cp "$binary" "$build_copy"
+# Symbols are ~20% of the binary and useless in the image.
+if command -v strip >/dev/null; then strip "$build_copy"; fi
 podman build --pull=never --network host --target prebuilt \
     --build-arg "WICK_BINARY=dist/$(basename "$build_copy")" -t "$image" "$repo_dir" >&2
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$image"

@@ -22,5 +22,9 @@ verbose=()
 [[ "${VERBOSE:-0}" == 1 ]] && verbose=(-v)
 curl -sS --fail-with-body ${verbose[@]+"${verbose[@]}"} \
     -H "Content-Type: $content_type" -H "Accept: application/json" \
-    --data-binary "@$file" "http://127.0.0.1:$port/invocations"
+    --data-binary "@$file" "http://127.0.0.1:$port/invocations" || {
+    status=$?
+    echo
+    exit "$status"
+}
 echo

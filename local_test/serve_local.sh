@@ -5,7 +5,8 @@
 #
 # Usage: local_test/serve_local.sh [IMAGE]
 #   With IMAGE and a working Docker engine:
-#     docker run -v test_dir:/opt/ml -p PORT:8080 --rm IMAGE serve
+#     docker run -v test_dir:/opt/ml -p PORT:PORT -e SAGEMAKER_BIND_TO_PORT=PORT --rm IMAGE serve
+#   (plus $DOCKER_RUN_ARGS, e.g. DOCKER_RUN_ARGS="--gpus all")
 #   Otherwise: the wick binary ($WICK_BIN or target/release/wick) with --model-dir test_dir/model.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -17,7 +18,10 @@ if [[ ! -s "$test_dir/model/config.json" ]]; then
     exit 1
 fi
 if use_docker "$image"; then
-    exec docker run --rm -v "$test_dir:/opt/ml" -p "$port:8080" "$image" serve
+    # DOCKER_RUN_ARGS: extra `docker run` arguments, e.g. "--gpus all" or "--network host".
+    read -r -a extra <<<"${DOCKER_RUN_ARGS:-}"
+    exec docker run --rm ${extra[@]+"${extra[@]}"} \
+        -e "SAGEMAKER_BIND_TO_PORT=$port" -p "$port:$port" -v "$test_dir:/opt/ml" "$image" serve
 else
     [[ -z "$image" ]] || echo "note: no working Docker engine; running the wick binary" >&2
     exec "$(wick_bin)" serve --model-dir "$test_dir/model" --port "$port"

@@ -4,6 +4,7 @@
 #
 # Usage: local_test/train_local.sh [IMAGE]
 #   With IMAGE and a working Docker engine: docker run -v test_dir:/opt/ml --rm IMAGE train
+#   (plus $DOCKER_RUN_ARGS, e.g. DOCKER_RUN_ARGS="--gpus all")
 #   Otherwise: the wick binary ($WICK_BIN or target/release/wick) with --ml-root test_dir.
 # The trained package lands in test_dir/model, metrics in test_dir/output/data.
 set -euo pipefail
@@ -18,7 +19,9 @@ rm -rf "$test_dir/model" "$test_dir/output" "$test_dir/checkpoints"
 mkdir -p "$test_dir/model" "$test_dir/output"
 
 if use_docker "$image"; then
-    exec docker run --rm -v "$test_dir:/opt/ml" "$image" train
+    # DOCKER_RUN_ARGS: extra `docker run` arguments, e.g. "--gpus all" or "--network host".
+    read -r -a extra <<<"${DOCKER_RUN_ARGS:-}"
+    exec docker run --rm ${extra[@]+"${extra[@]}"} -v "$test_dir:/opt/ml" "$image" train
 else
     [[ -z "$image" ]] || echo "note: no working Docker engine; running the wick binary" >&2
     exec "$(wick_bin)" train --ml-root "$test_dir"
