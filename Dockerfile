@@ -1,0 +1,101 @@
+# syntax=docker/dockerfile:1
+# wick: one Rust binary serving and training image models under SageMaker's container contract.
+#
+# Targets:
+#   runtime   (default) builds wick from source in a Rust image, then copies it into a slim image
+#             docker build -t wick .
+#   prebuilt  takes a binary built outside Docker (for machines that cannot pull a Rust image);
+#             the binary must be built for glibc <= bookworm's (e.g. on Debian 12):
+#             cargo build --release --locked && strip target/release/wick   (a smaller image)
+#             docker build --target prebuilt --build-arg WICK_BINARY=target/release/wick -t wick .
+#
+# CUDA variant for GPU instances (candle's `cuda` feature; nvidia-docker supplies the driver,
+# the image carries only CUDA user-space libraries):
+#   docker build \
+#     --build-arg RUST_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04 \
+#     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
+#     --build-arg CARGO_FEATURES=cuda --build-arg INSTALL_RUST=1 -t wick:cuda .
+# (A CUDA devel image has no Rust toolchain: INSTALL_RUST=1 installs it with rustup, at the
+# version rust-toolchain.toml pins.)
+
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+FROM ${RUST_IMAGE} AS builder
+ARG CARGO_FEATURES=""
+ARG INSTALL_RUST=0
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+WORKDIR /src
+COPY rust-toolchain.toml ./
+# Unpinned apt packages on purpose: the distribution's current (security-patched) versions.
+# hadolint ignore=DL3008
+RUN if [ "$INSTALL_RUST" = 1 ]; then \
+        apt-get update && apt-get install -y --no-install-recommends curl ca-certificates gcc \
+        && rm -rf /var/lib/apt/lists/* \
+        && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none; \
+    fi \
+    && rustup toolchain install
+# Dependencies in their own layer: a dummy crate with the real manifest and lock file, so a
+# source change does not rebuild candle, tokio and the AWS SDK.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src examples tests/it \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > examples/artifact_bench.rs && echo '' > tests/it/main.rs \
+    && cargo build --release --locked --features "$CARGO_FEATURES" \
+    && rm -rf src examples tests
+COPY src ./src
+COPY examples ./examples
+COPY tests/it/main.rs ./tests/it/main.rs
+# Touch the sources so cargo rebuilds the crate over the dummy one.
+RUN find src -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked --features "$CARGO_FEATURES" \
+    && install -s -m 0755 target/release/wick /usr/local/bin/wick
+
+# ---------------------------------------------------------------------------------------------
+# Root certificates for S3 model downloads (--model-uri: rustls with the system's roots). Only the
+# bundle goes into the runtime image; the ca-certificates package would add openssl (~11 MB).
+FROM ${RUNTIME_IMAGE} AS certs
+# Unpinned on purpose: the distribution's current certificates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+
+# ---------------------------------------------------------------------------------------------
+# The runtime image without the binary.
+FROM ${RUNTIME_IMAGE} AS base
+COPY --from=certs /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# `serve` and `train` on PATH: SageMaker and its init may run them directly (see container/).
+# --chmod, not a RUN chmod: a chmod layer would hold a second copy of each file.
+COPY --chmod=0755 container/serve container/train /usr/local/bin/
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="wick" \
+      org.opencontainers.image.description="SageMaker-compatible serving and training container for image models, in one Rust binary" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# SageMaker runs containers as root and mounts /opt/ml at run time: no USER, nothing under
+# /opt/ml. Logs go straight to stderr/stdout (no buffering to configure).
+ENV RUST_LOG=info
+EXPOSE 8080
+# Exec form: wick is PID 1 and receives SIGTERM itself (it drains and exits 0).
+# `docker run IMAGE serve` / `docker run IMAGE train` pass the command as argv[1].
+ENTRYPOINT ["/usr/local/bin/wick"]
+CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------
+# A binary built outside (docker build --target prebuilt --build-arg WICK_BINARY=path).
+FROM base AS prebuilt
+ARG WICK_BINARY=target/release/wick
+COPY --chmod=0755 ${WICK_BINARY} /usr/local/bin/wick
+# Fails the build early if the binary does not run on this base (e.g. a newer glibc).
+RUN /usr/local/bin/wick --version
+
+# ---------------------------------------------------------------------------------------------
+# Default target: the binary from the builder stage.
+FROM base AS runtime
+COPY --from=builder --chmod=0755 /usr/local/bin/wick /usr/local/bin/wick
