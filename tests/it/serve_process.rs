@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -146,6 +147,52 @@ fn npy_u8(shape: &str, data: &[u8]) -> Vec<u8> {
 
 fn top1(predictions: &serde_json::Value) -> &str {
     predictions[0]["label"].as_str().unwrap_or_default()
+}
+
+/// `clients` keep-alive connections sending `chelsea.jpg` `requests` times in all, every reply
+/// checked (200, top-1 "Egyptian cat"). Each handle yields how many its client sent.
+fn start_clients(
+    addr: SocketAddr,
+    clients: usize,
+    requests: usize,
+) -> Result<Vec<JoinHandle<Result<usize>>>> {
+    let jpg = Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
+    Ok((0..clients)
+        .map(|client| {
+            let jpg = Arc::clone(&jpg);
+            let count = requests / clients + usize::from(client < requests % clients);
+            std::thread::spawn(move || -> Result<usize> {
+                let mut connection = Connection::open(addr)?;
+                for _ in 0..count {
+                    let reply = connection.send(
+                        "POST",
+                        "/invocations",
+                        &[("Content-Type", "image/jpeg")],
+                        &jpg,
+                    )?;
+                    anyhow::ensure!(
+                        reply.status == 200,
+                        "status {}: {}",
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body)
+                    );
+                    anyhow::ensure!(top1(&reply.json()?) == "Egyptian cat", "wrong answer");
+                }
+                Ok(count)
+            })
+        })
+        .collect())
+}
+
+/// Waits for the clients; the total number of correct replies.
+fn join_clients(clients: Vec<JoinHandle<Result<usize>>>) -> Result<usize> {
+    let mut total = 0;
+    for client in clients {
+        total += client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    Ok(total)
 }
 
 #[test]
@@ -450,41 +497,7 @@ fn a_slow_model_is_cut_off_with_504_and_the_server_stays_up() -> Result<()> {
 #[test]
 fn sixteen_concurrent_clients_all_get_correct_answers() -> Result<()> {
     let server = ready_server(&[])?;
-    let addr = server.addr;
-    let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
-    let clients: Vec<_> = (0..16)
-        .map(|client| {
-            let jpg = std::sync::Arc::clone(&jpg);
-            std::thread::spawn(move || -> Result<usize> {
-                let mut connection = Connection::open(addr)?;
-                let mut ok = 0;
-                for _ in 0..(200 / 16 + usize::from(client < 200 % 16)) {
-                    let reply = connection.send(
-                        "POST",
-                        "/invocations",
-                        &[("Content-Type", "image/jpeg")],
-                        &jpg,
-                    )?;
-                    assert_eq!(
-                        reply.status,
-                        200,
-                        "{}",
-                        String::from_utf8_lossy(&reply.body)
-                    );
-                    assert_eq!(top1(&reply.json()?), "Egyptian cat");
-                    ok += 1;
-                }
-                Ok(ok)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for client in clients {
-        total += client
-            .join()
-            .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
-    assert_eq!(total, 200);
+    assert_eq!(join_clients(start_clients(server.addr, 16, 200)?)?, 200);
     // One model copy: the whole process stays far below two copies of model + activations.
     let peak = server.peak_rss_mb()?;
     assert!(peak < 400, "peak RSS {peak} MB");
@@ -553,25 +566,7 @@ fn ping_is_empty_fast_under_load_and_connections_stay_open() -> Result<()> {
     let server = ready_server(&[("WICK_FAULT_INFERENCE_DELAY_MS", "300")])?;
     let addr = server.addr;
     // Keep the inference worker saturated with slow requests...
-    let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let jpg = std::sync::Arc::clone(&jpg);
-            std::thread::spawn(move || -> Result<()> {
-                let mut connection = Connection::open(addr)?;
-                for _ in 0..5 {
-                    let reply = connection.send(
-                        "POST",
-                        "/invocations",
-                        &[("Content-Type", "image/jpeg")],
-                        &jpg,
-                    )?;
-                    anyhow::ensure!(reply.status == 200, "status {}", reply.status);
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    let load = start_clients(addr, 4, 20)?;
     // ...while /ping keeps answering at once: new connections and a long keep-alive one.
     std::thread::sleep(Duration::from_millis(200));
     let mut slowest = Duration::ZERO;
@@ -589,12 +584,9 @@ fn ping_is_empty_fast_under_load_and_connections_stay_open() -> Result<()> {
     for _ in 0..1000 {
         assert_eq!(connection.send("GET", "/ping", &[], b"")?.status, 200);
     }
-    for client in load {
-        client
-            .join()
-            .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
+    assert_eq!(join_clients(load)?, 20);
     // A chunked body without Content-Length (batch transform streaming) is accepted.
+    let jpg = std::fs::read(fixture("chelsea.jpg"))?;
     let reply = connection.send_chunked(
         "/invocations",
         &[("Content-Type", "image/jpeg")],
@@ -711,31 +703,7 @@ fn four_workers_share_one_model_copy() -> Result<()> {
     for workers in ["1", "4"] {
         let server = ready_server(&[("SAGEMAKER_MODEL_SERVER_WORKERS", workers)])?;
         idle.push(server.peak_rss_mb()?);
-        let addr = server.addr;
-        let jpg = std::sync::Arc::new(std::fs::read(fixture("chelsea.jpg"))?);
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                let jpg = std::sync::Arc::clone(&jpg);
-                std::thread::spawn(move || -> Result<()> {
-                    let mut connection = Connection::open(addr)?;
-                    for _ in 0..5 {
-                        let reply = connection.send(
-                            "POST",
-                            "/invocations",
-                            &[("Content-Type", "image/jpeg")],
-                            &jpg,
-                        )?;
-                        anyhow::ensure!(reply.status == 200, "status {}", reply.status);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for client in clients {
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("client panicked"))??;
-        }
+        assert_eq!(join_clients(start_clients(server.addr, 8, 40)?)?, 40);
         let loaded = server.peak_rss_mb()?;
         assert!(
             loaded < 150,
