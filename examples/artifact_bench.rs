@@ -103,6 +103,22 @@ async fn main() -> Result<()> {
         );
     }
 
+    // End to end through the binary: process start to the first /ping 200 of
+    // `wick serve --model-uri` (download, unpack, load, warm-up), if a release binary is given.
+    if let Some(wick) = std::env::var_os("WICK_BIN") {
+        for (label, uri) in [("S3 `.tar.gz`", &archive_uri), ("S3 prefix", &prefix_uri)] {
+            let mut times = Vec::new();
+            for _ in 0..iterations {
+                times.push(time_to_first_ping(Path::new(&wick), uri, &options)?);
+            }
+            println!(
+                "| `wick serve --model-uri` from {label}: start to first /ping 200 | | | | {:.0} (min {:.0}) | |",
+                ms(median(&mut times)),
+                ms(times[0])
+            );
+        }
+    }
+
     // Baselines: copying the archive on this disk, and decompressing it to nowhere.
     let copy = repeat(iterations, || {
         std::fs::copy(&tarball, work.path().join("copy.tar.gz"))?;
@@ -152,6 +168,50 @@ async fn main() -> Result<()> {
         ms(load)
     );
     Ok(())
+}
+
+/// Starts `wick serve --model-uri URI` on a free port and polls /ping until it answers 200.
+fn time_to_first_ping(wick: &Path, uri: &ArtifactUri, options: &FetchOptions) -> Result<Duration> {
+    use std::io::Write;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let credentials = options
+        .s3
+        .credentials
+        .as_ref()
+        .context("static credentials")?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(wick)
+        .args(["serve", "--model-uri", &uri.to_string()])
+        .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
+        .env(
+            "AWS_ENDPOINT_URL_S3",
+            options.s3.endpoint_url.clone().unwrap_or_default(),
+        )
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", &credentials.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &credentials.secret_access_key)
+        .env("RUST_LOG", "error")
+        .spawn()?;
+    let result = loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            break Err(anyhow::anyhow!("no /ping 200 within 60 s"));
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut reply = String::new();
+            let _ = stream.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.1 200") {
+                break Ok(started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill()?;
+    child.wait()?;
+    result
 }
 
 fn repeat(iterations: usize, mut step: impl FnMut() -> Result<()>) -> Result<Duration> {
