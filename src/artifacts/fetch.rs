@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 
 use super::archive::{self, ArchiveLimits, UnpackStats};
-use super::progress::{Progress, Reporter};
+use super::progress::Reporter;
 use super::s3::{ChunkSender, Download, Object, Store};
 use super::{
     key_path, ArtifactError, ArtifactUri, FetchOptions, S3Overrides, TransferOptions,
@@ -140,13 +140,8 @@ pub async fn upload(
     };
     let uri = format!("s3://{bucket}/{key}");
     let store = Store::connect(transfer, s3).await;
-    let progress = Progress::new();
-    let _reporter = Reporter::start(
-        Arc::clone(&progress),
-        uri.clone(),
-        "uploading",
-        transfer.progress_interval,
-    );
+    let (progress, _reporter) =
+        Reporter::track(uri.clone(), "uploading", transfer.progress_interval);
     let parts = store.upload(file, bucket, &key, &progress).await?;
     Ok(UploadStats {
         uri,
@@ -212,9 +207,7 @@ async fn fetch_prefix(
 ) -> Result<LocalModel, ArtifactError> {
     let uri_text = uri.to_string();
     let store = Store::connect(&opts.transfer, &opts.s3).await;
-    let progress = Progress::new();
-    let _reporter = Reporter::start(
-        Arc::clone(&progress),
+    let (progress, _reporter) = Reporter::track(
         uri_text.clone(),
         "downloading model",
         opts.transfer.progress_interval,
@@ -310,9 +303,7 @@ async fn fetch_archive(
 ) -> Result<LocalModel, ArtifactError> {
     let uri_text = uri.to_string();
     let store = Store::connect(&opts.transfer, &opts.s3).await;
-    let progress = Progress::new();
-    let _reporter = Reporter::start(
-        Arc::clone(&progress),
+    let (progress, _reporter) = Reporter::track(
         uri_text.clone(),
         "downloading model",
         opts.transfer.progress_interval,

@@ -91,7 +91,18 @@ impl Progress {
 pub(crate) struct Reporter(tokio::task::JoinHandle<()>);
 
 impl Reporter {
-    pub(crate) fn start(
+    /// New counters for one transfer of `uri`, and the task that logs them as `action`.
+    pub(crate) fn track(
+        uri: String,
+        action: &'static str,
+        interval: Duration,
+    ) -> (Arc<Progress>, Self) {
+        let progress = Progress::new();
+        let reporter = Self::start(Arc::clone(&progress), uri, action, interval);
+        (progress, reporter)
+    }
+
+    fn start(
         progress: Arc<Progress>,
         uri: String,
         action: &'static str,

@@ -164,7 +164,7 @@ async fn handle(
     let predictor = ready.predictor.clone();
     let max_pixels = config.max_image_pixels;
     let span = tracing::Span::current();
-    let _permit = state
+    let decode_permit = state
         .decode_permits()
         .acquire()
         .await
@@ -181,7 +181,7 @@ async fn handle(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
-    drop(_permit);
+    drop(decode_permit);
     timings.decode = prepared.decode;
     timings.preprocess = prepared.preprocess;
 
