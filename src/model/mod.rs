@@ -5,11 +5,13 @@ pub mod arch;
 pub mod classifier;
 pub mod kernels;
 pub mod layers;
+pub mod output;
 pub mod package;
 pub mod preprocess;
 pub mod weights;
 
 pub use classifier::{Classifier, Prediction};
+pub use output::{DetectOptions, Detection, LabelMap, Output};
 use package::PackageError;
 use preprocess::PreprocessError;
 use weights::WeightsError;
