@@ -65,6 +65,14 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Request options in Custom-Attributes syntax, as `wick serve` reads them, e.g.
+    /// `threshold=0.4;classes=cat,dog`, `format=sagemaker`, `mask_format=rle`, `output=overlay`.
+    #[arg(long, default_value = "")]
+    pub options: String,
+    /// Also write a picture per image here: the label map (segmentation; the overlay with
+    /// `output=overlay`) or the photo with its boxes (detection), as `<file stem>.png`.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
     /// Image files (JPEG, PNG, WebP, GIF, BMP, TIFF).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -176,6 +184,10 @@ pub struct ServeArgs {
     /// Testing only: sleep this long in every inference (slow-model fault injection).
     #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
     pub fault_inference_delay_ms: Option<u64>,
+    /// Testing only: an inference worker thread exits after this many batches (crash fault
+    /// injection: /ping must turn 503).
+    #[arg(long, env = "WICK_FAULT_WORKER_EXIT_AFTER", hide = true)]
+    pub fault_worker_exit_after: Option<u64>,
 }
 
 /// `wick package`.

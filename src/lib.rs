@@ -13,6 +13,7 @@ pub mod convert;
 pub mod model;
 pub mod package_cmd;
 pub mod predict;
+pub mod render;
 pub mod serve;
 pub mod telemetry;
 pub mod train;

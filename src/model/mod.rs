@@ -8,12 +8,14 @@ pub mod layers;
 pub mod output;
 pub mod package;
 pub mod preprocess;
+pub mod task;
 pub mod weights;
 
 pub use classifier::{Classifier, Prediction};
 pub use output::{DetectOptions, Detection, LabelMap, Output};
 use package::PackageError;
 use preprocess::PreprocessError;
+pub use task::{InferenceOptions, Input, Model};
 use weights::WeightsError;
 
 /// Everything that can go wrong building or running a network.

@@ -203,13 +203,17 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>, Pr
 /// the CPU.
 ///
 /// Fails if `images` is empty or any element is not `3 * input_height * input_width` long.
-pub fn to_batch(images: &[Vec<f32>], cfg: &PreprocessConfig) -> candle_core::Result<Tensor> {
+pub fn to_batch<T: AsRef<[f32]>>(
+    images: &[T],
+    cfg: &PreprocessConfig,
+) -> candle_core::Result<Tensor> {
     let len = cfg.tensor_len();
     if images.is_empty() {
         candle_core::bail!("to_batch: the batch is empty (need at least 1 image)");
     }
     let mut data = Vec::with_capacity(len * images.len());
     for (i, image) in images.iter().enumerate() {
+        let image = image.as_ref();
         if image.len() != len {
             candle_core::bail!(
                 "to_batch: image {i} has {} values; input_height x input_width = {}x{} needs 3*{}*{} = {len}",
@@ -600,7 +604,7 @@ mod tests {
             err.contains("image 0 has 17 values") && err.contains("= 18"),
             "{err}"
         );
-        assert!(to_batch(&[], &cfg)
+        assert!(to_batch::<Vec<f32>>(&[], &cfg)
             .unwrap_err()
             .to_string()
             .contains("empty"));

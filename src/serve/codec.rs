@@ -1,16 +1,14 @@
 //! The wire formats of `/invocations`, without HTTP: which request Content-Types and response
 //! Accepts are understood, how a body becomes a list of images (raw bytes, Hugging Face JSON
-//! with base64, SageMaker SDK `.npy`), how custom attributes are read, and how predictions are
-//! written back (JSON or JSON Lines).
+//! with base64, SageMaker SDK `.npy`), and which answer formats each task offers. Options live in
+//! `options.rs`, answers are written in `respond.rs`.
 
 use base64::Engine as _;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Prediction;
-
-/// The longest `X-Amzn-SageMaker-Custom-Attributes` value SageMaker forwards.
-pub const MAX_CUSTOM_ATTRIBUTES_CHARS: usize = 1024;
+use super::options::{RawOptions, MAX_CUSTOM_ATTRIBUTES_CHARS};
+use crate::model::package::Task;
 
 /// What a request body can be wrong about.
 #[derive(Debug, thiserror::Error)]
@@ -19,15 +17,26 @@ pub enum CodecError {
     #[error("Content-Type `{0}` is not supported; send image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, application/x-image, application/octet-stream, application/json or application/x-npy")]
     UnsupportedMediaType(String),
     /// No acceptable response type in Accept.
-    #[error(
-        "Accept `{0}` cannot be satisfied; wick answers application/json or application/jsonlines"
-    )]
-    NotAcceptable(String),
+    #[error("Accept `{accept}` cannot be satisfied; this model answers {offered}")]
+    NotAcceptable {
+        /// The Accept header sent.
+        accept: String,
+        /// The media types the model's task offers.
+        offered: &'static str,
+    },
+    /// An image answer was asked for a request holding several images.
+    #[error("an image answer (Accept: {accept}) holds one image, but the request has {images}; send one image or Accept application/json")]
+    OneImageOnly {
+        /// The image media type asked for.
+        accept: &'static str,
+        /// Images in the request.
+        images: usize,
+    },
     /// The body is empty.
     #[error("the request body is empty; send an image")]
     EmptyBody,
     /// The JSON body does not parse or has the wrong shape.
-    #[error("invalid JSON body: {0}; expected {{\"inputs\": \"<base64 image>\" | [\"<base64>\", ...], \"parameters\": {{\"top_k\": 5}}}}")]
+    #[error("invalid JSON body: {0}; expected {{\"inputs\": \"<base64 image>\" | [\"<base64>\", ...], \"parameters\": {{...}}}}")]
     InvalidJson(String),
     /// A base64 string does not decode.
     #[error("`inputs[{index}]` is not valid base64: {reason}")]
@@ -119,6 +128,10 @@ pub enum ResponseFormat {
     Json,
     /// One JSON document per image, newline-separated (batch transform's record format).
     JsonLines,
+    /// A PNG image: a label map, an overlay or drawn boxes (segmentation and detection).
+    Png,
+    /// A JPEG image: an overlay or drawn boxes (segmentation and detection).
+    Jpeg,
 }
 
 impl ResponseFormat {
@@ -136,6 +149,8 @@ impl ResponseFormat {
             "application/jsonlines" | "application/jsonl" | "application/x-jsonlines" => {
                 Some(ResponseFormat::JsonLines)
             }
+            "image/png" => Some(ResponseFormat::Png),
+            "image/jpeg" | "image/jpg" => Some(ResponseFormat::Jpeg),
             _ => None,
         }
     }
@@ -145,12 +160,29 @@ impl ResponseFormat {
         match self {
             ResponseFormat::Json => "application/json",
             ResponseFormat::JsonLines => "application/jsonlines",
+            ResponseFormat::Png => "image/png",
+            ResponseFormat::Jpeg => "image/jpeg",
         }
     }
 
-    /// The first acceptable format of an Accept header, in the client's order; `*/*`,
-    /// `application/*` and a missing header mean `default`. Quality values are not ranked.
-    pub fn negotiate(accept: Option<&str>, default: ResponseFormat) -> Result<Self, CodecError> {
+    /// Whether the answer is an image.
+    pub fn is_image(self) -> bool {
+        matches!(self, ResponseFormat::Png | ResponseFormat::Jpeg)
+    }
+
+    /// Whether a model doing `task` can answer in this format.
+    pub fn suits(self, task: Task) -> bool {
+        !self.is_image() || task != Task::Classification
+    }
+
+    /// The first acceptable format of an Accept header for a model doing `task`, in the
+    /// client's order; `*/*`, `application/*` and a missing header mean `default`. Quality
+    /// values are not ranked.
+    pub fn negotiate(
+        accept: Option<&str>,
+        default: ResponseFormat,
+        task: Task,
+    ) -> Result<Self, CodecError> {
         let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
             return Ok(default);
         };
@@ -159,11 +191,22 @@ impl ResponseFormat {
             if media == "*/*" || media.eq_ignore_ascii_case("application/*") {
                 return Ok(default);
             }
-            if let Some(format) = Self::from_media_type(media) {
+            if media.eq_ignore_ascii_case("image/*") && task != Task::Classification {
+                return Ok(ResponseFormat::Png);
+            }
+            if let Some(format) = Self::from_media_type(media).filter(|f| f.suits(task)) {
                 return Ok(format);
             }
         }
-        Err(CodecError::NotAcceptable(accept.to_string()))
+        Err(CodecError::NotAcceptable {
+            accept: accept.to_string(),
+            offered: match task {
+                Task::Classification => "application/json or application/jsonlines",
+                Task::Segmentation | Task::Detection => {
+                    "application/json, application/jsonlines, image/png or image/jpeg"
+                }
+            },
+        })
     }
 }
 
@@ -181,16 +224,17 @@ pub struct ParsedRequest {
     pub images: Vec<RawImage>,
     /// Whether the client sent a list (and so expects a list of results).
     pub is_list: bool,
-    /// `parameters.top_k` from a JSON body.
-    pub top_k: Option<usize>,
+    /// A JSON body's `parameters`.
+    pub parameters: RawOptions,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonRequest {
     inputs: JsonInputs,
+    /// Validated later against the model (`options.rs`).
     #[serde(default)]
-    parameters: JsonParameters,
+    parameters: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -198,14 +242,6 @@ struct JsonRequest {
 enum JsonInputs {
     One(String),
     Many(Vec<String>),
-}
-
-#[derive(Deserialize, Default)]
-struct JsonParameters {
-    top_k: Option<serde_json::Value>,
-    /// Accepted for Hugging Face compatibility; wick applies the model's own function.
-    #[allow(dead_code)]
-    function_to_apply: Option<String>,
 }
 
 /// Parses a body of the given format into images; `max_pixels` guards `.npy` pixel arrays.
@@ -221,7 +257,7 @@ pub fn parse_body(
         RequestFormat::Image => Ok(ParsedRequest {
             images: vec![RawImage::Encoded(body.to_vec())],
             is_list: false,
-            top_k: None,
+            parameters: RawOptions::default(),
         }),
         RequestFormat::Json => parse_json(body),
         RequestFormat::Npy => super::npy::parse(body, max_pixels),
@@ -243,23 +279,10 @@ fn parse_json(body: &[u8]) -> Result<ParsedRequest, CodecError> {
         .enumerate()
         .map(|(index, s)| decode_base64(index, s).map(RawImage::Encoded))
         .collect::<Result<Vec<_>, _>>()?;
-    let top_k = match request.parameters.top_k {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|k| *k >= 1)
-                .map(|k| k as usize)
-                .ok_or_else(|| CodecError::InvalidParameter {
-                    name: "top_k",
-                    expected: "a whole number >= 1",
-                    value: v.to_string(),
-                })?,
-        ),
-    };
     Ok(ParsedRequest {
         images,
         is_list,
-        top_k,
+        parameters: RawOptions::from_json(request.parameters),
     })
 }
 
@@ -282,68 +305,6 @@ fn decode_base64(index: usize, text: &str) -> Result<Vec<u8>, CodecError> {
             index,
             reason: e.to_string(),
         })
-}
-
-/// Options from `X-Amzn-SageMaker-Custom-Attributes` (`top_k=3;trace=abc`); unknown keys are
-/// ignored and echoed nowhere.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct CustomAttributes {
-    /// `top_k=N`.
-    pub top_k: Option<usize>,
-}
-
-impl CustomAttributes {
-    /// Parses the header value.
-    pub fn parse(value: Option<&str>) -> Result<Self, CodecError> {
-        let Some(value) = value else {
-            return Ok(Self::default());
-        };
-        let chars = value.chars().count();
-        if chars > MAX_CUSTOM_ATTRIBUTES_CHARS {
-            return Err(CodecError::CustomAttributesTooLong { given: chars });
-        }
-        let mut attributes = Self::default();
-        for pair in value.split([';', ',']) {
-            let Some((key, v)) = pair.split_once('=') else {
-                continue;
-            };
-            if matches!(key.trim(), "top_k" | "topk" | "top-k") {
-                let k = v
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|k| *k >= 1)
-                    .ok_or_else(|| CodecError::InvalidParameter {
-                        name: "top_k",
-                        expected: "a whole number >= 1",
-                        value: v.trim().to_string(),
-                    })?;
-                attributes.top_k = Some(k);
-            }
-        }
-        Ok(attributes)
-    }
-}
-
-/// Writes the predictions: a list per image; for JSON, a single image's list alone unless the
-/// request sent a list.
-pub fn encode(results: &[Vec<Prediction>], is_list: bool, format: ResponseFormat) -> Vec<u8> {
-    // Serialising strings and floats cannot fail (NaN scores become null).
-    fn json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-        serde_json::to_vec(value).unwrap_or_default()
-    }
-    match format {
-        ResponseFormat::Json if is_list => json(results),
-        ResponseFormat::Json => json(results.first().map(Vec::as_slice).unwrap_or_default()),
-        ResponseFormat::JsonLines => {
-            let mut out = Vec::new();
-            for result in results {
-                out.extend(json(result));
-                out.push(b'\n');
-            }
-            out
-        }
-    }
 }
 
 #[cfg(test)]
@@ -386,19 +347,46 @@ mod tests {
     }
 
     #[test]
-    fn accept_negotiation_follows_the_clients_order() {
+    fn accept_negotiation_follows_the_clients_order_and_the_task() {
         let json = ResponseFormat::Json;
-        assert_eq!(ResponseFormat::negotiate(None, json).ok(), Some(json));
+        let classification = Task::Classification;
         assert_eq!(
-            ResponseFormat::negotiate(Some("*/*"), ResponseFormat::JsonLines).ok(),
+            ResponseFormat::negotiate(None, json, classification).ok(),
+            Some(json)
+        );
+        assert_eq!(
+            ResponseFormat::negotiate(Some("*/*"), ResponseFormat::JsonLines, classification).ok(),
             Some(ResponseFormat::JsonLines)
         );
         assert_eq!(
-            ResponseFormat::negotiate(Some("application/xml, application/jsonlines;q=0.9"), json)
-                .ok(),
+            ResponseFormat::negotiate(
+                Some("application/xml, application/jsonlines;q=0.9"),
+                json,
+                classification
+            )
+            .ok(),
             Some(ResponseFormat::JsonLines)
         );
-        assert!(ResponseFormat::negotiate(Some("application/xml"), json).is_err());
+        assert!(ResponseFormat::negotiate(Some("application/xml"), json, classification).is_err());
+        // Images answer only for the tasks that have one to give.
+        let err = ResponseFormat::negotiate(Some("image/png"), json, classification)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("image/png") && err.contains("application/json"),
+            "{err}"
+        );
+        for task in [Task::Segmentation, Task::Detection] {
+            assert_eq!(
+                ResponseFormat::negotiate(Some("image/png"), json, task).ok(),
+                Some(ResponseFormat::Png)
+            );
+            assert_eq!(
+                ResponseFormat::negotiate(Some("image/jpeg"), json, task).ok(),
+                Some(ResponseFormat::Jpeg)
+            );
+        }
     }
 
     #[test]
@@ -410,14 +398,23 @@ mod tests {
             1,
         )
         .expect("parses");
-        assert!(!one.is_list && one.images.len() == 1 && one.top_k.is_none());
+        assert!(!one.is_list && one.images.len() == 1 && one.parameters == RawOptions::default());
         let many = parse_body(
             RequestFormat::Json,
             format!(r#"{{"inputs": ["{b64}", "data:image/png;base64,{b64}"], "parameters": {{"top_k": 2}}}}"#).as_bytes(),
             1,
         )
         .expect("parses");
-        assert!(many.is_list && many.images.len() == 2 && many.top_k == Some(2));
+        assert!(many.is_list && many.images.len() == 2);
+        assert_eq!(
+            many.parameters,
+            RawOptions::from_json(
+                serde_json::json!({"top_k": 2})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            )
+        );
         for (body, needle) in [
             (r#"{"inputs": "@@@"}"#.to_string(), "inputs[0]"),
             (
@@ -427,8 +424,8 @@ mod tests {
             (r#"{"inputs": []}"#.to_string(), "empty list"),
             (r#"{"image": "abc"}"#.to_string(), "invalid JSON"),
             (
-                format!(r#"{{"inputs": "{b64}", "parameters": {{"top_k": 0}}}}"#),
-                "top_k",
+                format!(r#"{{"inputs": "{b64}", "parameters": 3}}"#),
+                "invalid JSON",
             ),
             ("not json".to_string(), "invalid JSON"),
         ] {
@@ -438,46 +435,5 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(needle), "{body}: {err}");
         }
-    }
-
-    #[test]
-    fn custom_attributes_give_top_k_and_enforce_the_length_limit() {
-        assert_eq!(
-            CustomAttributes::parse(Some("trace=abc;top_k=3")).ok(),
-            Some(CustomAttributes { top_k: Some(3) })
-        );
-        assert_eq!(
-            CustomAttributes::parse(Some("anything")).ok(),
-            Some(CustomAttributes::default())
-        );
-        assert!(CustomAttributes::parse(Some("top_k=zero")).is_err());
-        let long = "a".repeat(MAX_CUSTOM_ATTRIBUTES_CHARS + 1);
-        let err = CustomAttributes::parse(Some(&long))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("1025") && err.contains("1024"), "{err}");
-    }
-
-    #[test]
-    fn responses_are_a_list_per_image() {
-        let p = |label: &str| Prediction {
-            label: label.into(),
-            score: 0.5,
-        };
-        let results = vec![vec![p("cat")], vec![p("dog")]];
-        assert_eq!(
-            encode(&results[..1], false, ResponseFormat::Json),
-            br#"[{"label":"cat","score":0.5}]"#.to_vec()
-        );
-        assert_eq!(
-            String::from_utf8(encode(&results, true, ResponseFormat::Json)).unwrap_or_default(),
-            r#"[[{"label":"cat","score":0.5}],[{"label":"dog","score":0.5}]]"#
-        );
-        assert_eq!(
-            String::from_utf8(encode(&results, true, ResponseFormat::JsonLines))
-                .unwrap_or_default(),
-            "[{\"label\":\"cat\",\"score\":0.5}]\n[{\"label\":\"dog\",\"score\":0.5}]\n"
-        );
     }
 }

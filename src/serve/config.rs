@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Test-only slow-model fault injection.
     pub fault_inference_delay: Option<Duration>,
+    /// Testing only: an inference worker dies after this many batches.
+    pub fault_worker_exit_after: Option<u64>,
 }
 
 fn env_number(name: &str) -> Result<Option<u64>> {
@@ -149,6 +151,7 @@ impl ServeConfig {
             max_concurrent_transforms,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.min(28)),
             fault_inference_delay: args.fault_inference_delay_ms.map(Duration::from_millis),
+            fault_worker_exit_after: args.fault_worker_exit_after,
         })
     }
 

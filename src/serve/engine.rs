@@ -4,33 +4,53 @@
 //! has queued up (dynamic batching, up to `max_batch_size` images) and run it as one batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
+use image::RgbImage;
 use tokio::sync::oneshot;
 
-use crate::model::preprocess::{to_batch, PreprocessConfig};
-use crate::model::{Classifier, ModelError, Prediction};
+use crate::model::package::Task;
+use crate::model::{InferenceOptions, Input, Model, ModelError, Output};
 
 /// What the engine runs: the seam where tests put a fake model.
 pub trait Predictor: Send + Sync + 'static {
-    /// The transform requests must be preprocessed with.
-    fn preprocess_config(&self) -> &PreprocessConfig;
-    /// The `top_k` best classes of each image in `batch` `(n, 3, h, w)`.
-    fn classify(&self, batch: &Tensor, top_k: usize) -> Result<Vec<Vec<Prediction>>, ModelError>;
+    /// What the model does: decides which response formats apply.
+    fn task(&self) -> Task;
+    /// Class names by index.
+    fn labels(&self) -> &[String];
+    /// One decoded image -> an engine input (runs on the blocking pool).
+    fn prepare(&self, image: RgbImage) -> Result<Input, ModelError>;
+    /// One output per `(input, options)` pair, in order (runs on an engine thread).
+    fn predict(&self, batch: &[(&Input, &InferenceOptions)]) -> Result<Vec<Output>, ModelError>;
+    /// A segmentation model with a single foreground class (label maps as 0/255).
+    fn is_binary(&self) -> bool {
+        false
+    }
 }
 
-impl Predictor for Classifier {
-    fn preprocess_config(&self) -> &PreprocessConfig {
-        Classifier::preprocess_config(self)
+impl Predictor for Model {
+    fn task(&self) -> Task {
+        Model::task(self)
     }
 
-    fn classify(&self, batch: &Tensor, top_k: usize) -> Result<Vec<Vec<Prediction>>, ModelError> {
-        Classifier::classify(self, batch, top_k)
+    fn labels(&self) -> &[String] {
+        Model::labels(self)
+    }
+
+    fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
+        Model::prepare(self, image)
+    }
+
+    fn predict(&self, batch: &[(&Input, &InferenceOptions)]) -> Result<Vec<Output>, ModelError> {
+        Model::predict(self, batch)
+    }
+
+    fn is_binary(&self) -> bool {
+        Model::is_binary(self)
     }
 }
 
@@ -56,8 +76,8 @@ pub enum EngineError {
 
 /// Results of one submission, with how long it waited and ran.
 pub struct Outcome {
-    /// Predictions per image, in submission order.
-    pub predictions: Vec<Vec<Prediction>>,
+    /// One output per image, in submission order.
+    pub outputs: Vec<Output>,
     /// Time spent in the queue.
     pub queue: Duration,
     /// Time of the forward pass that included these images.
@@ -65,8 +85,8 @@ pub struct Outcome {
 }
 
 struct Job {
-    inputs: Vec<Vec<f32>>,
-    top_k: usize,
+    inputs: Vec<Input>,
+    options: Arc<InferenceOptions>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Outcome, EngineError>>,
 }
@@ -80,8 +100,28 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Most images per forward pass.
     pub max_batch_size: usize,
+    /// A batch running longer than this means a hung worker: the engine reports itself
+    /// unhealthy so SageMaker replaces the instance.
+    pub stuck_after: Duration,
     /// Test-only: sleep before every forward pass.
     pub fault_delay: Option<Duration>,
+    /// Test-only: a worker thread dies (as on a crash) after this many batches.
+    pub fault_worker_exit_after: Option<u64>,
+}
+
+/// Liveness of the worker threads, shared with `/ping`.
+struct Health {
+    /// Worker threads still running.
+    alive: AtomicUsize,
+    /// Per worker: when its current batch started (ms since `epoch`, plus one), 0 when idle.
+    busy_since_ms: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
 }
 
 /// The running engine. Dropping it closes the queue and joins the workers.
@@ -89,6 +129,9 @@ pub struct Engine {
     sender: Option<SyncSender<Job>>,
     queued_images: Arc<AtomicUsize>,
     capacity: usize,
+    health: Arc<Health>,
+    expected_workers: usize,
+    stuck_after: Duration,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -99,33 +142,73 @@ impl Engine {
         let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue_capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let queued_images = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(Health {
+            alive: AtomicUsize::new(0),
+            busy_since_ms: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        });
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
             let worker = Worker {
+                index,
                 predictor: Arc::clone(predictor),
                 receiver: Arc::clone(&receiver),
                 queued_images: Arc::clone(&queued_images),
+                health: Arc::clone(&health),
                 config: config.clone(),
             };
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("wick-infer-{index}"))
-                    .spawn(move || worker.run())?,
-            );
+            health.alive.fetch_add(1, Ordering::SeqCst);
+            let spawned = std::thread::Builder::new()
+                .name(format!("wick-infer-{index}"))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(err) => {
+                    health.alive.fetch_sub(1, Ordering::SeqCst);
+                    return Err(err);
+                }
+            }
         }
         Ok(Engine {
             sender: Some(sender),
             queued_images,
             capacity: config.queue_capacity,
+            health,
+            expected_workers: config.workers,
+            stuck_after: config.stuck_after,
             workers,
         })
     }
 
-    /// Queues `inputs` (preprocessed CHW images) for inference; fails at once when full.
+    /// Why the engine cannot serve, if it cannot: a worker thread has died, or one has been
+    /// inside a single batch for longer than `stuck_after`.
+    pub fn unhealthy(&self) -> Option<String> {
+        let alive = self.health.alive.load(Ordering::SeqCst);
+        if alive < self.expected_workers {
+            return Some(format!(
+                "{} of {} inference workers have stopped",
+                self.expected_workers - alive,
+                self.expected_workers
+            ));
+        }
+        let now = self.health.now_ms();
+        let stuck_ms = self.stuck_after.as_millis() as u64;
+        self.health
+            .busy_since_ms
+            .iter()
+            .map(|b| b.load(Ordering::SeqCst))
+            .filter(|&since| since > 0)
+            .map(|since| now.saturating_sub(since))
+            .max()
+            .filter(|&busy_ms| busy_ms > stuck_ms)
+            .map(|busy_ms| format!("an inference worker has been busy on one batch for {busy_ms} ms (limit {stuck_ms} ms)"))
+    }
+
+    /// Queues `inputs` for inference; fails at once when full.
     pub fn submit(
         &self,
-        inputs: Vec<Vec<f32>>,
-        top_k: usize,
+        inputs: Vec<Input>,
+        options: InferenceOptions,
     ) -> Result<oneshot::Receiver<Result<Outcome, EngineError>>, EngineError> {
         let n = inputs.len();
         let queued = self.queued_images.fetch_add(n, Ordering::SeqCst);
@@ -139,7 +222,7 @@ impl Engine {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             inputs,
-            top_k,
+            options: Arc::new(options),
             enqueued: Instant::now(),
             reply,
         };
@@ -169,21 +252,49 @@ impl Drop for Engine {
 }
 
 struct Worker {
+    index: usize,
     predictor: Arc<dyn Predictor>,
     receiver: Arc<Mutex<Receiver<Job>>>,
     queued_images: Arc<AtomicUsize>,
+    health: Arc<Health>,
     config: EngineConfig,
+}
+
+/// Counts a worker out however its thread ends, a panic included.
+struct AliveGuard(Arc<Health>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Worker {
     fn run(self) {
+        let _alive = AliveGuard(Arc::clone(&self.health));
+        let mut batches = 0u64;
         while let Some(jobs) = self.next_batch() {
             let images: usize = jobs.iter().map(|j| j.inputs.len()).sum();
             self.queued_images.fetch_sub(images, Ordering::SeqCst);
+            if self
+                .config
+                .fault_worker_exit_after
+                .is_some_and(|limit| batches >= limit)
+            {
+                tracing::error!(
+                    worker = self.index,
+                    "fault injection: inference worker exits"
+                );
+                return;
+            }
+            batches += 1;
             // A client that timed out has dropped its receiver: skip its work.
             let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
             if !jobs.is_empty() {
+                let busy = &self.health.busy_since_ms[self.index];
+                busy.store(self.health.now_ms(), Ordering::SeqCst);
                 self.run_batch(jobs);
+                busy.store(0, Ordering::SeqCst);
             }
         }
     }
@@ -208,24 +319,25 @@ impl Worker {
 
     fn run_batch(&self, jobs: Vec<Job>) {
         let started = Instant::now();
-        let top_k = jobs.iter().map(|j| j.top_k).max().unwrap_or(1);
-        let inputs: Vec<Vec<f32>> = jobs.iter().flat_map(|j| j.inputs.iter().cloned()).collect();
+        let pairs: Vec<(&Input, &InferenceOptions)> = jobs
+            .iter()
+            .flat_map(|j| j.inputs.iter().map(|input| (input, &*j.options)))
+            .collect();
         let predictor = &self.predictor;
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(delay) = self.config.fault_delay {
                 std::thread::sleep(delay);
             }
-            let batch =
-                to_batch(&inputs, predictor.preprocess_config()).map_err(ModelError::from)?;
-            predictor.classify(&batch, top_k)
+            predictor.predict(&pairs)
         }));
         let inference = started.elapsed();
+        let expected = pairs.len();
+        drop(pairs);
         let mut results = match result {
-            Ok(Ok(predictions)) if predictions.len() == inputs.len() => Ok(predictions.into_iter()),
-            Ok(Ok(predictions)) => Err(format!(
-                "the model returned {} results for {} images",
-                predictions.len(),
-                inputs.len()
+            Ok(Ok(outputs)) if outputs.len() == expected => Ok(outputs.into_iter()),
+            Ok(Ok(outputs)) => Err(format!(
+                "the model returned {} results for {expected} images",
+                outputs.len(),
             )),
             Ok(Err(err)) => {
                 // One failed forward pass fails every request batched into it.
@@ -242,21 +354,11 @@ impl Worker {
         for job in jobs {
             let queue = started.saturating_duration_since(job.enqueued);
             let outcome = match &mut results {
-                Ok(all) => {
-                    let predictions = all
-                        .by_ref()
-                        .take(job.inputs.len())
-                        .map(|mut p| {
-                            p.truncate(job.top_k);
-                            p
-                        })
-                        .collect();
-                    Ok(Outcome {
-                        predictions,
-                        queue,
-                        inference,
-                    })
-                }
+                Ok(all) => Ok(Outcome {
+                    outputs: all.by_ref().take(job.inputs.len()).collect(),
+                    queue,
+                    inference,
+                }),
                 Err(message) => Err(EngineError::Panicked(message.clone())),
             };
             // The client may have gone (timeout): nothing to do about it.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::codec::CodecError;
 use super::engine::EngineError;
 use crate::model::preprocess::PreprocessError;
+use crate::render::RenderError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,22 @@ pub enum ApiError {
         "the model is not ready yet (loading or warming up); retry after GET /ping returns 200"
     )]
     NotReady,
+    /// An inference worker has died or hung: SageMaker should replace the instance.
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
+    /// The answer would exceed the payload limit.
+    #[error("the answer would be {size_bytes} bytes, over the payload limit of {limit_bytes} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB); ask for a smaller format: {smaller}")]
+    ResponseTooLarge {
+        /// Size of the encoded answer.
+        size_bytes: u64,
+        /// The limit in bytes.
+        limit_bytes: u64,
+        /// The formats that are smaller.
+        smaller: &'static str,
+    },
+    /// Encoding the answer failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
     /// The engine refused or failed the work.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -73,7 +90,7 @@ impl ApiError {
                 CodecError::UnsupportedMediaType(_) => {
                     (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 }
-                CodecError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+                CodecError::NotAcceptable { .. } => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
                 CodecError::TooManyPixels { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
                 }
@@ -82,6 +99,7 @@ impl ApiError {
                 | CodecError::InvalidBase64 { .. }
                 | CodecError::InvalidNpy(_)
                 | CodecError::InvalidParameter { .. }
+                | CodecError::OneImageOnly { .. }
                 | CodecError::CustomAttributesTooLong { .. } => {
                     (StatusCode::BAD_REQUEST, "validation")
                 }
@@ -103,6 +121,11 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Unhealthy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
+            ApiError::ResponseTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "response_too_large")
+            }
+            ApiError::Render(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Engine(err) => match err {
                 EngineError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 EngineError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

@@ -3,6 +3,7 @@
 //! on the engine's threads; the async runtime only moves bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -12,16 +13,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
+use image::RgbImage;
 use rayon::prelude::*;
 use tracing::Instrument;
 
-use super::codec::{
-    self, CustomAttributes, ParsedRequest, RawImage, RequestFormat, ResponseFormat,
-};
-use super::engine::EngineError;
+use super::codec::{self, CodecError, ParsedRequest, RawImage, RequestFormat, ResponseFormat};
+use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
+use super::options::{RawOptions, RequestOptions};
+use super::respond::Answer;
 use super::AppState;
-use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
+use crate::model::package::Task;
+use crate::model::preprocess::{decode, DecodeLimits};
+use crate::model::{Input, ModelError};
 
 /// The response header SageMaker passes back to the client.
 const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
@@ -41,10 +45,18 @@ pub fn app(state: AppState) -> Router {
 
 async fn ping(State(state): State<AppState>) -> Response {
     tracing::debug!("ping");
-    if state.ready().is_some() {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::NotReady.into_response()
+    let Some(ready) = state.ready() else {
+        return ApiError::NotReady.into_response();
+    };
+    match ready.engine.unhealthy() {
+        None => StatusCode::OK.into_response(),
+        Some(reason) => {
+            tracing::error!(
+                reason,
+                "unhealthy: /ping answers 503 so the instance is replaced"
+            );
+            ApiError::Unhealthy(reason).into_response()
+        }
     }
 }
 
@@ -153,15 +165,21 @@ async fn handle(
             })
         })
     };
-    let attributes = CustomAttributes::parse(header_text(CUSTOM_ATTRIBUTES).transpose()?)?;
+    let attributes =
+        RawOptions::from_custom_attributes(header_text(CUSTOM_ATTRIBUTES).transpose()?)?;
     let request_format =
         RequestFormat::from_content_type(header_text(header::CONTENT_TYPE.as_str()).transpose()?)?;
+    let predictor = ready.predictor.clone();
+    let task = predictor.task();
+    let default_format = Some(config.default_response)
+        .filter(|f| f.suits(task))
+        .unwrap_or(ResponseFormat::Json);
     let response_format = ResponseFormat::negotiate(
         header_text(header::ACCEPT.as_str()).transpose()?,
-        config.default_response,
+        default_format,
+        task,
     )?;
 
-    let predictor = ready.predictor.clone();
     let max_pixels = config.max_image_pixels;
     let span = tracing::Span::current();
     let decode_permit = state
@@ -169,15 +187,9 @@ async fn handle(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(format!("decode permits closed: {e}")))?;
+    let worker_predictor = predictor.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| {
-            prepare(
-                &bytes,
-                request_format,
-                max_pixels,
-                predictor.preprocess_config(),
-            )
-        })
+        span.in_scope(|| prepare(&bytes, request_format, max_pixels, &*worker_predictor))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
@@ -185,18 +197,70 @@ async fn handle(
     timings.decode = prepared.decode;
     timings.preprocess = prepared.preprocess;
 
-    let top_k = prepared
-        .top_k
-        .or(attributes.top_k)
-        .unwrap_or(config.default_top_k);
-    let reply = ready.engine.submit(prepared.inputs, top_k)?;
+    let options = RequestOptions::resolve(
+        &attributes.merge(prepared.parameters),
+        task,
+        predictor.labels(),
+        config.default_top_k,
+    )?;
+    if response_format.is_image() && prepared.inputs.len() != 1 {
+        return Err(CodecError::OneImageOnly {
+            accept: response_format.content_type(),
+            images: prepared.inputs.len(),
+        }
+        .into());
+    }
+    let images: Vec<Arc<RgbImage>> = prepared
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            Input::Image(image) => Some(Arc::clone(image)),
+            Input::Tensor(_) => None,
+        })
+        .collect();
+    let reply = ready
+        .engine
+        .submit(prepared.inputs, options.inference.clone())?;
     let outcome = reply
         .await
         .map_err(|_| ApiError::Engine(EngineError::Stopped))??;
     timings.queue = outcome.queue;
     timings.inference = outcome.inference;
 
-    let body = codec::encode(&outcome.predictions, prepared.is_list, response_format);
+    let is_list = prepared.is_list;
+    let is_binary = predictor.is_binary();
+    let encode = move || {
+        Answer {
+            outputs: &outcome.outputs,
+            images: &images,
+            is_list,
+            format: response_format,
+            options: &options,
+            labels: predictor.labels(),
+            is_binary,
+        }
+        .encode()
+    };
+    // Classification JSON is a few hundred bytes; masks and pictures are real work and stay
+    // off the async runtime.
+    let body = if task == Task::Classification {
+        encode()?
+    } else {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .map_err(|e| ApiError::Internal(format!("encoding task failed: {e}")))??
+    };
+    if body.len() as u64 > config.max_payload_bytes {
+        return Err(ApiError::ResponseTooLarge {
+            size_bytes: body.len() as u64,
+            limit_bytes: config.max_payload_bytes,
+            smaller: match task {
+                Task::Segmentation => "Accept: image/png (a label map), or mask_format=rle",
+                Task::Detection => "Accept: application/json, or Accept: image/jpeg",
+                Task::Classification => "a smaller top_k",
+            },
+        });
+    }
     Ok((
         [(header::CONTENT_TYPE, response_format.content_type())],
         body,
@@ -245,25 +309,25 @@ async fn read_body(mut body: Body, headers: &HeaderMap, limit: u64) -> Result<Ve
 }
 
 struct Prepared {
-    inputs: Vec<Vec<f32>>,
+    inputs: Vec<Input>,
     is_list: bool,
-    top_k: Option<usize>,
+    parameters: RawOptions,
     decode: Duration,
     preprocess: Duration,
 }
 
 /// Body -> model inputs, on the blocking pool: parse, decode every image (in parallel), then
-/// apply the model's evaluation transform.
+/// let the model prepare each (classification applies its evaluation transform here).
 fn prepare(
     body: &[u8],
     format: RequestFormat,
     max_pixels: u64,
-    cfg: &PreprocessConfig,
+    predictor: &dyn Predictor,
 ) -> Result<Prepared, ApiError> {
     let ParsedRequest {
         images,
         is_list,
-        top_k,
+        parameters,
     } = codec::parse_body(format, body, max_pixels)?;
     let limits = DecodeLimits { max_pixels };
     let decode_one = |image: RawImage| match image {
@@ -286,22 +350,31 @@ fn prepare(
     };
     let decode_time = started.elapsed();
     let started = Instant::now();
+    let prepare_one = |image| predictor.prepare(image).map_err(model_error);
     let inputs = if decoded.len() == 1 {
         decoded
-            .iter()
-            .map(|image| preprocess(image, cfg))
+            .into_iter()
+            .map(prepare_one)
             .collect::<Result<Vec<_>, _>>()?
     } else {
         decoded
-            .par_iter()
-            .map(|image| preprocess(image, cfg))
+            .into_par_iter()
+            .map(prepare_one)
             .collect::<Result<Vec<_>, _>>()?
     };
     Ok(Prepared {
         inputs,
         is_list,
-        top_k,
+        parameters,
         decode: decode_time,
         preprocess: started.elapsed(),
     })
+}
+
+/// A preprocessing failure is the image's fault (400/413); anything else is ours.
+fn model_error(err: ModelError) -> ApiError {
+    match err {
+        ModelError::Preprocess(err) => ApiError::Image(err),
+        other => ApiError::Internal(format!("preparing the image: {other}")),
+    }
 }

@@ -8,6 +8,8 @@ mod engine;
 mod error;
 mod handlers;
 mod npy;
+pub mod options;
+pub mod respond;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
@@ -27,14 +29,13 @@ pub use handlers::app;
 
 use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
 use crate::cli::ServeArgs;
-use crate::model::preprocess::to_batch;
-use crate::model::Classifier;
+use crate::model::Model;
 
 /// A model that has loaded and passed its warm-up inference.
 pub struct Ready {
     /// The queue in front of the worker threads.
     pub engine: Engine,
-    /// The model, shared with the workers (handlers need its transform).
+    /// The model, shared with the workers (handlers prepare images with it).
     pub predictor: Arc<dyn Predictor>,
 }
 
@@ -96,7 +97,9 @@ impl AppState {
                 workers: config.workers,
                 queue_capacity: config.queue_capacity,
                 max_batch_size: config.max_batch_size,
+                stuck_after: config.timeout.saturating_mul(2),
                 fault_delay: config.fault_inference_delay,
+                fault_worker_exit_after: config.fault_worker_exit_after,
             },
         )?;
         self.set_ready(Ready { engine, predictor });
@@ -208,21 +211,17 @@ async fn fetch_and_load(
 
 /// Loads the package, runs one inference through the real path, starts the engine.
 fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
-    let classifier = Classifier::load(model_dir)
+    let model = Model::load(model_dir)
         .with_context(|| format!("loading the model package in `{}`", model_dir.display()))?;
-    let predictor: Arc<dyn Predictor> = Arc::new(classifier);
     let started = Instant::now();
-    let cfg = predictor.preprocess_config();
-    let blank = vec![0.0f32; cfg.tensor_len()];
-    predictor
-        .classify(&to_batch(&[blank], cfg)?, 1)
-        .context("warm-up inference")?;
+    model.warm_up().context("warm-up inference")?;
     tracing::info!(
+        task = ?model.task(),
         warmup_ms = started.elapsed().as_millis() as u64,
         "warm-up inference done; ready"
     );
     state
-        .start_engine(predictor)
+        .start_engine(Arc::new(model))
         .context("starting the inference workers")?;
     Ok(())
 }

@@ -61,8 +61,8 @@ pub(super) fn parse(body: &[u8], max_pixels: u64) -> Result<ParsedRequest, Codec
         )));
     }
     match shape.as_slice() {
-        [_] => Ok(ParsedRequest { images: vec![RawImage::Encoded(data.to_vec())], is_list: false, top_k: None }),
-        &[h, w, 3] => Ok(ParsedRequest { images: vec![pixels(data, (h, w), max_pixels)?], is_list: false, top_k: None }),
+        [_] => Ok(ParsedRequest { images: vec![RawImage::Encoded(data.to_vec())], is_list: false, parameters: Default::default() }),
+        &[h, w, 3] => Ok(ParsedRequest { images: vec![pixels(data, (h, w), max_pixels)?], is_list: false, parameters: Default::default() }),
         &[n, h, w, 3] => {
             let images = data
                 .chunks_exact((h * w * 3).max(1))
@@ -72,7 +72,7 @@ pub(super) fn parse(body: &[u8], max_pixels: u64) -> Result<ParsedRequest, Codec
             if images.is_empty() {
                 return Err(invalid("the array holds no image"));
             }
-            Ok(ParsedRequest { images, is_list: true, top_k: None })
+            Ok(ParsedRequest { images, is_list: true, parameters: Default::default() })
         }
         other => Err(invalid(format!(
             "shape {other:?} is not supported; send (bytes,) for an encoded image, (h, w, 3) or (n, h, w, 3) for RGB pixels"

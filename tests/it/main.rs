@@ -7,6 +7,7 @@ mod real_model;
 mod robustness;
 mod serve_process;
 mod serve_router;
+mod serve_tasks;
 mod support;
 mod train;
 mod train_resume;

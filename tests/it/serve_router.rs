@@ -7,51 +7,66 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use candle_core::Tensor;
 use clap::Parser;
 use http_body_util::BodyExt;
+use image::RgbImage;
 use tower::ServiceExt;
 use wick::cli::{Cli, Command};
-use wick::model::preprocess::{Interpolation, PreprocessConfig};
-use wick::model::{ModelError, Prediction};
+use wick::model::package::Task;
+use wick::model::{InferenceOptions, Input, ModelError, Output, Prediction};
 use wick::serve::{app, AppState, Predictor, ServeConfig};
 
 /// Answers "bright" or "dark" from the mean pixel; panics on a pure-white image; sleeps if told.
 struct FakeModel {
-    cfg: PreprocessConfig,
+    labels: Vec<String>,
     delay: Duration,
 }
 
 impl Predictor for FakeModel {
-    fn preprocess_config(&self) -> &PreprocessConfig {
-        &self.cfg
+    fn task(&self) -> Task {
+        Task::Classification
     }
 
-    fn classify(&self, batch: &Tensor, top_k: usize) -> Result<Vec<Vec<Prediction>>, ModelError> {
+    fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
+        let pixels = image.as_raw();
+        let mean = pixels.iter().map(|&v| f32::from(v)).sum::<f32>() / pixels.len().max(1) as f32;
+        Ok(Input::Tensor(vec![mean / 255.0]))
+    }
+
+    fn predict(&self, batch: &[(&Input, &InferenceOptions)]) -> Result<Vec<Output>, ModelError> {
         std::thread::sleep(self.delay);
-        let means = batch.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?;
-        Ok(means
+        Ok(batch
             .iter()
-            .map(|&m| {
+            .map(|(input, options)| {
+                let m = match input {
+                    Input::Tensor(t) => t[0],
+                    Input::Image(_) => 0.0,
+                };
                 assert!(m < 0.99, "fake model: white image");
                 let (a, b) = if m > 0.5 {
                     ("bright", "dark")
                 } else {
                     ("dark", "bright")
                 };
-                vec![
-                    Prediction {
-                        label: a.into(),
-                        score: 0.9,
-                    },
-                    Prediction {
-                        label: b.into(),
-                        score: 0.1,
-                    },
-                ]
-                .into_iter()
-                .take(top_k)
-                .collect()
+                Output::Classes(
+                    vec![
+                        Prediction {
+                            label: a.into(),
+                            score: 0.9,
+                        },
+                        Prediction {
+                            label: b.into(),
+                            score: 0.1,
+                        },
+                    ]
+                    .into_iter()
+                    .take(options.top_k)
+                    .collect(),
+                )
             })
             .collect())
     }
@@ -67,16 +82,8 @@ fn config(args: &[&str]) -> Result<ServeConfig> {
 
 fn state(args: &[&str], delay_ms: u64) -> Result<AppState> {
     let state = AppState::new(config(args)?);
-    let cfg = PreprocessConfig {
-        input_height: 16,
-        input_width: 16,
-        crop_pct: 1.0,
-        interpolation: Interpolation::Bilinear,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
     state.start_engine(Arc::new(FakeModel {
-        cfg,
+        labels: vec!["bright".into(), "dark".into()],
         delay: Duration::from_millis(delay_ms),
     }))?;
     Ok(state)
@@ -147,6 +154,42 @@ async fn a_panic_in_inference_is_a_500_without_internals_and_the_next_request_su
     assert_eq!(
         (status, body[0]["label"].as_str()),
         (StatusCode::OK, Some("dark"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crashed_inference_worker_turns_ping_503() -> Result<()> {
+    // Contract item 11: the worker thread dies after its first batch (fault injection).
+    let state = state(&["--fault-worker-exit-after", "1"], 0)?;
+    let ping = |state: &AppState| {
+        let state = state.clone();
+        async move {
+            let response = app(state)
+                .oneshot(Request::get("/ping").body(Body::empty())?)
+                .await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((
+                status,
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            ))
+        }
+    };
+    assert_eq!(ping(&state).await?.0, StatusCode::OK);
+    assert_eq!(invoke(&state, png(10)?).await?.0, StatusCode::OK);
+    // The next batch kills the worker; its request fails rather than hanging.
+    let (status, _) = invoke(&state, png(10)?).await?;
+    assert!(status.is_server_error(), "{status}");
+    let (status, body) = ping(&state).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error_type"], "unhealthy", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 of 1 inference workers"),
+        "{body}"
     );
     Ok(())
 }

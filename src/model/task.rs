@@ -1,0 +1,151 @@
+//! One loaded model whatever its task: [`Model`] reads the package's `task`, loads the matching
+//! network, and gives serving and `wick predict` a single two-step interface: [`Model::prepare`]
+//! (per image, on any thread) then [`Model::predict`] (a batch, on an inference thread).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use image::RgbImage;
+
+use super::output::{DetectOptions, Output};
+use super::package::{Package, Task};
+use super::preprocess::{preprocess, to_batch};
+use super::{Classifier, ModelError};
+
+/// An image made ready for [`Model::predict`].
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Classification: the evaluation transform already applied (CHW, normalised).
+    Tensor(Vec<f32>),
+    /// Segmentation and detection: the decoded image itself; the model resizes or tiles it
+    /// and maps its answer back to this image's pixels. Shared so a caller can keep it for an
+    /// overlay.
+    Image(Arc<RgbImage>),
+}
+
+/// Per-image settings of a request; each task reads the ones that concern it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceOptions {
+    /// Classification: classes returned per image.
+    pub top_k: usize,
+    /// Segmentation: the binary model's threshold (model default when `None`).
+    pub mask_threshold: Option<f32>,
+    /// Detection: confidence, IoU, box count and class filter.
+    pub detect: DetectOptions,
+}
+
+impl Default for InferenceOptions {
+    fn default() -> Self {
+        InferenceOptions {
+            top_k: 5,
+            mask_threshold: None,
+            detect: DetectOptions::default(),
+        }
+    }
+}
+
+/// A loaded model of any task.
+pub enum Model {
+    /// Image classification.
+    Classifier(Classifier),
+}
+
+impl Model {
+    /// Loads the package in `dir`, choosing the network by its `config.json` `task`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let task = Package::open(dir)?.config.task;
+        match task {
+            Task::Classification => Ok(Model::Classifier(Classifier::load(dir)?)),
+            Task::Segmentation | Task::Detection => Err(ModelError::Unsupported(format!(
+                "config.json `task` is {task:?}; this build serves classification only"
+            ))),
+        }
+    }
+
+    /// What the model does.
+    pub fn task(&self) -> Task {
+        match self {
+            Model::Classifier(_) => Task::Classification,
+        }
+    }
+
+    /// Class names, by class index.
+    pub fn labels(&self) -> &[String] {
+        match self {
+            Model::Classifier(c) => c.labels(),
+        }
+    }
+
+    /// A segmentation model with one foreground class, thresholded rather than argmaxed.
+    pub fn is_binary(&self) -> bool {
+        match self {
+            Model::Classifier(_) => false,
+        }
+    }
+
+    /// The configured architecture name.
+    pub fn architecture(&self) -> &str {
+        match self {
+            Model::Classifier(c) => c.architecture(),
+        }
+    }
+
+    /// Makes one decoded image ready for [`Model::predict`]. Classification applies its
+    /// transform here, so the costly resize runs outside the inference threads.
+    #[allow(clippy::needless_pass_by_value)] // the segmentation and detection arms keep it
+    pub fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
+        match self {
+            Model::Classifier(c) => Ok(Input::Tensor(preprocess(&image, c.preprocess_config())?)),
+        }
+    }
+
+    /// Runs a batch: one [`Output`] per `(input, options)` pair, in order.
+    pub fn predict(
+        &self,
+        batch: &[(&Input, &InferenceOptions)],
+    ) -> Result<Vec<Output>, ModelError> {
+        match self {
+            Model::Classifier(c) => classify(c, batch),
+        }
+    }
+
+    /// One inference on a blank image through the real path, so the first request does not
+    /// pay for lazy allocations.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let image = RgbImage::new(64, 48);
+        let input = self.prepare(image)?;
+        self.predict(&[(&input, &InferenceOptions::default())])?;
+        Ok(())
+    }
+}
+
+/// The classifier's batch: stacked tensors, ranked once with the largest `top_k` asked for,
+/// then cut to each image's own.
+fn classify(
+    classifier: &Classifier,
+    batch: &[(&Input, &InferenceOptions)],
+) -> Result<Vec<Output>, ModelError> {
+    let tensors = batch
+        .iter()
+        .map(|(input, _)| match input {
+            Input::Tensor(t) => Ok(t.as_slice()),
+            Input::Image(_) => Err(ModelError::Unsupported(
+                "a classifier needs prepared tensors, not images".into(),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let top_k = batch.iter().map(|(_, o)| o.top_k).max().unwrap_or(1);
+    let ranked =
+        classifier.classify(&to_batch(&tensors, classifier.preprocess_config())?, top_k)?;
+    Ok(ranked
+        .into_iter()
+        .zip(batch)
+        .map(|(mut classes, (_, options))| {
+            classes.truncate(options.top_k);
+            Output::Classes(classes)
+        })
+        .collect())
+}
