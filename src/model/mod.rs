@@ -8,10 +8,12 @@ pub mod layers;
 pub mod output;
 pub mod package;
 pub mod preprocess;
+pub mod segmenter;
 pub mod weights;
 
 pub use classifier::{Classifier, Prediction};
 pub use output::{DetectOptions, Detection, LabelMap, Output};
+pub use segmenter::Segmenter;
 use package::PackageError;
 use preprocess::PreprocessError;
 use weights::WeightsError;
