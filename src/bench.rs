@@ -122,7 +122,10 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
                 out_channels: 21,
             })?;
             let run = move |x: &Tensor| -> Result<()> {
-                network.forward(&to_nhwc(x)?)?.sum_all()?.to_scalar::<f32>()?;
+                network
+                    .forward(&to_nhwc(x)?)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
                 Ok(())
             };
             targets.push((name.clone(), Box::new(run), size));

@@ -13,9 +13,9 @@ pub mod weights;
 
 pub use classifier::{Classifier, Prediction};
 pub use output::{DetectOptions, Detection, LabelMap, Output};
-pub use segmenter::Segmenter;
 use package::PackageError;
 use preprocess::PreprocessError;
+pub use segmenter::Segmenter;
 use weights::WeightsError;
 
 /// Everything that can go wrong building or running a network.

@@ -233,8 +233,7 @@ impl Segmenter {
             (long, side as u32)
         };
         let mut dst = fr::images::Image::new(new_w, new_h, fr::PixelType::U8x3);
-        let options =
-            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         fr::Resizer::new()
             .resize(image, &mut dst, &options)
             .map_err(PreprocessError::from)?;

@@ -64,7 +64,12 @@ fn check(id: &str) -> Result<()> {
     let (n, h, w, c) = logits.dims4()?;
     assert_eq!(
         [n, c, h, w],
-        [1, fixture.num_classes, fixture.input_shape[2], fixture.input_shape[3]],
+        [
+            1,
+            fixture.num_classes,
+            fixture.input_shape[2],
+            fixture.input_shape[3]
+        ],
         "{id}: logits at the input resolution"
     );
     let values = logits.flatten_all()?.to_vec1::<f32>()?;

@@ -44,7 +44,12 @@ fn lraspp(classes: usize, segmentation: serde_json::Value) -> Result<Segmenter> 
 }
 
 fn differing_fraction(a: &LabelMap, b: &LabelMap) -> f64 {
-    let differing = a.classes.iter().zip(&b.classes).filter(|(x, y)| x != y).count();
+    let differing = a
+        .classes
+        .iter()
+        .zip(&b.classes)
+        .filter(|(x, y)| x != y)
+        .count();
     differing as f64 / a.classes.len() as f64
 }
 
@@ -56,7 +61,10 @@ fn label_map_has_the_photos_exact_size_and_several_classes() -> Result<()> {
     assert_eq!((map.width, map.height), photo.dimensions());
     assert_eq!(map.classes.len(), (photo.width() * photo.height()) as usize);
     let present = map.pixel_counts(21).iter().filter(|&&c| c > 0).count();
-    assert!(present >= 2, "a real photo through the network gives more than one class");
+    assert!(
+        present >= 2,
+        "a real photo through the network gives more than one class"
+    );
     assert!(map.classes.iter().all(|&c| c < 21));
     Ok(())
 }
@@ -73,7 +81,10 @@ fn tiled_run_agrees_with_the_single_pass() -> Result<()> {
     let tiled = lraspp(21, json!({"tile_size": 192, "tile_overlap": 64}))?.segment(&photo, None)?;
     assert_eq!((tiled.width, tiled.height), photo.dimensions());
     let fraction = differing_fraction(&whole, &tiled);
-    println!("tiled vs single pass: {:.2}% of pixels differ", fraction * 100.0);
+    println!(
+        "tiled vs single pass: {:.2}% of pixels differ",
+        fraction * 100.0
+    );
     assert!(fraction < 0.10, "{:.2}% of pixels differ", fraction * 100.0);
     // No seam: the columns at the inner tile boundaries (x = 128 and 256 start the 2nd and 3rd
     // tiles) disagree no more than the photo as a whole.
@@ -85,7 +96,10 @@ fn tiled_run_agrees_with_the_single_pass() -> Result<()> {
             })
             .count() as f64
             / f64::from(tiled.height);
-        assert!(column <= (3.0 * fraction).max(0.05), "seam at x={x}: {column}");
+        assert!(
+            column <= (3.0 * fraction).max(0.05),
+            "seam at x={x}: {column}"
+        );
     }
     Ok(())
 }
@@ -99,7 +113,9 @@ fn tiny_and_odd_images_work_for_every_family() -> Result<()> {
             "num_classes": 3,
         }))?;
         for (w, h) in [(5, 3), (1, 1), (3, 17), (33, 31)] {
-            let image = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 40) as u8, (y * 15) as u8, 90]));
+            let image = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 40) as u8, (y * 15) as u8, 90])
+            });
             let map = model.segment(&image, None)?;
             assert_eq!((map.width, map.height), (w, h), "{architecture}");
             assert_eq!(map.classes.len(), (w * h) as usize);
@@ -138,9 +154,16 @@ fn binary_threshold_is_honoured_and_validated() -> Result<()> {
         assert!(map.classes.iter().all(|&c| c <= 1));
         Ok(map.pixel_counts(2)[1])
     };
-    let (low, default, high) = (foreground(Some(0.05))?, foreground(None)?, foreground(Some(0.95))?);
+    let (low, default, high) = (
+        foreground(Some(0.05))?,
+        foreground(None)?,
+        foreground(Some(0.95))?,
+    );
     assert!(low >= default && default >= high, "{low} {default} {high}");
-    assert!(low > high, "the threshold changes the mask ({low} vs {high})");
+    assert!(
+        low > high,
+        "the threshold changes the mask ({low} vs {high})"
+    );
     assert_eq!(foreground(Some(0.4))?, default);
     for bad in [f32::NAN, 0.0, 1.0, -0.5, 1.5] {
         let err = model.segment(&photo, Some(bad)).unwrap_err().to_string();
@@ -159,13 +182,19 @@ fn bad_packages_are_refused_with_the_field_named() -> Result<()> {
     };
     let base = |extra: serde_json::Value| {
         let mut config = json!({"architecture": "lraspp_mobilenet_v3_large", "task": "segmentation", "num_classes": 3});
-        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         config
     };
     assert!(err(base(json!({"num_classes": 300}))).contains("num_classes"));
-    assert!(err(base(json!({"segmentation": {"threshold": 1.0}}))).contains("segmentation.threshold"));
+    assert!(
+        err(base(json!({"segmentation": {"threshold": 1.0}}))).contains("segmentation.threshold")
+    );
     assert!(err(base(json!({"segmentation": {"tile_size": 8}}))).contains("segmentation.tile_size"));
-    assert!(err(base(json!({"segmentation": {"tile_overlap": 400}}))).contains("segmentation.tile_overlap"));
+    assert!(err(base(json!({"segmentation": {"tile_overlap": 400}})))
+        .contains("segmentation.tile_overlap"));
     assert!(err(base(json!({"segmentation": {"tile": 400}}))).contains("segmentation"));
     assert!(err(base(json!({"architecture": "unet"}))).contains("deeplabv3plus_resnet50"));
     Ok(())
@@ -177,10 +206,15 @@ fn logits_are_nchw_at_the_input_resolution() -> Result<()> {
     let input = wick::model::weights::synthesize("input", &[2, 3, 37, 53]);
     let logits = model.logits(&input)?;
     assert_eq!(logits.dims(), &[2, 4, 37, 53]);
-    let smp = segmenter(json!({"architecture": "deeplabv3plus_resnet50", "task": "segmentation", "num_classes": 2}))?;
+    let smp = segmenter(
+        json!({"architecture": "deeplabv3plus_resnet50", "task": "segmentation", "num_classes": 2}),
+    )?;
     match smp.logits(&input) {
         Err(ModelError::Unsupported(message)) => assert!(message.contains("divisible by 16")),
-        other => panic!("expected a size error, got {:?}", other.map(|t| t.dims().to_vec())),
+        other => panic!(
+            "expected a size error, got {:?}",
+            other.map(|t| t.dims().to_vec())
+        ),
     }
     Ok(())
 }

@@ -200,7 +200,7 @@ mod tests {
         assert!((xs[1] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6 && xs[0] == 0.0);
         let mut xs = vec![-4.0, -1.5, 0.0, 1.5, 4.0];
         Activation::Hardswish.apply(&mut xs);
-        assert_eq!(xs, vec![0.0, -0.375, 0.0, 1.875, 4.0]);
+        assert_eq!(xs, vec![0.0, -0.375, 0.0, 1.125, 4.0]);
         let mut xs = vec![-4.0, 0.0, 1.5, 4.0];
         Activation::Hardsigmoid.apply(&mut xs);
         assert_eq!(xs, vec![0.0, 0.5, 0.75, 1.0]);

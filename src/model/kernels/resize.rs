@@ -100,7 +100,12 @@ mod tests {
     use super::*;
 
     /// The textbook definition on one channel, in f64, straight from the PyTorch docs formula.
-    fn reference(input: &[f64], (h, w): (usize, usize), (oh, ow): (usize, usize), ac: bool) -> Vec<f64> {
+    fn reference(
+        input: &[f64],
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+        ac: bool,
+    ) -> Vec<f64> {
         let source = |dst: usize, inp: usize, outp: usize| -> f64 {
             if ac {
                 if outp > 1 {
@@ -148,7 +153,10 @@ mod tests {
                 let want = reference(&plane64, (h, w), size, ac);
                 for (i, want) in want.iter().enumerate() {
                     let (g0, g1) = (got[2 * i], got[2 * i + 1]);
-                    assert!((f64::from(g0) - want).abs() < 1e-5, "ac={ac} {size:?} px {i}: {g0} vs {want}");
+                    assert!(
+                        (f64::from(g0) - want).abs() < 1e-5,
+                        "ac={ac} {size:?} px {i}: {g0} vs {want}"
+                    );
                     assert!((f64::from(g1) + want).abs() < 1e-5, "channel 1 at px {i}");
                 }
             }
@@ -158,7 +166,12 @@ mod tests {
     #[test]
     fn align_corners_keeps_the_corner_pixels_and_half_pixel_mode_does_not_overshoot() {
         let input = [0.0, 1.0, 2.0, 3.0]; // 2x2, one channel
-        let shape = Nhwc { n: 1, h: 2, w: 2, c: 1 };
+        let shape = Nhwc {
+            n: 1,
+            h: 2,
+            w: 2,
+            c: 1,
+        };
         let out = run(&input, shape, (3, 3), true);
         assert_eq!(out, vec![0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 2.0, 2.5, 3.0]);
         let out = run(&input, shape, (4, 4), false);
@@ -170,7 +183,12 @@ mod tests {
     #[test]
     fn batches_are_resized_independently() {
         let input = [1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 5.0];
-        let shape = Nhwc { n: 2, h: 2, w: 2, c: 1 };
+        let shape = Nhwc {
+            n: 2,
+            h: 2,
+            w: 2,
+            c: 1,
+        };
         let out = run(&input, shape, (3, 1), false);
         assert_eq!(out, vec![1.0, 1.0, 1.0, 5.0, 5.0, 5.0]);
     }

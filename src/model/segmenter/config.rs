@@ -64,13 +64,13 @@ impl SegmentationConfig {
     pub fn from_package(package: &Package) -> Result<Self, PackageError> {
         let raw: RawSegmentationConfig = match package.config.extra.get("segmentation") {
             None => RawSegmentationConfig::default(),
-            Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
-                PackageError::InvalidField {
+            Some(value) => {
+                serde_json::from_value(value.clone()).map_err(|e| PackageError::InvalidField {
                     field: "segmentation",
                     message: e.to_string(),
                     value: value.to_string(),
-                }
-            })?,
+                })?
+            }
         };
         let preprocess = package.preprocess_config()?;
         let tile_size = raw.tile_size.unwrap_or(DEFAULT_TILE_SIZE);

@@ -82,7 +82,13 @@ pub(crate) fn run_tiled(
     });
     for (row, &y0) in ys.iter().enumerate() {
         // Every later tile starts at y0 or below: the rows above it are final.
-        flush(&mut logits, &mut weights, (top, y0), (width, channels), sink);
+        flush(
+            &mut logits,
+            &mut weights,
+            (top, y0),
+            (width, channels),
+            sink,
+        );
         top = y0;
         let th = tile.min(height);
         let wy = ramp(th, overlap, row > 0, row + 1 < ys.len());
@@ -105,7 +111,13 @@ pub(crate) fn run_tiled(
             }
         }
     }
-    flush(&mut logits, &mut weights, (top, height), (width, channels), sink);
+    flush(
+        &mut logits,
+        &mut weights,
+        (top, height),
+        (width, channels),
+        sink,
+    );
     Ok(())
 }
 
@@ -125,7 +137,10 @@ fn flush(
     let row_len = width * channels;
     for r in 0..done {
         let row = &mut logits[r * row_len..][..row_len];
-        for (px, &w) in row.chunks_exact_mut(channels).zip(&weights[r * width..][..width]) {
+        for (px, &w) in row
+            .chunks_exact_mut(channels)
+            .zip(&weights[r * width..][..width])
+        {
             // Every pixel is covered by at least one tile, whose weights are positive.
             px.iter_mut().for_each(|v| *v /= w);
         }

@@ -97,7 +97,9 @@ impl SegmentationNetwork for DeepLabV3Plus {
             )
         }
         let features = self.encoder.forward(xs)?;
-        let context = self.aspp_conv.forward(&self.aspp.forward(&features.last)?)?;
+        let context = self
+            .aspp_conv
+            .forward(&self.aspp.forward(&features.last)?)?;
         let context = upsample_x4(&context)?;
         let details = self.block1.forward(&features.layer1)?;
         let fused = self.block2.forward(&Tensor::cat(&[context, details], 3)?)?;
