@@ -73,7 +73,7 @@ fn label_map_has_the_photos_exact_size_and_several_classes() -> Result<()> {
 /// LR-ASPP gates its features with a global average (the `scale` branch), so a tile sees a
 /// different gate than the whole photo and some pixels near class boundaries legitimately
 /// change; seams would show as whole lines of disagreement at the tile edges instead. The
-/// bound (10%) is what the global gate allows; measured: see the assertion message.
+/// bound (10%) is what the global gate allows; measured with synthetic weights: 6.5%.
 #[test]
 fn tiled_run_agrees_with_the_single_pass() -> Result<()> {
     let photo = chelsea()?;
