@@ -1,4 +1,5 @@
-//! `wick bench`: median / min / max forward time per architecture and batch size, and the
+//! `wick bench`: median / min / max forward time per architecture (classification or
+//! segmentation) and batch size, and the
 //! decode + preprocess time of one large JPEG, on this machine. The numbers in
 //! `docs/performance.md` come from here.
 
@@ -11,11 +12,13 @@ use candle_core::Tensor;
 use image::{ImageFormat, Rgb, RgbImage};
 
 use crate::cli::BenchArgs;
+use crate::model::arch::segmentation::{self, SegmentationArgs};
 use crate::model::arch::{self, BuildArgs, Network};
-use crate::model::package::preprocess_config;
+use crate::model::layers::to_nhwc;
+use crate::model::package::{preprocess_config, Package, Task};
 use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
 use crate::model::weights::{synthesize, Weights};
-use crate::model::Classifier;
+use crate::model::{Classifier, Segmenter};
 
 const WARMUP_ITERATIONS: usize = 3;
 
@@ -65,32 +68,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     println!("threads: {}", rayon::current_num_threads());
     println!("| model | batch | median ms | min ms | max ms | median ms / image |");
     println!("|---|---|---|---|---|---|");
-    let targets: Vec<(String, Network, (usize, usize))> = match &args.model_dir {
-        Some(dir) => {
-            let classifier = Classifier::load(dir)?;
-            let cfg = classifier.preprocess_config();
-            let size = (cfg.input_height, cfg.input_width);
-            let name = classifier.architecture().to_string();
-            vec![(name, classifier.into_network(), size)]
-        }
-        None => {
-            let weights = Weights::synthetic();
-            let mut targets = Vec::new();
-            for name in &args.architectures {
-                let network = arch::build(&BuildArgs {
-                    name,
-                    weights: &weights,
-                    num_classes: 1000,
-                })?;
-                targets.push((name.clone(), network, (args.image_size, args.image_size)));
-            }
-            targets
-        }
-    };
-    for (name, network, (h, w)) in &targets {
+    let targets = targets(args)?;
+    for (name, forward, (h, w)) in &targets {
         for &batch in &args.batch_sizes {
             let input = synthesize("input", &[batch, 3, *h, *w]);
-            let summary = time(args.iterations, || forward(network, &input))?;
+            let summary = time(args.iterations, || forward(&input))?;
             println!(
                 "| {name} {h}x{w} | {batch} | {:.1} | {:.1} | {:.1} | {:.2} |",
                 ms(summary.median),
@@ -102,6 +84,61 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     bench_preprocess(args)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A network to time: its name, one forward pass over an NCHW batch, and the input size.
+type Target = (String, Box<dyn Fn(&Tensor) -> Result<()>>, (usize, usize));
+
+/// Classification and segmentation networks alike: a package (by its `task`), or each
+/// `--architectures` name with synthetic weights (segmentation names build the segmentation
+/// network with 21 classes, PASCAL VOC's count).
+fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
+    let size = (args.image_size, args.image_size);
+    if let Some(dir) = &args.model_dir {
+        let package = Package::open(dir)?;
+        if package.config.task == Task::Segmentation {
+            let segmenter = Segmenter::load(dir)?;
+            let name = segmenter.architecture().to_string();
+            let run = move |x: &Tensor| -> Result<()> {
+                segmenter.logits(x)?.sum_all()?.to_scalar::<f32>()?;
+                Ok(())
+            };
+            return Ok(vec![(name, Box::new(run), size)]);
+        }
+        let classifier = Classifier::load(dir)?;
+        let cfg = classifier.preprocess_config();
+        let size = (cfg.input_height, cfg.input_width);
+        let name = classifier.architecture().to_string();
+        let network = classifier.into_network();
+        return Ok(vec![(name, Box::new(move |x| forward(&network, x)), size)]);
+    }
+    let weights = Weights::synthetic();
+    let mut targets: Vec<Target> = Vec::new();
+    for name in &args.architectures {
+        if segmentation::supported().contains(&name.as_str()) {
+            let network = segmentation::build(&SegmentationArgs {
+                name,
+                weights: &weights,
+                out_channels: 21,
+            })?;
+            let run = move |x: &Tensor| -> Result<()> {
+                network
+                    .forward(&to_nhwc(x)?)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
+                Ok(())
+            };
+            targets.push((name.clone(), Box::new(run), size));
+        } else {
+            let network = arch::build(&BuildArgs {
+                name,
+                weights: &weights,
+                num_classes: 1000,
+            })?;
+            targets.push((name.clone(), Box::new(move |x| forward(&network, x)), size));
+        }
+    }
+    Ok(targets)
 }
 
 fn forward(network: &Network, input: &Tensor) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod layers;
 pub mod output;
 pub mod package;
 pub mod preprocess;
+pub mod segmenter;
 pub mod task;
 pub mod weights;
 
@@ -15,6 +16,7 @@ pub use classifier::{Classifier, Prediction};
 pub use output::{DetectOptions, Detection, LabelMap, Output};
 use package::PackageError;
 use preprocess::PreprocessError;
+pub use segmenter::Segmenter;
 pub use task::{InferenceOptions, Input, Model};
 use weights::WeightsError;
 

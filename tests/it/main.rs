@@ -5,6 +5,8 @@ mod http;
 mod parity;
 mod real_model;
 mod robustness;
+mod segmentation;
+mod segmentation_pipeline;
 mod serve_process;
 mod serve_router;
 mod serve_tasks;

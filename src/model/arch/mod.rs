@@ -4,7 +4,9 @@
 mod densenet;
 mod efficientnet_lite;
 mod mobilenet_v2;
+mod mobilenet_v3;
 mod resnet;
+pub mod segmentation;
 
 use candle_core::{Module, Tensor};
 

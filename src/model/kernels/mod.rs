@@ -12,12 +12,14 @@
 
 mod conv;
 mod pool;
+mod resize;
 
 pub use conv::{
     dense_conv, depthwise_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput,
     DenseParams, DepthwiseParams, Padding,
 };
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
+pub use resize::{resize_bilinear, ResizeAxis};
 
 /// The shape of an NHWC activation: batch, height, width, channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,12 @@ pub enum Activation {
     Silu,
     /// `x` if positive, else `slope * x`.
     LeakyRelu(f32),
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `x * relu6(x + 3) / 6`, MobileNetV3's activation.
+    Hardswish,
+    /// `relu6(x + 3) / 6`, MobileNetV3's squeeze-excitation gate.
+    Hardsigmoid,
 }
 
 impl Activation {
@@ -76,6 +84,14 @@ impl Activation {
             Activation::LeakyRelu(slope) => xs
                 .iter_mut()
                 .for_each(|x| *x = if *x > 0.0 { *x } else { *x * slope }),
+            Activation::Sigmoid => xs.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            // PyTorch divides by 6 rather than multiplying by 1/6; so do we, to stay bit-close.
+            Activation::Hardswish => xs
+                .iter_mut()
+                .for_each(|x| *x = *x * (*x + 3.0).clamp(0.0, 6.0) / 6.0),
+            Activation::Hardsigmoid => xs
+                .iter_mut()
+                .for_each(|x| *x = (*x + 3.0).clamp(0.0, 6.0) / 6.0),
         }
     }
 }
@@ -182,6 +198,15 @@ mod tests {
         let mut xs = vec![0.0, 2.0];
         Activation::Silu.apply(&mut xs);
         assert!((xs[1] - 2.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6 && xs[0] == 0.0);
+        let mut xs = vec![-4.0, -1.5, 0.0, 1.5, 4.0];
+        Activation::Hardswish.apply(&mut xs);
+        assert_eq!(xs, vec![0.0, -0.375, 0.0, 1.125, 4.0]);
+        let mut xs = vec![-4.0, 0.0, 1.5, 4.0];
+        Activation::Hardsigmoid.apply(&mut xs);
+        assert_eq!(xs, vec![0.0, 0.5, 0.75, 1.0]);
+        let mut xs = vec![0.0];
+        Activation::Sigmoid.apply(&mut xs);
+        assert_eq!(xs, vec![0.5]);
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! Atrous Spatial Pyramid Pooling, the context module of DeepLabV3 and DeepLabV3+: a 1x1
+//! branch, three dilated 3x3 branches (dense in torchvision, depthwise-separable in
+//! segmentation_models_pytorch), and an image-pooling branch, concatenated and projected to
+//! 256 channels. Keys (under `prefix`): `convs.0.{0,1}`, `convs.{1,2,3}.{0,1}` (separable:
+//! `convs.{i}.0.{0,1}` depthwise + pointwise, `convs.{i}.1` norm), `convs.4.{1,2}`,
+//! `project.{0,1}`. Dropout is the identity in eval mode.
+
+use candle_core::Tensor;
+
+use super::ops::broadcast_pixels;
+use crate::model::kernels::{Activation, Padding};
+use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
+use crate::model::weights::Weights;
+use crate::model::ModelError;
+
+/// Output channels of every branch and of the projection.
+pub(crate) const ASPP_CHANNELS: usize = 256;
+const BN_EPS: f64 = 1e-5;
+
+/// A 3x3 convolution, optionally depthwise-separable (depthwise, then a pointwise convolution
+/// that carries the folded norm and the activation).
+pub(crate) enum Conv3x3 {
+    Dense(Conv),
+    Separable { depthwise: Conv, pointwise: Conv },
+}
+
+impl Conv3x3 {
+    /// Loads a 3x3 (dilated) convolution followed by batch norm `bn` and ReLU. `conv` is the
+    /// dense convolution's key, or the `SeparableConv2d` module's (children `.0` and `.1`).
+    pub(crate) fn load(
+        w: &Weights,
+        conv: &str,
+        bn: &str,
+        (c_in, c_out, dilation): (usize, usize, usize),
+        separable: bool,
+    ) -> Result<Self, ModelError> {
+        let bn = Some(BatchNorm {
+            prefix: bn,
+            eps: BN_EPS,
+        });
+        let spec = ConvSpec {
+            dilation,
+            padding: Padding::symmetric(dilation),
+            ..ConvSpec::new(c_in, c_in, 3, 1)
+        };
+        if separable {
+            let depthwise = Conv::load(w, &format!("{conv}.0"), None, spec.depthwise())?;
+            let pointwise = Conv::load(
+                w,
+                &format!("{conv}.1"),
+                bn,
+                ConvSpec::new(c_in, c_out, 1, 1).act(Activation::Relu),
+            )?;
+            Ok(Conv3x3::Separable {
+                depthwise,
+                pointwise,
+            })
+        } else {
+            let spec = ConvSpec { c_out, ..spec }.act(Activation::Relu);
+            Ok(Conv3x3::Dense(Conv::load(w, conv, bn, spec)?))
+        }
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Conv3x3::Dense(conv) => conv.forward(xs),
+            Conv3x3::Separable {
+                depthwise,
+                pointwise,
+            } => pointwise.forward(&depthwise.forward(xs)?),
+        }
+    }
+}
+
+/// The ASPP module.
+pub(crate) struct Aspp {
+    branch_1x1: Conv,
+    atrous: Vec<Conv3x3>,
+    pooling: Conv,
+    project: Conv,
+}
+
+impl Aspp {
+    /// Loads the module under `prefix` (no trailing dot) for `c_in` input channels.
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        c_in: usize,
+        rates: [usize; 3],
+        separable: bool,
+    ) -> Result<Self, ModelError> {
+        let conv_bn = |conv: &str, bn: &str, spec: ConvSpec| {
+            let bn = format!("{prefix}.{bn}");
+            Conv::load(
+                w,
+                &format!("{prefix}.{conv}"),
+                Some(BatchNorm {
+                    prefix: &bn,
+                    eps: BN_EPS,
+                }),
+                spec.act(Activation::Relu),
+            )
+        };
+        let branch_1x1 = conv_bn(
+            "convs.0.0",
+            "convs.0.1",
+            ConvSpec::new(c_in, ASPP_CHANNELS, 1, 1),
+        )?;
+        let atrous = rates
+            .iter()
+            .enumerate()
+            .map(|(i, &rate)| {
+                Conv3x3::load(
+                    w,
+                    &format!("{prefix}.convs.{}.0", i + 1),
+                    &format!("{prefix}.convs.{}.1", i + 1),
+                    (c_in, ASPP_CHANNELS, rate),
+                    separable,
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let pooling = conv_bn(
+            "convs.4.1",
+            "convs.4.2",
+            ConvSpec::new(c_in, ASPP_CHANNELS, 1, 1),
+        )?;
+        let project = conv_bn(
+            "project.0",
+            "project.1",
+            ConvSpec::new(5 * ASPP_CHANNELS, ASPP_CHANNELS, 1, 1),
+        )?;
+        Ok(Aspp {
+            branch_1x1,
+            atrous,
+            pooling,
+            project,
+        })
+    }
+
+    /// `(n, h, w, c_in)` -> `(n, h, w, 256)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, h, w, c) = xs.dims4()?;
+        let mut branches = vec![self.branch_1x1.forward(xs)?];
+        for conv in &self.atrous {
+            branches.push(conv.forward(xs)?);
+        }
+        let pooled = global_avg_pool(xs)?.reshape((n, 1, 1, c))?;
+        branches.push(broadcast_pixels(&self.pooling.forward(&pooled)?, (h, w))?);
+        self.project.forward(&Tensor::cat(&branches, 3)?)
+    }
+}

@@ -1,0 +1,94 @@
+//! torchvision DeepLabV3 (`deeplabv3_resnet50`, `deeplabv3_resnet101`,
+//! `deeplabv3_mobilenet_v3_large`): a dilated backbone under `backbone.*` (ResNet at output
+//! stride 8, MobileNetV3-Large at 16), then `classifier.*` = ASPP (rates 12, 24, 36, dense
+//! branches), a 3x3 conv + BN + ReLU, and a 1x1 conv to the classes; logits are resized to
+//! the input with `align_corners=False`. `aux_classifier.*` (training only) is never read.
+
+use candle_core::Tensor;
+
+use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
+use super::ops::resize;
+use super::{SegmentationArgs, SegmentationNetwork};
+use crate::model::arch::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS};
+use crate::model::arch::resnet::{Dilation, ResNetTrunk};
+use crate::model::layers::{Conv, ConvSpec};
+use crate::model::ModelError;
+
+pub(super) const NAMES: &[&str] = &[
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3_mobilenet_v3_large",
+];
+
+enum Backbone {
+    ResNet(ResNetTrunk),
+    MobileNet(MobileNetV3Large),
+}
+
+struct DeepLabV3 {
+    backbone: Backbone,
+    aspp: Aspp,
+    conv: Conv3x3,
+    classifier: Conv,
+}
+
+pub(super) fn build(
+    args: &SegmentationArgs<'_>,
+) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
+    let w = args.weights;
+    let (backbone, channels) = match args.name {
+        "deeplabv3_mobilenet_v3_large" => (
+            Backbone::MobileNet(MobileNetV3Large::load(w, "backbone.", true)?),
+            HIGH_CHANNELS,
+        ),
+        name => {
+            let resnet = name.trim_start_matches("deeplabv3_");
+            let trunk = ResNetTrunk::load(w, "backbone.", resnet, Dilation::TorchvisionStride8)?;
+            let channels = trunk.channels();
+            (Backbone::ResNet(trunk), channels)
+        }
+    };
+    let aspp = Aspp::load(w, "classifier.0", channels, [12, 24, 36], false)?;
+    let conv = Conv3x3::load(
+        w,
+        "classifier.1",
+        "classifier.2",
+        (ASPP_CHANNELS, ASPP_CHANNELS, 1),
+        false,
+    )?;
+    let classifier = Conv::load(
+        w,
+        "classifier.4",
+        None,
+        ConvSpec {
+            has_bias: true,
+            ..ConvSpec::new(ASPP_CHANNELS, args.out_channels, 1, 1)
+        },
+    )?;
+    Ok(Box::new(DeepLabV3 {
+        backbone,
+        aspp,
+        conv,
+        classifier,
+    }))
+}
+
+impl SegmentationNetwork for DeepLabV3 {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, h, w, _) = xs.dims4()?;
+        let features = match &self.backbone {
+            Backbone::ResNet(trunk) => trunk.forward(xs)?.last,
+            Backbone::MobileNet(net) => net.forward(xs)?.high,
+        };
+        let ys = self.conv.forward(&self.aspp.forward(&features)?)?;
+        resize(&self.classifier.forward(&ys)?, (h, w), false)
+    }
+
+    fn out_channels(&self) -> usize {
+        self.classifier.c_out()
+    }
+
+    fn size_multiple(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,116 @@
+//! segmentation_models_pytorch 0.6.0 `DeepLabV3Plus(encoder_name="resnet50" | "resnet34")`
+//! with its defaults (encoder depth 5, output stride 16, decoder channels 256, atrous rates
+//! 12/24/36, separable ASPP). Keys: `encoder.*` (torchvision ResNet names, layer4 dilated by
+//! 2 with stride 1), `decoder.aspp.0` (ASPP), `decoder.aspp.{1,2}` (separable 3x3 + BN),
+//! `decoder.block1.{0,1}` (layer1 to 48 channels), `decoder.block2.{0,1}` (separable 3x3 over
+//! the concatenation + BN), `segmentation_head.0` (1x1 conv with bias). Both upsamplings are
+//! x4 bilinear with `align_corners=True` (`nn.Upsample`); ASPP's pooling branch is a 1x1 map,
+//! where the mode does not matter.
+
+use candle_core::Tensor;
+
+use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
+use super::ops::resize;
+use super::{SegmentationArgs, SegmentationNetwork};
+use crate::model::arch::resnet::{Dilation, ResNetTrunk};
+use crate::model::kernels::Activation;
+use crate::model::layers::{BatchNorm, Conv, ConvSpec};
+use crate::model::ModelError;
+
+pub(super) const NAMES: &[&str] = &["deeplabv3plus_resnet50", "deeplabv3plus_resnet34"];
+
+/// Channels of the projected layer1 features ("proposed by the authors").
+const HIGHRES_CHANNELS: usize = 48;
+/// The encoder's output stride; inputs must be multiples of it.
+const OUTPUT_STRIDE: usize = 16;
+
+struct DeepLabV3Plus {
+    encoder: ResNetTrunk,
+    aspp: Aspp,
+    aspp_conv: Conv3x3,
+    block1: Conv,
+    block2: Conv3x3,
+    head: Conv,
+}
+
+pub(super) fn build(
+    args: &SegmentationArgs<'_>,
+) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
+    let w = args.weights;
+    let resnet = args.name.trim_start_matches("deeplabv3plus_");
+    let encoder = ResNetTrunk::load(w, "encoder.", resnet, Dilation::SmpStride16)?;
+    let aspp = Aspp::load(w, "decoder.aspp.0", encoder.channels(), [12, 24, 36], true)?;
+    let aspp_conv = Conv3x3::load(
+        w,
+        "decoder.aspp.1",
+        "decoder.aspp.2",
+        (ASPP_CHANNELS, ASPP_CHANNELS, 1),
+        true,
+    )?;
+    let block1 = Conv::load(
+        w,
+        "decoder.block1.0",
+        Some(BatchNorm {
+            prefix: "decoder.block1.1",
+            eps: 1e-5,
+        }),
+        ConvSpec::new(encoder.layer1_channels(), HIGHRES_CHANNELS, 1, 1).act(Activation::Relu),
+    )?;
+    let block2 = Conv3x3::load(
+        w,
+        "decoder.block2.0",
+        "decoder.block2.1",
+        (ASPP_CHANNELS + HIGHRES_CHANNELS, ASPP_CHANNELS, 1),
+        true,
+    )?;
+    let head = Conv::load(
+        w,
+        "segmentation_head.0",
+        None,
+        ConvSpec {
+            has_bias: true,
+            ..ConvSpec::new(ASPP_CHANNELS, args.out_channels, 1, 1)
+        },
+    )?;
+    Ok(Box::new(DeepLabV3Plus {
+        encoder,
+        aspp,
+        aspp_conv,
+        block1,
+        block2,
+        head,
+    }))
+}
+
+/// `nn.Upsample(scale_factor=4)`: the output size is the input size times 4.
+fn upsample_x4(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, h, w, _) = xs.dims4()?;
+    resize(xs, (4 * h, 4 * w), true)
+}
+
+impl SegmentationNetwork for DeepLabV3Plus {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, h, w, _) = xs.dims4()?;
+        if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
+            candle_core::bail!(
+                "DeepLabV3+ needs an input height and width divisible by {OUTPUT_STRIDE}, got {h}x{w}"
+            )
+        }
+        let features = self.encoder.forward(xs)?;
+        let context = self
+            .aspp_conv
+            .forward(&self.aspp.forward(&features.last)?)?;
+        let context = upsample_x4(&context)?;
+        let details = self.block1.forward(&features.layer1)?;
+        let fused = self.block2.forward(&Tensor::cat(&[context, details], 3)?)?;
+        upsample_x4(&self.head.forward(&fused)?)
+    }
+
+    fn out_channels(&self) -> usize {
+        self.head.c_out()
+    }
+
+    fn size_multiple(&self) -> usize {
+        OUTPUT_STRIDE
+    }
+}

@@ -1,0 +1,85 @@
+//! The segmentation registry: which segmentation networks wick knows and how each is built
+//! from a checkpoint. Separate from the classification [`super::REGISTRY`]: these networks map
+//! an image to per-pixel logits rather than to one vector.
+//!
+//! Every network takes a normalised `(n, h, w, 3)` NHWC batch and returns `(n, h, w, classes)`
+//! NHWC logits at the input resolution, upsampled inside the network exactly as the reference
+//! implementation does (torchvision: `F.interpolate(align_corners=False)`;
+//! segmentation_models_pytorch: `nn.Upsample(align_corners=True)`).
+
+mod aspp;
+mod deeplabv3;
+mod deeplabv3plus;
+mod lraspp;
+pub(crate) mod ops;
+
+use candle_core::Tensor;
+
+use super::super::weights::Weights;
+use super::super::ModelError;
+
+/// A network from image to per-pixel logits.
+pub trait SegmentationNetwork: Send + Sync {
+    /// `(n, h, w, 3)` normalised NHWC -> `(n, h, w, out_channels)` logits.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// Output channels: classes, or 1 for a binary model.
+    fn out_channels(&self) -> usize;
+
+    /// Input height and width must be multiples of this (segmentation_models_pytorch's
+    /// decoders need the output stride, 16; torchvision's take any size: 1).
+    fn size_multiple(&self) -> usize;
+}
+
+/// What a builder gets.
+pub struct SegmentationArgs<'a> {
+    /// e.g. `deeplabv3_resnet50`.
+    pub name: &'a str,
+    /// The checkpoint's tensors.
+    pub weights: &'a Weights,
+    /// Output channels of the final convolution.
+    pub out_channels: usize,
+}
+
+type Builder = fn(&SegmentationArgs<'_>) -> Result<Box<dyn SegmentationNetwork>, ModelError>;
+
+/// One family of segmentation architectures.
+struct Family {
+    names: &'static [&'static str],
+    build: Builder,
+}
+
+const REGISTRY: &[Family] = &[
+    Family {
+        names: deeplabv3::NAMES,
+        build: deeplabv3::build,
+    },
+    Family {
+        names: lraspp::NAMES,
+        build: lraspp::build,
+    },
+    Family {
+        names: deeplabv3plus::NAMES,
+        build: deeplabv3plus::build,
+    },
+];
+
+/// Every segmentation architecture name wick can build.
+pub fn supported() -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .flat_map(|f| f.names.iter().copied())
+        .collect()
+}
+
+/// Builds the segmentation network called `args.name`.
+pub fn build(args: &SegmentationArgs<'_>) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
+    let family = REGISTRY
+        .iter()
+        .find(|f| f.names.contains(&args.name))
+        .ok_or_else(|| ModelError::UnknownArchitecture {
+            name: args.name.to_string(),
+            supported: supported().join(", "),
+        })?;
+    (family.build)(args)
+}

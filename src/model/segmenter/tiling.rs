@@ -1,0 +1,214 @@
+//! Running a segmentation network over an image of any size: square-ish tiles of at most
+//! `tile_size` pixels with `tile_overlap` shared pixels, blended with linear weights so no seam
+//! shows, streamed row band by row band so memory grows with the image's width, not its area.
+//!
+//! Each tile is cut from the 8-bit image, padded (edge pixels repeated) up to the network's
+//! size multiple and at least [`MIN_SIDE`], normalised into an NHWC tensor, run, and its
+//! logits cropped back. Along each axis a tile's weight ramps from `1 / (overlap + 1)` to 1
+//! over `overlap` pixels on every side that has a neighbour, so in an overlap the two tiles'
+//! logits are averaged with weights that change smoothly from one to the other.
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+use crate::model::arch::segmentation::SegmentationNetwork;
+
+/// Smallest side a tile is padded to: tiny images would otherwise shrink below one pixel of
+/// feature map in the stride-16 backbones.
+pub const MIN_SIDE: usize = 32;
+
+/// Where the tiles along one axis start: `0, step, 2 * step, ...` and a last one flush with the
+/// end, `step = tile - overlap`. One tile when the axis fits.
+pub(crate) fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    if len <= tile {
+        return vec![0];
+    }
+    let step = (tile - overlap).max(1);
+    let mut starts = Vec::new();
+    let mut start = 0;
+    while start + tile < len {
+        starts.push(start);
+        start += step;
+    }
+    starts.push(len - tile);
+    starts
+}
+
+/// Blending weights of a tile of `len` pixels along one axis.
+fn ramp(len: usize, overlap: usize, has_before: bool, has_after: bool) -> Vec<f32> {
+    let r = (overlap + 1) as f32;
+    (0..len)
+        .map(|p| {
+            let mut w = 1.0f32;
+            if has_before {
+                w = w.min((p + 1) as f32 / r);
+            }
+            if has_after {
+                w = w.min((len - p) as f32 / r);
+            }
+            w
+        })
+        .collect()
+}
+
+/// What [`run_tiled`] needs to know about the network input.
+pub(crate) struct TileSettings {
+    pub(crate) tile_size: usize,
+    pub(crate) tile_overlap: usize,
+    pub(crate) mean: [f32; 3],
+    pub(crate) std: [f32; 3],
+}
+
+/// Runs `network` over `image` tile by tile and hands every finished row of blended logits
+/// (`width * channels` values, channels innermost) to `sink`, top to bottom.
+pub(crate) fn run_tiled(
+    network: &dyn SegmentationNetwork,
+    image: &RgbImage,
+    settings: &TileSettings,
+    sink: &mut dyn FnMut(usize, &[f32]),
+) -> candle_core::Result<()> {
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let channels = network.out_channels();
+    let (tile, overlap) = (settings.tile_size, settings.tile_overlap);
+    let ys = tile_starts(height, tile, overlap);
+    let xs = tile_starts(width, tile, overlap);
+    let tile_h = tile.min(height);
+    // Rows top.. of the image still being accumulated; at most one tile high.
+    let mut top = 0;
+    let mut logits = vec![0.0f32; tile_h * width * channels];
+    let mut weights = vec![0.0f32; tile_h * width];
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| (v as f32 / 255.0 - settings.mean[c]) / settings.std[c])
+    });
+    for (row, &y0) in ys.iter().enumerate() {
+        // Every later tile starts at y0 or below: the rows above it are final.
+        flush(
+            &mut logits,
+            &mut weights,
+            (top, y0),
+            (width, channels),
+            sink,
+        );
+        top = y0;
+        let th = tile.min(height);
+        let wy = ramp(th, overlap, row > 0, row + 1 < ys.len());
+        for (col, &x0) in xs.iter().enumerate() {
+            let tw = tile.min(width);
+            let wx = ramp(tw, overlap, col > 0, col + 1 < xs.len());
+            let out = run_tile(network, image, (x0, y0, tw, th), &lut)?;
+            for ty in 0..th {
+                let acc_row = (y0 + ty - top) * width;
+                for tx in 0..tw {
+                    let weight = wy[ty] * wx[tx];
+                    let px = acc_row + x0 + tx;
+                    weights[px] += weight;
+                    let src = &out[(ty * tw + tx) * channels..][..channels];
+                    let dst = &mut logits[px * channels..][..channels];
+                    dst.iter_mut()
+                        .zip(src)
+                        .for_each(|(d, s)| *d = s.mul_add(weight, *d));
+                }
+            }
+        }
+    }
+    flush(
+        &mut logits,
+        &mut weights,
+        (top, height),
+        (width, channels),
+        sink,
+    );
+    Ok(())
+}
+
+/// Emits rows `from..to` (image coordinates; the buffers start at `from`), normalised by their
+/// weights, then moves the rows below them to the front of the buffers and zeroes the rest.
+fn flush(
+    logits: &mut [f32],
+    weights: &mut [f32],
+    (from, to): (usize, usize),
+    (width, channels): (usize, usize),
+    sink: &mut dyn FnMut(usize, &[f32]),
+) {
+    let done = to - from;
+    if done == 0 {
+        return;
+    }
+    let row_len = width * channels;
+    for r in 0..done {
+        let row = &mut logits[r * row_len..][..row_len];
+        for (px, &w) in row
+            .chunks_exact_mut(channels)
+            .zip(&weights[r * width..][..width])
+        {
+            // Every pixel is covered by at least one tile, whose weights are positive.
+            px.iter_mut().for_each(|v| *v /= w);
+        }
+        sink(from + r, row);
+    }
+    logits.copy_within(done * row_len.., 0);
+    let kept = logits.len() - done * row_len;
+    logits[kept..].fill(0.0);
+    weights.copy_within(done * width.., 0);
+    let kept = weights.len() - done * width;
+    weights[kept..].fill(0.0);
+}
+
+/// Cuts the `tw x th` tile at `(x0, y0)`, pads, normalises and runs it; returns its
+/// `th * tw * channels` logits.
+fn run_tile(
+    network: &dyn SegmentationNetwork,
+    image: &RgbImage,
+    (x0, y0, tw, th): (usize, usize, usize, usize),
+    lut: &[[f32; 256]; 3],
+) -> candle_core::Result<Vec<f32>> {
+    let multiple = network.size_multiple().max(1);
+    let pad = |n: usize| n.max(MIN_SIDE).div_ceil(multiple) * multiple;
+    let (ph, pw) = (pad(th), pad(tw));
+    let mut input = Vec::with_capacity(ph * pw * 3);
+    for y in 0..ph {
+        let sy = (y0 + y.min(th - 1)) as u32;
+        for x in 0..pw {
+            let sx = (x0 + x.min(tw - 1)) as u32;
+            let px = image.get_pixel(sx, sy).0;
+            input.extend((0..3).map(|c| lut[c][usize::from(px[c])]));
+        }
+    }
+    let input = Tensor::from_vec(input, (1, ph, pw, 3), &Device::Cpu)?;
+    let logits = network.forward(&input)?;
+    let channels = network.out_channels();
+    let logits = logits.narrow(1, 0, th)?.narrow(2, 0, tw)?;
+    logits.flatten_all()?.to_vec1::<f32>().map(|v| {
+        debug_assert_eq!(v.len(), th * tw * channels);
+        v
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_axis_with_the_overlap_and_end_flush() {
+        assert_eq!(tile_starts(300, 512, 128), vec![0]);
+        assert_eq!(tile_starts(512, 512, 128), vec![0]);
+        assert_eq!(tile_starts(1000, 512, 128), vec![0, 384, 488]);
+        assert_eq!(tile_starts(896, 512, 128), vec![0, 384]);
+        for (len, tile, overlap) in [(1000, 512, 128), (4000, 512, 64), (513, 512, 0)] {
+            let starts = tile_starts(len, tile, overlap);
+            assert_eq!(starts[0], 0);
+            assert_eq!(*starts.last().unwrap() + tile, len);
+            for pair in starts.windows(2) {
+                assert!(pair[1] > pair[0] && pair[1] <= pair[0] + tile - overlap);
+            }
+        }
+    }
+
+    #[test]
+    fn ramps_are_positive_and_flat_where_there_is_no_neighbour() {
+        let w = ramp(8, 3, true, true);
+        assert_eq!(w, vec![0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25]);
+        assert!(ramp(8, 3, false, false).iter().all(|&w| w == 1.0));
+        assert_eq!(ramp(4, 0, true, true), vec![1.0; 4]);
+    }
+}

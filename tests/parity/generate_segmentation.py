@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Generate PyTorch parity fixtures for wick's segmentation networks.
+
+Same deterministic weights as `generate.py` (`synth(name, shape)`, see README.md): every
+floating-point state-dict entry of the REAL model (torchvision segmentation, and
+segmentation_models_pytorch DeepLabV3Plus) is overwritten, the model runs in eval mode on
+`synth("input", shape) * input_scale`, and `tests/fixtures/segmentation/<id>.json` gets:
+
+- `tensors`: ordered `[name, shape]` of the state dict (incl. `aux_classifier.*`, which wick
+  must ignore), so the Rust side rebuilds the exact weights;
+- `logits_sum`, `logits_sum_sq` (float64) and 64 sampled logits `[c, y, x, value]`;
+- `argmax`: the label map, one string of base-36 digits per row (a binary model's map is
+  `logit > 0`, i.e. sigmoid > 0.5).
+
+Usage: python tests/parity/generate_segmentation.py [--only SUBSTRING]
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate import fill_state_dict, synth  # noqa: E402
+
+torch.set_num_threads(1)
+
+TV_INPUT = [1, 3, 97, 131]  # torchvision models take any size: odd and non-square on purpose
+SMP_INPUT = [1, 3, 96, 144]  # smp requires multiples of the output stride (16)
+SAMPLES = 64
+
+
+def _tv(name, num_classes):
+    def build():
+        import torchvision.models.segmentation as seg
+        return getattr(seg, name)(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=name != "lraspp_mobilenet_v3_large" or None)
+    return build
+
+
+def _smp(encoder, classes):
+    def build():
+        import segmentation_models_pytorch as smp
+        return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes)
+    return build
+
+
+def registry():
+    # (id, wick architecture, package, builder, classes, input shape, input scale)
+    # MobileNetV3 runs at x4 input so hardswish / hardsigmoid leave their linear range.
+    return [
+        ("torchvision_deeplabv3_resnet50", "deeplabv3_resnet50", "torchvision", _tv("deeplabv3_resnet50", 21), 21, TV_INPUT, 1.0),
+        ("torchvision_deeplabv3_resnet101", "deeplabv3_resnet101", "torchvision", _tv("deeplabv3_resnet101", 3), 3, TV_INPUT, 1.0),
+        ("torchvision_deeplabv3_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "torchvision", _tv("deeplabv3_mobilenet_v3_large", 4), 4, TV_INPUT, 4.0),
+        ("torchvision_lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "torchvision", _tv("lraspp_mobilenet_v3_large", 21), 21, TV_INPUT, 4.0),
+        ("smp_deeplabv3plus_resnet50", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 3), 3, SMP_INPUT, 1.0),
+        ("smp_deeplabv3plus_resnet34", "deeplabv3plus_resnet34", "segmentation_models_pytorch", _smp("resnet34", 5), 5, SMP_INPUT, 1.0),
+        ("smp_deeplabv3plus_resnet50_binary", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 1), 1, SMP_INPUT, 1.0),
+    ]
+
+
+def _version(pkg):
+    if pkg == "torchvision":
+        import torchvision as m
+    else:
+        import segmentation_models_pytorch as m
+    return f"{pkg} {m.__version__}"
+
+
+def run(entry, out_dir):
+    mid, arch, pkg, build, classes, shape, scale = entry
+    torch.manual_seed(0)
+    model = build()
+    tensors = fill_state_dict(model)
+    model.eval()
+    hs = {"n": 0, "sat": 0}
+
+    def hs_hook(_m, args):
+        hs["n"] += args[0].numel()
+        hs["sat"] += int((args[0].abs() > 3).sum())
+
+    hooks = [m.register_forward_pre_hook(hs_hook) for m in model.modules() if isinstance(m, (torch.nn.Hardswish, torch.nn.Hardsigmoid))]
+    x = torch.from_numpy(synth("input", shape)) * scale
+    with torch.inference_mode():
+        out = model(x)
+    for h in hooks:
+        h.remove()
+    logits = (out["out"] if isinstance(out, dict) else out)[0].double()
+    assert tuple(logits.shape) == (classes, shape[2], shape[3]), logits.shape
+    assert torch.isfinite(logits).all()
+    if classes == 1:
+        labels = (logits[0] > 0).to(torch.int64)
+        gap = logits[0].abs()
+    else:
+        top2 = logits.topk(2, dim=0).values
+        labels = logits.argmax(dim=0)
+        gap = top2[0] - top2[1]
+    rng = np.random.RandomState(0)
+    samples = []
+    for _ in range(SAMPLES):
+        c, y, xx = rng.randint(classes), rng.randint(shape[2]), rng.randint(shape[3])
+        samples.append([int(c), int(y), int(xx), float(logits[c, y, xx])])
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    doc = {
+        "id": mid,
+        "architecture": arch,
+        "source": _version(pkg),
+        "torch": torch.__version__.split("+")[0],
+        "num_classes": classes,
+        "input_shape": shape,
+        "input_scale": scale,
+        "tensors": tensors,
+        "logits_sum": float(logits.sum()),
+        "logits_sum_sq": float((logits * logits).sum()),
+        "samples": samples,
+        "argmax": ["".join(digits[v] for v in row) for row in labels.tolist()],
+    }
+    with open(os.path.join(out_dir, f"{mid}.json"), "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+        fh.write("\n")
+    counts = np.bincount(labels.flatten().numpy(), minlength=max(classes, 2))
+    print(
+        f"{mid:40s} tensors={len(tensors):4d} max|logit|={float(logits.abs().max()):.4g} "
+        f"classes present={counts.tolist()} near ties(<1e-4)={int((gap < 1e-4).sum())} "
+        + (f"hardswish |x|>3: {hs['sat'] / hs['n']:.2f}" if hs["n"] else ""),
+        flush=True,
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", action="append", default=[])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "fixtures", "segmentation"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for entry in registry():
+        if args.only and not any(s in entry[0] for s in args.only):
+            continue
+        run(entry, args.out)
+
+
+if __name__ == "__main__":
+    main()
