@@ -10,7 +10,7 @@ use image::RgbImage;
 use super::output::{DetectOptions, Output};
 use super::package::{Package, Task};
 use super::preprocess::{preprocess, to_batch};
-use super::{Classifier, ModelError};
+use super::{Classifier, ModelError, Segmenter};
 
 /// An image made ready for [`Model::predict`].
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ impl Default for InferenceOptions {
 pub enum Model {
     /// Image classification.
     Classifier(Classifier),
+    /// Semantic segmentation.
+    Segmenter(Segmenter),
 }
 
 impl Model {
@@ -56,8 +58,9 @@ impl Model {
         let task = Package::open(dir)?.config.task;
         match task {
             Task::Classification => Ok(Model::Classifier(Classifier::load(dir)?)),
-            Task::Segmentation | Task::Detection => Err(ModelError::Unsupported(format!(
-                "config.json `task` is {task:?}; this build serves classification only"
+            Task::Segmentation => Ok(Model::Segmenter(Segmenter::load(dir)?)),
+            Task::Detection => Err(ModelError::Unsupported(format!(
+                "config.json `task` is {task:?}; this build serves classification and segmentation"
             ))),
         }
     }
@@ -66,6 +69,7 @@ impl Model {
     pub fn task(&self) -> Task {
         match self {
             Model::Classifier(_) => Task::Classification,
+            Model::Segmenter(_) => Task::Segmentation,
         }
     }
 
@@ -73,6 +77,7 @@ impl Model {
     pub fn labels(&self) -> &[String] {
         match self {
             Model::Classifier(c) => c.labels(),
+            Model::Segmenter(s) => s.labels(),
         }
     }
 
@@ -80,6 +85,7 @@ impl Model {
     pub fn is_binary(&self) -> bool {
         match self {
             Model::Classifier(_) => false,
+            Model::Segmenter(s) => s.is_binary(),
         }
     }
 
@@ -87,15 +93,16 @@ impl Model {
     pub fn architecture(&self) -> &str {
         match self {
             Model::Classifier(c) => c.architecture(),
+            Model::Segmenter(s) => s.architecture(),
         }
     }
 
     /// Makes one decoded image ready for [`Model::predict`]. Classification applies its
     /// transform here, so the costly resize runs outside the inference threads.
-    #[allow(clippy::needless_pass_by_value)] // the segmentation and detection arms keep it
     pub fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
         match self {
             Model::Classifier(c) => Ok(Input::Tensor(preprocess(&image, c.preprocess_config())?)),
+            Model::Segmenter(_) => Ok(Input::Image(Arc::new(image))),
         }
     }
 
@@ -106,6 +113,16 @@ impl Model {
     ) -> Result<Vec<Output>, ModelError> {
         match self {
             Model::Classifier(c) => classify(c, batch),
+            // One image at a time: each is tiled at its own size, and a tile already keeps
+            // every core busy.
+            Model::Segmenter(s) => batch
+                .iter()
+                .map(|(input, options)| {
+                    Ok(Output::Segmentation(
+                        s.segment(image_of(input)?, options.mask_threshold)?,
+                    ))
+                })
+                .collect(),
         }
     }
 
@@ -116,6 +133,15 @@ impl Model {
         let input = self.prepare(image)?;
         self.predict(&[(&input, &InferenceOptions::default())])?;
         Ok(())
+    }
+}
+
+fn image_of(input: &Input) -> Result<&RgbImage, ModelError> {
+    match input {
+        Input::Image(image) => Ok(image),
+        Input::Tensor(_) => Err(ModelError::Unsupported(
+            "segmentation and detection take images, not prepared tensors".into(),
+        )),
     }
 }
 

@@ -140,6 +140,7 @@ mod tests {
             ],
         );
         assert_eq!(out.dimensions(), (30, 20));
-        assert_eq!(*out.get_pixel(0, 10), Rgb(class_color(0)));
+        // Row 9 is between the two label tags: the first box's left edge shows.
+        assert_eq!(*out.get_pixel(0, 9), Rgb(class_color(0)));
     }
 }

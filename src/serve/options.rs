@@ -138,7 +138,17 @@ impl RequestOptions {
             .map(|v| fraction(v, "mask_threshold"))
             .transpose()?;
         match task {
-            Task::Segmentation => inference.mask_threshold = mask_threshold.or(threshold),
+            Task::Segmentation => {
+                inference.mask_threshold = mask_threshold.or(threshold);
+                // 0 and 1 would make every pixel one class: the logit threshold is infinite.
+                if let Some(t) = inference.mask_threshold.filter(|t| *t <= 0.0 || *t >= 1.0) {
+                    return Err(invalid(
+                        "threshold",
+                        "a number strictly between 0 and 1",
+                        &t,
+                    ));
+                }
+            }
             Task::Detection => {
                 let defaults = DetectOptions::default();
                 inference.detect = DetectOptions {

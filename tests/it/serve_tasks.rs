@@ -442,3 +442,84 @@ async fn detection_options_come_from_attributes_or_json_and_are_validated() -> R
         .contains("image/jpeg"));
     Ok(())
 }
+
+/// The real LR-ASPP network (parity-formula weights) behind the HTTP surface, on a real photo:
+/// what `/invocations` answers is exactly what the segmenter computes, at the photo's size.
+#[tokio::test]
+async fn a_real_segmentation_network_answers_every_format_at_the_photos_size() -> Result<()> {
+    use wick::model::package::Package;
+    use wick::model::weights::Weights;
+    use wick::model::{Model, Segmenter};
+
+    let dir = tempfile::tempdir()?;
+    let config = serde_json::json!({
+        "architecture": "lraspp_mobilenet_v3_large",
+        "task": "segmentation",
+        "label_names": ["background", "cat", "sofa"],
+    });
+    std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&config)?)?;
+    std::fs::write(dir.path().join("model.safetensors"), b"")?;
+    let package = Package::open(dir.path())?;
+    let segmenter = Segmenter::from_package(&package, &Weights::synthetic())?;
+    let photo = std::fs::read(crate::support::fixture("chelsea.jpg"))?;
+    let decoded = image::load_from_memory(&photo)?.to_rgb8();
+    let expected = segmenter.segment(&decoded, None)?;
+    let state = state(Arc::new(Model::Segmenter(segmenter)), &[])?;
+
+    let reply = invoke(&state, "image/jpeg", photo.clone(), Some("image/png"), None).await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    let map = image::load_from_memory(&reply.body)?.to_luma8();
+    assert_eq!(map.dimensions(), (451, 300), "the photo's own size");
+    assert_eq!(map.into_raw(), expected.classes);
+
+    let reply = invoke(&state, "image/jpeg", photo.clone(), None, None).await?;
+    let entries = reply.json();
+    let total: u64 = entries
+        .as_array()
+        .map(|e| e.iter().filter_map(|c| c["pixels"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(
+        total,
+        451 * 300,
+        "every pixel in exactly one class: {entries}"
+    );
+
+    let reply = invoke(
+        &state,
+        "image/jpeg",
+        photo.clone(),
+        None,
+        Some("format=seg_map"),
+    )
+    .await?;
+    assert_eq!(reply.json()["image_size"], serde_json::json!([451, 300]));
+
+    let reply = invoke(
+        &state,
+        "image/jpeg",
+        photo.clone(),
+        Some("image/png"),
+        Some("palette=voc"),
+    )
+    .await?;
+    let decoder = png::Decoder::new(std::io::Cursor::new(reply.body));
+    assert_eq!(
+        decoder.read_info()?.info().color_type,
+        png::ColorType::Indexed
+    );
+
+    let reply = invoke(
+        &state,
+        "image/jpeg",
+        photo,
+        Some("image/jpeg"),
+        Some("output=overlay"),
+    )
+    .await?;
+    assert_eq!(reply.content_type, "image/jpeg");
+    assert_eq!(
+        image::load_from_memory(&reply.body)?.to_rgb8().dimensions(),
+        (451, 300)
+    );
+    Ok(())
+}
