@@ -12,12 +12,14 @@
 
 mod conv;
 mod pool;
+mod upsample;
 
 pub use conv::{
     dense_conv, depthwise_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput,
     DenseParams, DepthwiseParams, Padding,
 };
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
+pub use upsample::upsample_nearest;
 
 /// The shape of an NHWC activation: batch, height, width, channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
