@@ -13,12 +13,13 @@ use image::{ImageFormat, Rgb, RgbImage};
 
 use crate::cli::BenchArgs;
 use crate::model::arch::segmentation::{self, SegmentationArgs};
+use crate::model::arch::yolov8;
 use crate::model::arch::{self, BuildArgs, Network};
 use crate::model::layers::to_nhwc;
 use crate::model::package::{preprocess_config, Package, Task};
 use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
 use crate::model::weights::{synthesize, Weights};
-use crate::model::{Classifier, Segmenter};
+use crate::model::{Classifier, DetectOptions, Detector, Segmenter};
 
 const WARMUP_ITERATIONS: usize = 3;
 
@@ -66,6 +67,26 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "`--batch-sizes` must all be at least 1"
     );
     println!("threads: {}", rayon::current_num_threads());
+    let is_detector = |name: &String| yolov8::NAMES.contains(&name.as_str());
+    let detectors: Vec<Detector> = match &args.model_dir {
+        Some(dir) if Package::open(dir)?.config.task == Task::Detection => {
+            vec![Detector::load(dir)?]
+        }
+        Some(_) => Vec::new(),
+        None => args
+            .architectures
+            .iter()
+            .filter(|n| is_detector(n))
+            .map(|n| Detector::synthetic(n))
+            .collect::<Result<_, _>>()?,
+    };
+    if !detectors.is_empty() {
+        bench_detectors(args, &detectors)?;
+        if args.model_dir.is_some() || args.architectures.iter().all(is_detector) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!();
+    }
     println!("| model | batch | median ms | min ms | max ms | median ms / image |");
     println!("|---|---|---|---|---|---|");
     let targets = targets(args)?;
@@ -114,7 +135,11 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
     }
     let weights = Weights::synthetic();
     let mut targets: Vec<Target> = Vec::new();
-    for name in &args.architectures {
+    for name in args
+        .architectures
+        .iter()
+        .filter(|n| !yolov8::NAMES.contains(&n.as_str()))
+    {
         if segmentation::supported().contains(&name.as_str()) {
             let network = segmentation::build(&SegmentationArgs {
                 name,
@@ -139,6 +164,49 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
         }
     }
     Ok(targets)
+}
+
+/// Per detector: the network alone (`raw_output`, batch 1 at its input size) and the whole
+/// `detect` pipeline (letterbox, forward, decode, NMS) on one decoded image.
+fn bench_detectors(args: &BenchArgs, detectors: &[Detector]) -> Result<()> {
+    let image = match &args.image {
+        Some(path) => image::open(path)
+            .with_context(|| format!("reading `{}`", path.display()))?
+            .to_rgb8(),
+        None => decode(
+            &synthetic_jpeg(1920, 1080)?,
+            &DecodeLimits {
+                max_pixels: 100_000_000,
+            },
+        )?,
+    };
+    println!("| detector | input | forward median ms | min | max | detect median ms | min | max |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for detector in detectors {
+        let (h, w) = detector.input_size();
+        let input = ((synthesize("input", &[1, 3, h, w]) + 1.0)? / 2.0)?;
+        let forward = time(args.iterations, || {
+            detector.raw_output(&input)?.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let options = DetectOptions::default();
+        let detect = time(args.iterations, || {
+            detector.detect(&image, &options)?;
+            Ok(())
+        })?;
+        println!(
+            "| {} | {h}x{w} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            detector.architecture(),
+            ms(forward.median),
+            ms(forward.min),
+            ms(forward.max),
+            ms(detect.median),
+            ms(detect.min),
+            ms(detect.max)
+        );
+    }
+    println!("(detect: on a {}x{} image)", image.width(), image.height());
+    Ok(())
 }
 
 fn forward(network: &Network, input: &Tensor) -> Result<()> {

@@ -435,6 +435,20 @@ pub fn max_pool(xs: &Tensor, geometry: ConvGeometry) -> candle_core::Result<Tens
     })
 }
 
+/// Nearest-neighbour upsampling by `factor` along both axes.
+pub fn upsample_nearest(xs: &Tensor, factor: usize) -> candle_core::Result<Tensor> {
+    map_nhwc(xs, "wick-upsample-nearest", |input, shape| {
+        let out_shape = Nhwc {
+            h: shape.h * factor,
+            w: shape.w * factor,
+            ..shape
+        };
+        let mut out = vec![0.0f32; out_shape.len()];
+        kernels::upsample_nearest(input, shape, factor, &mut out);
+        Ok((out, nhwc_shape(out_shape)))
+    })
+}
+
 /// Global average pooling: `(n, h, w, c)` -> `(n, c)`.
 pub fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
     map_nhwc(xs, "wick-global-avg-pool", |input, shape| {

@@ -3,8 +3,12 @@
 
 pub mod arch;
 pub mod classifier;
+pub mod dataset_labels;
+pub mod detector;
 pub mod kernels;
 pub mod layers;
+pub mod letterbox;
+pub mod nms;
 pub mod output;
 pub mod package;
 pub mod preprocess;
@@ -13,6 +17,7 @@ pub mod task;
 pub mod weights;
 
 pub use classifier::{Classifier, Prediction};
+pub use detector::Detector;
 pub use output::{DetectOptions, Detection, LabelMap, Output};
 use package::PackageError;
 use preprocess::PreprocessError;
@@ -43,6 +48,16 @@ pub enum ModelError {
     /// An image could not be decoded or transformed.
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
+    /// A per-request option (detection `threshold`, `iou`, ...) is out of range.
+    #[error("option `{field}`: {message} (given: {value})")]
+    InvalidOption {
+        /// The option's name as clients spell it.
+        field: &'static str,
+        /// The accepted range.
+        message: String,
+        /// The value given.
+        value: String,
+    },
     /// A tensor operation failed (shapes that do not fit together, an input too small).
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

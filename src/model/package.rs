@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::preprocess::{Interpolation, PreprocessConfig};
 
 /// File names wick treats as weights, by extension.
-const WEIGHT_EXTENSIONS: &[&str] = &["safetensors", "pth", "pt", "bin"];
+const WEIGHT_EXTENSIONS: &[&str] = &["safetensors", "pth", "pt", "bin", "weights"];
 /// Directory levels searched below the package root; SageMaker nests one or two.
 const MAX_SEARCH_DEPTH: usize = 4;
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -51,7 +51,7 @@ pub enum PackageError {
         found: Vec<PathBuf>,
     },
     /// No weights file next to (or below) the config.
-    #[error("no weights file (.safetensors, .pth, .pt, .bin) found in `{dir}`")]
+    #[error("no weights file (.safetensors, .pth, .pt, .bin, darknet .weights) found in `{dir}`")]
     NoWeights {
         /// Where it was looked for.
         dir: PathBuf,
@@ -140,6 +140,9 @@ pub struct PackageConfig {
     /// Independent sigmoid scores instead of a softmax over classes.
     #[serde(default)]
     pub multi_label: bool,
+    /// Darknet detectors: the `.cfg` file next to the `.weights`, relative to the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub darknet_cfg: Option<String>,
     /// Other timm fields (`num_features`, `global_pool`, ...), kept on rewrite.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -377,6 +380,9 @@ fn resolve_labels(config: &PackageConfig, config_dir: &Path) -> Result<Vec<Strin
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect()
+    } else if config.task == Task::Detection {
+        // A detector may take its names from the checkpoint or its dataset; it decides.
+        return Ok(Vec::new());
     } else {
         let n = config.num_classes.ok_or(PackageError::InvalidField {
             field: "num_classes",

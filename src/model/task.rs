@@ -10,7 +10,7 @@ use image::RgbImage;
 use super::output::{DetectOptions, Output};
 use super::package::{Package, Task};
 use super::preprocess::{preprocess, to_batch};
-use super::{Classifier, ModelError, Segmenter};
+use super::{Classifier, Detector, ModelError, Segmenter};
 
 /// An image made ready for [`Model::predict`].
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub enum Model {
     Classifier(Classifier),
     /// Semantic segmentation.
     Segmenter(Segmenter),
+    /// Object detection.
+    Detector(Detector),
 }
 
 impl Model {
@@ -59,9 +61,7 @@ impl Model {
         match task {
             Task::Classification => Ok(Model::Classifier(Classifier::load(dir)?)),
             Task::Segmentation => Ok(Model::Segmenter(Segmenter::load(dir)?)),
-            Task::Detection => Err(ModelError::Unsupported(format!(
-                "config.json `task` is {task:?}; this build serves classification and segmentation"
-            ))),
+            Task::Detection => Ok(Model::Detector(Detector::load(dir)?)),
         }
     }
 
@@ -70,6 +70,7 @@ impl Model {
         match self {
             Model::Classifier(_) => Task::Classification,
             Model::Segmenter(_) => Task::Segmentation,
+            Model::Detector(_) => Task::Detection,
         }
     }
 
@@ -78,6 +79,7 @@ impl Model {
         match self {
             Model::Classifier(c) => c.labels(),
             Model::Segmenter(s) => s.labels(),
+            Model::Detector(d) => d.labels(),
         }
     }
 
@@ -86,6 +88,7 @@ impl Model {
         match self {
             Model::Classifier(_) => false,
             Model::Segmenter(s) => s.is_binary(),
+            Model::Detector(_) => false,
         }
     }
 
@@ -94,6 +97,7 @@ impl Model {
         match self {
             Model::Classifier(c) => c.architecture(),
             Model::Segmenter(s) => s.architecture(),
+            Model::Detector(d) => d.architecture(),
         }
     }
 
@@ -102,7 +106,7 @@ impl Model {
     pub fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
         match self {
             Model::Classifier(c) => Ok(Input::Tensor(preprocess(&image, c.preprocess_config())?)),
-            Model::Segmenter(_) => Ok(Input::Image(Arc::new(image))),
+            Model::Segmenter(_) | Model::Detector(_) => Ok(Input::Image(Arc::new(image))),
         }
     }
 
@@ -120,6 +124,14 @@ impl Model {
                 .map(|(input, options)| {
                     Ok(Output::Segmentation(
                         s.segment(image_of(input)?, options.mask_threshold)?,
+                    ))
+                })
+                .collect(),
+            Model::Detector(d) => batch
+                .iter()
+                .map(|(input, options)| {
+                    Ok(Output::Detections(
+                        d.detect(image_of(input)?, &options.detect)?,
                     ))
                 })
                 .collect(),

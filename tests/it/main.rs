@@ -1,6 +1,7 @@
 //! The single integration-test binary: one link step for the whole suite.
 
 mod artifacts;
+mod detection;
 mod http;
 mod parity;
 mod real_model;

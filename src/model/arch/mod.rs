@@ -1,12 +1,14 @@
 //! The architecture registry: which network names wick knows and how each is built from a
 //! checkpoint. Adding an architecture means adding one file and one line to [`REGISTRY`].
 
+pub mod darknet;
 mod densenet;
 mod efficientnet_lite;
 mod mobilenet_v2;
 mod mobilenet_v3;
 mod resnet;
 pub mod segmentation;
+pub mod yolov8;
 
 use candle_core::{Module, Tensor};
 

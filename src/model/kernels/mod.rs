@@ -13,6 +13,7 @@
 mod conv;
 mod pool;
 mod resize;
+mod upsample;
 
 pub use conv::{
     dense_conv, depthwise_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput,
@@ -20,6 +21,7 @@ pub use conv::{
 };
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
+pub use upsample::upsample_nearest;
 
 /// The shape of an NHWC activation: batch, height, width, channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 mod error;
 mod gather;
+mod module_tree;
 mod pickle;
 mod pth;
 mod state_dict;
@@ -34,6 +35,7 @@ pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
     synthesize_missing: bool,
     origin: Option<PathBuf>,
+    class_names: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Weights {
@@ -158,10 +160,15 @@ impl Weights {
 
     /// Parses checkpoint `bytes`; `path` only names the file in errors.
     fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, WeightsError> {
+        let mut class_names = None;
+        let mut torch = |loaded: pth::Loaded| {
+            class_names = loaded.class_names;
+            loaded.tensors
+        };
         let loaded = match detect(bytes) {
             Some(Format::Safetensors) => load_safetensors(path, bytes)?,
-            Some(Format::TorchZip) => pth::load_zip(path, bytes)?,
-            Some(Format::TorchLegacy) => pth::load_legacy(path, bytes)?,
+            Some(Format::TorchZip) => torch(pth::load_zip(path, bytes)?),
+            Some(Format::TorchLegacy) => torch(pth::load_legacy(path, bytes)?),
             None => {
                 let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
                 return Err(WeightsError::UnknownFormat {
@@ -191,6 +198,7 @@ impl Weights {
             tensors,
             synthesize_missing: false,
             origin: Some(path.to_owned()),
+            class_names,
         })
     }
 
@@ -201,6 +209,7 @@ impl Weights {
             tensors: tensors.into_iter().collect(),
             synthesize_missing: false,
             origin: None,
+            class_names: None,
         }
     }
 
@@ -211,7 +220,13 @@ impl Weights {
             tensors: BTreeMap::new(),
             synthesize_missing: true,
             origin: None,
+            class_names: None,
         }
+    }
+
+    /// Class names stored in the checkpoint itself (a pickled ultralytics model's `names`).
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
     }
 
     /// Whether a tensor of this name was really loaded (never true for names

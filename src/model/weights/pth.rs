@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::gather::{self, Dtype, GatherError};
+use super::module_tree;
 use super::pickle::{self, PickleError, Unpickled, Value};
 use super::state_dict::{self, Entry, StorageRef, TensorRef};
 use super::WeightsError;
@@ -73,7 +74,7 @@ impl Ctx<'_> {
 }
 
 /// Loads a zip-format checkpoint from its bytes.
-pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
+pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightsError> {
     let ctx = Ctx { path };
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|source| WeightsError::Zip {
         path: path.to_owned(),
@@ -108,7 +109,7 @@ pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)
     }
     let pkl_bytes = read_entry(ctx, &mut zip, &pkl, &mut budget)?;
     let un = pickle::load(&pkl_bytes).map_err(|e| ctx.pickle("data.pkl", 0, e))?;
-    let entries = tensor_entries(ctx, &un.value)?;
+    let (entries, class_names) = tensor_entries(ctx, &un.value)?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     for (_, t) in &entries {
@@ -119,12 +120,23 @@ pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)
             storages.insert(t.storage.key.clone(), data);
         }
     }
-    materialize(
+    let tensors = materialize(
         ctx,
         entries,
         |key| storages.get(key).map(Vec::as_slice),
         bytes.len(),
-    )
+    )?;
+    Ok(Loaded {
+        tensors,
+        class_names,
+    })
+}
+
+/// What a PyTorch checkpoint yields: its float tensors, and the class names when the file is a
+/// pickled module carrying them (ultralytics' `names`).
+pub(super) struct Loaded {
+    pub(super) tensors: Vec<(String, Tensor)>,
+    pub(super) class_names: Option<Vec<String>>,
 }
 
 /// What zip records may still inflate to, shared by all reads of one file.
@@ -183,10 +195,7 @@ fn read_entry(
 /// Loads a legacy-format checkpoint: five pickles (magic number, protocol
 /// version, system info, the object, storage keys), then each storage as a
 /// little-endian u64 element count followed by its raw bytes.
-pub(super) fn load_legacy(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<Vec<(String, Tensor)>, WeightsError> {
+pub(super) fn load_legacy(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightsError> {
     let ctx = Ctx { path };
     let mut pos = 0usize;
     let mut next = |part: &str| -> Result<Unpickled, WeightsError> {
@@ -276,21 +285,40 @@ pub(super) fn load_legacy(
         pos = start + nbytes;
     }
 
-    let entries = tensor_entries(ctx, &object.value)?;
-    materialize(ctx, entries, |key| storages.get(key).copied(), bytes.len())
+    let (entries, class_names) = tensor_entries(ctx, &object.value)?;
+    let tensors = materialize(ctx, entries, |key| storages.get(key).copied(), bytes.len())?;
+    Ok(Loaded {
+        tensors,
+        class_names,
+    })
 }
 
-/// The named tensor references of the state dict inside `root`.
-fn tensor_entries(ctx: Ctx<'_>, root: &Value) -> Result<Vec<(String, TensorRef)>, WeightsError> {
-    let Some(dict) = state_dict::find(root) else {
+type Entries = (Vec<(String, TensorRef)>, Option<Vec<String>>);
+
+/// The named tensor references of the state dict inside `root`, or of the pickled module
+/// (with its class names) when there is no state dict.
+fn tensor_entries(ctx: Ctx<'_>, root: &Value) -> Result<Entries, WeightsError> {
+    let (named, class_names): (Vec<(String, Value)>, _) = if let Some(dict) = state_dict::find(root)
+    {
+        let named = dict
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
+            .collect();
+        (named, None)
+    } else if let Some(module) = module_tree::find_module(root) {
+        (
+            module_tree::flatten(module),
+            module_tree::class_names(module),
+        )
+    } else {
         return Err(WeightsError::NoTensors {
             path: ctx.path.to_owned(),
             detail: state_dict::describe(root),
         });
     };
     let mut out = Vec::new();
-    for (key, value) in dict {
-        let Some(name) = key.as_str() else { continue };
+    for (name, value) in &named {
+        let name = name.as_str();
         let entry = state_dict::parse_entry(value)
             .map_err(|e| ctx.corrupt(format!("tensor `{name}`: {e}")))?;
         match entry {
@@ -304,7 +332,13 @@ fn tensor_entries(ctx: Ctx<'_>, root: &Value) -> Result<Vec<(String, TensorRef)>
             Entry::NotTensor => {}
         }
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err(WeightsError::NoTensors {
+            path: ctx.path.to_owned(),
+            detail: state_dict::describe(root),
+        });
+    }
+    Ok((out, class_names))
 }
 
 /// Gathers every float tensor from its storage bytes; integer tensors

@@ -99,6 +99,14 @@ impl Value {
         }
     }
 
+    /// `(object, state)` of a `BUILD`: a pickled class instance and its `__dict__`.
+    pub(crate) fn as_build(&self) -> Option<(&Value, &Value)> {
+        match self {
+            Value::Build(n) => Some((&n.0, &n.1)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn as_global(&self) -> Option<(&str, &str)> {
         match self {
             Value::Global(g) => Some((&g.0, &g.1)),
