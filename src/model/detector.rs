@@ -23,7 +23,8 @@ use super::ModelError;
 pub const MAX_DETECTIONS_LIMIT: usize = 10_000;
 
 enum Network {
-    YoloV8(YoloV8),
+    // Boxed: a YOLOv8 holds its layer list inline, a darknet network a few pointers.
+    YoloV8(Box<YoloV8>),
     Darknet(Darknet),
 }
 
@@ -75,7 +76,7 @@ impl Detector {
         let (network, num_classes, default_size) = if yolov8::NAMES.contains(&name) {
             let net = YoloV8::load(name, weights, declared_classes.unwrap_or(COCO.len()))?;
             let nc = net.dims().num_classes;
-            (Network::YoloV8(net), nc, (640, 640))
+            (Network::YoloV8(Box::new(net)), nc, (640, 640))
         } else if darknet::NAMES.contains(&name) {
             let cfg = darknet_cfg(package)?.ok_or(ModelError::Unsupported(
                 "a darknet package needs config.json `darknet_cfg` naming its .cfg file".into(),
@@ -124,7 +125,7 @@ impl Detector {
         }
         let network = YoloV8::load(architecture, &Weights::synthetic(), COCO.len())?;
         Ok(Detector {
-            network: Network::YoloV8(network),
+            network: Network::YoloV8(Box::new(network)),
             labels: COCO.iter().map(|s| s.to_string()).collect(),
             architecture: architecture.to_string(),
             input_size: (640, 640),

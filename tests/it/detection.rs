@@ -428,18 +428,12 @@ fn options_are_honoured_and_boxes_stay_inside_the_image() -> Result<()> {
         &image,
         &DetectOptions {
             classes: Some(vec![class]),
-            ..loose.clone()
+            ..loose
         },
     )?;
     assert!(!one_class.is_empty() && one_class.iter().all(|d| d.class_id == class));
 
-    let strict_nms = detector.detect(
-        &image,
-        &DetectOptions {
-            iou: 0.1,
-            ..loose.clone()
-        },
-    )?;
+    let strict_nms = detector.detect(&image, &DetectOptions { iou: 0.1, ..loose })?;
     assert!(
         strict_nms.len() < all.len(),
         "a lower IoU limit suppresses more"
@@ -492,7 +486,7 @@ fn bad_options_are_rejected_naming_the_field() -> Result<()> {
             "classes",
             DetectOptions {
                 classes: Some(vec![80]),
-                ..base.clone()
+                ..base
             },
         ),
     ];

@@ -17,6 +17,7 @@ use crate::support::fixture;
 
 /// A package directory with `config` and a placeholder weights file (the weights themselves
 /// are synthesized, never read from it).
+#[allow(clippy::needless_pass_by_value)] // call sites read best with `json!` literals
 fn segmenter(config: serde_json::Value) -> Result<Segmenter> {
     let dir = tempfile::tempdir()?;
     write_package(dir.path(), &config)?;
@@ -34,6 +35,7 @@ fn chelsea() -> Result<RgbImage> {
     Ok(image::open(fixture("chelsea.jpg"))?.to_rgb8())
 }
 
+#[allow(clippy::needless_pass_by_value)] // as above
 fn lraspp(classes: usize, segmentation: serde_json::Value) -> Result<Segmenter> {
     segmenter(json!({
         "architecture": "lraspp_mobilenet_v3_large",

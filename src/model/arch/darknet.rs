@@ -563,21 +563,17 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0u8, floats * 4));
         let w = weights_from_bytes(&cfg, &bytes).expect("exact size loads");
         assert!(Darknet::load(&cfg, &w).is_ok());
-        let short = weights_from_bytes(&cfg, &bytes[..bytes.len() - 1])
-            .err()
-            .expect("short");
+        let short = weights_from_bytes(&cfg, &bytes[..bytes.len() - 1]).expect_err("short");
         assert!(short.to_string().contains("truncated"), "{short}");
         bytes.push(0);
-        let long = weights_from_bytes(&cfg, &bytes).err().expect("long");
+        let long = weights_from_bytes(&cfg, &bytes).expect_err("long");
         assert!(long.to_string().contains("left over"), "{long}");
         assert!(weights_from_bytes(&cfg, &bytes[..10]).is_err());
     }
 
     #[test]
     fn unsupported_cfgs_are_refused_with_the_reason() {
-        let e = Cfg::parse("[net]\nwidth=8\nheight=8\n[yolo]\n")
-            .err()
-            .expect("refused");
+        let e = Cfg::parse("[net]\nwidth=8\nheight=8\n[yolo]\n").expect_err("refused");
         assert!(e.to_string().contains("[yolo]"), "{e}");
         assert!(Cfg::parse("[convolutional]\n").is_err());
     }
