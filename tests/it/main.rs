@@ -3,6 +3,7 @@
 mod artifacts;
 mod http;
 mod parity;
+mod readme_settings;
 mod real_model;
 mod robustness;
 mod serve_process;

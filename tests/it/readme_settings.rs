@@ -29,7 +29,11 @@ fn settings_rows() -> Vec<(String, String, String)> {
 #[test]
 fn every_flag_and_variable_of_every_command_is_in_the_readme_settings_table() {
     let rows = settings_rows();
-    assert!(rows.len() > 30, "the Settings table looks truncated: {} rows", rows.len());
+    assert!(
+        rows.len() > 30,
+        "the Settings table looks truncated: {} rows",
+        rows.len()
+    );
     let cli = Cli::command();
     let global: Vec<_> = cli.get_arguments().map(|arg| ("all", arg)).collect();
     let mut missing = Vec::new();
@@ -52,7 +56,9 @@ fn every_flag_and_variable_of_every_command_is_in_the_readme_settings_table() {
                 *flag_cell == flag
                     && env_cell.contains(&env)
                     && (commands == "all"
-                        || commands.split(", ").any(|c| c == command || c == sub.get_name()))
+                        || commands
+                            .split(", ")
+                            .any(|c| c == command || c == sub.get_name()))
             });
             checked += 1;
             if !documented {
@@ -60,7 +66,10 @@ fn every_flag_and_variable_of_every_command_is_in_the_readme_settings_table() {
             }
         }
     }
-    assert!(checked > 40, "only {checked} flags found: clap's definition changed shape");
+    assert!(
+        checked > 40,
+        "only {checked} flags found: clap's definition changed shape"
+    );
     missing.dedup();
     assert!(
         missing.is_empty(),
