@@ -6,7 +6,7 @@
 #             docker build -t wick .
 #   prebuilt  takes a binary built outside Docker (for machines that cannot pull a Rust image);
 #             the binary must be built for glibc <= bookworm's (e.g. on Debian 12):
-#             cargo build --release --locked && strip target/release/wick   (a smaller image)
+#             cargo build --release --locked   (the release profile strips symbols)
 #             docker build --target prebuilt --build-arg WICK_BINARY=target/release/wick -t wick .
 #
 # CUDA variant for GPU instances (candle's `cuda` feature; nvidia-docker supplies the driver,

@@ -4,6 +4,7 @@ mod artifacts;
 mod detection;
 mod http;
 mod parity;
+mod readme_settings;
 mod real_model;
 mod robustness;
 mod segmentation;
