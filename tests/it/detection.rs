@@ -208,19 +208,25 @@ struct TinyPt {
     raw: Raw,
 }
 
-#[test]
-fn a_checkpoint_saved_by_ultralytics_loads_without_python() -> Result<()> {
+/// The ultralytics-saved tiny `.pt` in a package directory with `{"architecture": "yolov8"}`:
+/// every size (width 1/16, 4 DFL bins, 3 classes) comes from the checkpoint itself.
+fn tiny_pt_package() -> Result<(TinyPt, tempfile::TempDir)> {
     let fixture: TinyPt = read_json("tiny_yolov8.json")?;
     let dir = tempfile::tempdir()?;
     std::fs::copy(
         detection_dir().join(&fixture.checkpoint),
         dir.path().join("best.pt"),
     )?;
-    // `yolov8`: every size (width 1/16, 4 DFL bins, 3 classes) from the checkpoint itself.
     std::fs::write(
         dir.path().join("config.json"),
         r#"{"architecture": "yolov8", "task": "detection"}"#,
     )?;
+    Ok((fixture, dir))
+}
+
+#[test]
+fn a_checkpoint_saved_by_ultralytics_loads_without_python() -> Result<()> {
+    let (fixture, dir) = tiny_pt_package()?;
     let detector = Detector::load(dir.path())?;
     assert_eq!(
         detector.labels(),
@@ -243,16 +249,7 @@ fn a_checkpoint_saved_by_ultralytics_loads_without_python() -> Result<()> {
 #[test]
 #[ignore = "parity gap under investigation (issue #8): wick deviates from the reference beyond the stated tolerance"]
 fn tiny_pt_raw_output_matches_ultralytics() -> Result<()> {
-    let fixture: TinyPt = read_json("tiny_yolov8.json")?;
-    let dir = tempfile::tempdir()?;
-    std::fs::copy(
-        detection_dir().join(&fixture.checkpoint),
-        dir.path().join("best.pt"),
-    )?;
-    std::fs::write(
-        dir.path().join("config.json"),
-        r#"{"architecture": "yolov8", "task": "detection"}"#,
-    )?;
+    let (fixture, dir) = tiny_pt_package()?;
     let detector = Detector::load(dir.path())?;
     let raw = detector.raw_output(&synthetic_input(&fixture.input_shape)?)?;
     assert_raw_matches(&raw, &fixture.raw, "tiny_yolov8.pt")
