@@ -328,7 +328,10 @@ impl Worker {
             if let Some(delay) = self.config.fault_delay {
                 std::thread::sleep(delay);
             }
-            predictor.predict(&pairs)
+            // Run the forward pass on a rayon worker rather than on this thread: the kernels'
+            // parallel loops then start on a thread that is already awake in the pool instead
+            // of waking the pool from outside at every layer.
+            rayon::scope(|_| predictor.predict(&pairs))
         }));
         let inference = started.elapsed();
         let expected = pairs.len();
