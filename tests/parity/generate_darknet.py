@@ -4,10 +4,15 @@ The `.weights` file is written from `synth(name, shape)` in darknet order under 
 names (`layers.{i}.bn.{bias,weight,running_mean,running_var}`, `layers.{i}.conv.{bias,weight}`),
 after a version 0.2.0 header with `seen` = 0 as u64; the Rust test rebuilds the same bytes, so
 no binary is committed. OpenCV (< 5: 5.0 dropped `readNetFromDarknet`) runs the cfg + weights:
-- on a synthetic input: the region layer's rows `[cx, cy, w, h, objectness, class scores]`
-  (relative coordinates, class scores = objectness x softmax, zeroed below the cfg's thresh);
-- on chelsea.jpg letterboxed like darknet (0.5 grey): every row with a class score above
-  `threshold`, as boxes in original pixels.
+- on a synthetic input: the last convolution's output (`conv_14`, before the region layer) and
+  the region layer's rows `[cx, cy, w, h, objectness, class scores]` (relative coordinates,
+  class scores = objectness x softmax). OpenCV's region layer also runs darknet's per-class
+  `do_nms_sort` with its fixed `nms_threshold` of 0.4: a class score of a box that another box of
+  higher score suppresses is written as 0. Those zeros are not network outputs; the test compares
+  the box columns and every class score OpenCV kept.
+- on chelsea.png (lossless, so the comparison sees the letterbox and the network, not two JPEG
+  decoders) letterboxed like darknet (0.5 grey): every row with a class score above `threshold`,
+  as boxes in original pixels, after that same NMS at IoU 0.4.
 """
 
 import json
@@ -76,7 +81,7 @@ def letterbox_darknet(bgr, size):
 def darknet_fixture(out_dir, photos):
     import sys
 
-    sys.path.insert(0, "/tmp/det-cv4")  # opencv-python-headless < 5, installed with --target
+    sys.path.insert(0, os.environ.get("CV4_PATH", "/var/tmp/cv4"))  # opencv-python-headless < 5, pip --target
     import cv2
 
     cfg_path = os.path.join(out_dir, "tiny_yolov2.cfg")
@@ -88,11 +93,13 @@ def darknet_fixture(out_dir, photos):
     size = 416
     x = ((synth("input", [1, 3, size, size]) + 1.0) / 2.0).astype(np.float32)
     net.setInput(x)
-    rows = net.forward()
+    rows, conv = net.forward(["detection_out", "conv_14"])
     flat = rows.astype(np.float64).flatten()
     idx = np.linspace(0, flat.size - 1, SAMPLES).round().astype(np.int64)
+    conv_flat = conv.astype(np.float64).flatten()
+    conv_idx = np.linspace(0, conv_flat.size - 1, SAMPLES).round().astype(np.int64)
 
-    bgr = cv2.imread(os.path.join(photos, "chelsea.jpg"))
+    bgr = cv2.imread(os.path.join(photos, "chelsea.png"))
     canvas, (r, nw, nh, left, top) = letterbox_darknet(bgr, size)
     net.setInput(canvas.transpose(2, 0, 1)[None].copy())
     photo_rows = net.forward()
@@ -122,12 +129,17 @@ def darknet_fixture(out_dir, photos):
         "generator": f"opencv-python-headless {cv2.__version__} cv2.dnn.readNetFromDarknet",
         "cfg": "tiny_yolov2.cfg",
         "input_shape": [1, 3, size, size],
+        "conv_shape": list(conv.shape),
+        "conv_abs_sum": float(np.abs(conv_flat).sum()),
+        "conv_sample_index": conv_idx.tolist(),
+        "conv_sample_value": [float(conv_flat[i]) for i in conv_idx],
         "region_rows_shape": list(rows.shape),
         "region_sum": float(flat.sum()),
         "region_sample_index": idx.tolist(),
         "region_sample_value": [float(flat[i]) for i in idx],
-        "photo": "chelsea.jpg",
+        "photo": "chelsea.png",
         "threshold": threshold,
+        "nms_iou": 0.4,
         "boxes": boxes,
     }
     with open(os.path.join(out_dir, "tiny_yolov2.json"), "w") as fh:

@@ -17,7 +17,9 @@ real checkpoint) is overwritten with `synth(name, shape)` from generate.py. Writ
 Tiny YOLOv2 (`--darknet`, needs OpenCV < 5 on PYTHONPATH for `cv2.dnn.readNetFromDarknet`):
 see `darknet_fixture` below.
 
-Usage: /work/cache/torchvenv/bin/python tests/parity/generate_detection.py [--darknet]
+Usage: VENV/bin/python tests/parity/generate_detection.py [--only yolov8n|tiny] [--darknet]
+(venv: pip install torch ultralytics opencv-python-headless; for --darknet also
+`pip install --target /var/tmp/cv4 "opencv-python-headless<5"`, or set CV4_PATH)
 CI never runs this; only the committed files are used.
 """
 
@@ -134,7 +136,7 @@ def yolov8n():
         "tensors": tensors,
         "input_shape": RAW_INPUT,
         "raw": raw_summary(y),
-        "photos": [photo_case(model, p, 640, 80) for p in ["chelsea.jpg", "coffee.jpg"]],
+        "photos": [photo_case(model, p, 640, 80) for p in ["chelsea.png", "coffee.png"]],
     }
     with open(os.path.join(OUT, "yolov8n.json"), "w") as fh:
         json.dump(doc, fh, separators=(",", ":"))
@@ -210,6 +212,7 @@ def tiny_checkpoint():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--darknet", action="store_true", help="only the Tiny YOLOv2 fixture")
+    ap.add_argument("--only", choices=["yolov8n", "tiny"], help="only one YOLOv8 fixture")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if args.darknet:
@@ -217,8 +220,10 @@ def main():
 
         darknet_fixture(OUT, PHOTOS)
         return
-    yolov8n()
-    tiny_checkpoint()
+    if args.only != "tiny":
+        yolov8n()
+    if args.only != "yolov8n":
+        tiny_checkpoint()
 
 
 if __name__ == "__main__":

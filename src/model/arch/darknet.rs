@@ -427,9 +427,9 @@ impl Darknet {
         self.input_size
     }
 
-    /// `(n, h, w, c)` NHWC in [0, 1] -> the region output `(n, anchors * (5 + nc), gh, gw)`:
-    /// sigmoid x, y and objectness, raw w and h, softmax over the classes of each anchor.
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// `(n, h, w, c)` NHWC in [0, 1] -> the last convolution's output `(n, gh, gw, anchors *
+    /// (5 + nc))`, NHWC, before the region layer.
+    pub fn features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = xs.clone();
         for step in &self.steps {
             x = match step {
@@ -437,6 +437,13 @@ impl Darknet {
                 Step::MaxPool(g) => max_pool(&x, *g)?,
             };
         }
+        Ok(x)
+    }
+
+    /// `(n, h, w, c)` NHWC in [0, 1] -> the region output `(n, anchors * (5 + nc), gh, gw)`:
+    /// sigmoid x, y and objectness, raw w and h, softmax over the classes of each anchor.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.features(xs)?;
         let (n, gh, gw, c) = x.dims4()?;
         let data = x.flatten_all()?.to_vec1::<f32>()?;
         let per_anchor = 5 + self.region.classes;

@@ -291,8 +291,11 @@ impl YoloV8 {
             C2f::load(w, &layer(18), (c256 + c512, c512, r3), false)?,
             C2f::load(w, &layer(21), (c512 + c1024, c1024, r3), false)?,
         ];
+        // SPPF's first conv is activated in YOLOv8: ultralytics 8.4's SPPF class defaults to an
+        // unactivated cv1 (YOLO26), but its model builder puts SiLU back for the v8 yaml rows, and
+        // every checkpoint trained before that change has it.
         let sppf = Sppf {
-            cv1: conv(w, "model.9.cv1", (c1024, c1024 / 2, 1, 1), false)?,
+            cv1: conv(w, "model.9.cv1", (c1024, c1024 / 2, 1, 1), true)?,
             cv2: conv(w, "model.9.cv2", (c1024 / 2 * 4, c1024, 1, 1), true)?,
         };
         let head_down = [
