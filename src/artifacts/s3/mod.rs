@@ -111,6 +111,15 @@ struct Opened {
     etag: Option<String>,
 }
 
+/// The SDK's default HTTPS client (hyper, rustls, the platform's root certificates) with ring
+/// as rustls' crypto provider. Also used by the credential providers (SSO, STS, metadata).
+fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 impl Store {
     /// Builds the client: region, credentials and endpoint from the standard chain
     /// (environment, profile, web identity, ECS and EC2 metadata), then `overrides`.
@@ -118,7 +127,9 @@ impl Store {
         let retry = RetryConfig::standard()
             .with_max_attempts(transfer.max_attempts.max(1))
             .with_initial_backoff(transfer.initial_backoff);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(retry)
+            .http_client(https_client());
         if let Some(region) = &overrides.region {
             loader = loader.region(Region::new(region.clone()));
         }
