@@ -418,3 +418,63 @@ fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference
     );
     Ok(())
 }
+
+/// A building-mask style job: 0/255 masks, two classes, `binary=true`: one sigmoid output
+/// trained with BCE, written as a one-output package that serves 0/1 label maps.
+#[test]
+fn a_binary_job_on_0_255_masks_writes_a_one_output_model() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = ml_root(
+        dir.path(),
+        &[
+            ("task", "segmentation"),
+            ("label_map", r#"{"0": "background", "1": "object"}"#),
+            ("binary", "true"),
+            ("image_size", "96"),
+            ("epochs", "4"),
+            ("lr", "0.01"),
+            ("validation_fraction", "0.25"),
+        ],
+    )?;
+    let data = root.join("input/data");
+    std::fs::create_dir_all(data.join("train"))?;
+    std::fs::create_dir_all(data.join("train_annotation"))?;
+    let photos = Photos::load()?;
+    for i in 0..8 {
+        let (image, labels) = photos.composite(96, 6, i);
+        image.save(data.join(format!("train/{i}.png")))?;
+        let mask = GrayImage::from_fn(96, 96, |x, y| {
+            Luma([if labels.get_pixel(x, y)[0] > 0 {
+                255
+            } else {
+                0
+            }])
+        });
+        mask.save(data.join(format!("train_annotation/{i}.png")))?;
+    }
+    let out = run_train(&root)?;
+    ensure!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch=")).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    // Both classes are scored: 255 was read as the foreground, not ignored.
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("output/data/metrics.json"))?)?;
+    let per_class = metrics["final"]["per_class_iou"]
+        .as_array()
+        .context("per_class_iou")?;
+    assert_eq!(per_class.len(), 2);
+    assert!(per_class[1]["iou"].as_f64().is_some(), "{per_class:?}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("model/config.json"))?)?;
+    assert_eq!(config["num_classes"], 1);
+    // A one-output package names its foreground; the model core adds `background`.
+    assert_eq!(config["label_names"], serde_json::json!(["object"]));
+    let segmenter = Segmenter::load(&root.join("model"))?;
+    assert!(segmenter.is_binary());
+    assert_eq!(segmenter.labels(), ["background", "object"]);
+    let (image, _) = photos.composite(96, 6, 0);
+    let map = segmenter.segment(&image, None)?;
+    assert!(map.classes.iter().all(|&c| c <= 1));
+    Ok(())
+}

@@ -190,7 +190,11 @@ impl BaseModel {
         };
         config.architecture = self.architecture.clone();
         config.num_classes = Some(out_channels);
-        config.label_names = Some(labels.to_vec());
+        // A one-output package names its foreground only; the model core adds `background`.
+        config.label_names = Some(match labels {
+            [_, foreground] if out_channels == 1 => vec![foreground.clone()],
+            _ => labels.to_vec(),
+        });
         config.id2label = None;
         config.task = Task::Segmentation;
         config.weights = Some(WEIGHTS_FILE.into());
