@@ -225,6 +225,17 @@ pub struct TrainArgs {
     /// [default: ML_ROOT/input/data/validation].
     #[arg(long, env = "SM_CHANNEL_VALIDATION")]
     pub validation_dir: Option<PathBuf>,
+    /// Segmentation: the `train` channel of images [default: ML_ROOT/input/data/train].
+    #[arg(long, env = "SM_CHANNEL_TRAIN")]
+    pub train_dir: Option<PathBuf>,
+    /// Segmentation: the `train_annotation` channel of PNG label maps
+    /// [default: ML_ROOT/input/data/train_annotation].
+    #[arg(long, env = "SM_CHANNEL_TRAIN_ANNOTATION")]
+    pub train_annotation_dir: Option<PathBuf>,
+    /// Segmentation: the `validation_annotation` channel
+    /// [default: ML_ROOT/input/data/validation_annotation].
+    #[arg(long, env = "SM_CHANNEL_VALIDATION_ANNOTATION")]
+    pub validation_annotation_dir: Option<PathBuf>,
     /// The `model` channel holding the backbone's model package (the `base_model`
     /// hyperparameter takes precedence) [default: ML_ROOT/input/data/model].
     #[arg(long, env = "SM_CHANNEL_MODEL")]

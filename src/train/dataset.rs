@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use super::rng::{Rng, Stream};
 
 /// File extensions treated as images (compared case-insensitively).
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+pub(crate) const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 /// File extensions treated as manifests.
 const MANIFEST_EXTENSIONS: &[&str] = &["csv", "jsonl", "manifest"];
 
@@ -292,7 +293,7 @@ fn visible_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Every image file below `dir`, any depth.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf, std::io::Error)> {
+pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf, std::io::Error)> {
     for path in visible_entries(dir).map_err(|e| (dir.to_path_buf(), e))? {
         if path.is_dir() {
             walk(&path, out)?;
@@ -303,7 +304,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf, std::io::Err
     Ok(())
 }
 
-fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+pub(crate) fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))

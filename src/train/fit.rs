@@ -129,21 +129,36 @@ fn augmented_split(ctx: &Fit<'_>, epoch: usize) -> Result<Option<Split>> {
 /// The per-epoch line SageMaker's `MetricDefinitions` regexes read (README "Training"):
 /// stdout, flushed, `key=value;` pairs in a fixed order, four decimals.
 pub fn metric_line(m: &EpochMetrics) -> String {
-    let mut line = format!(
-        "epoch={}; train_loss={:.4}; train_accuracy={:.4};",
-        m.epoch, m.train_loss, m.train_accuracy
-    );
+    let mut pairs = vec![
+        ("train_loss", m.train_loss),
+        ("train_accuracy", m.train_accuracy),
+    ];
     if let (Some(loss), Some(accuracy)) = (m.val_loss, m.val_accuracy) {
-        line.push_str(&format!(" val_loss={loss:.4}; val_accuracy={accuracy:.4};"));
+        pairs.extend([("val_loss", loss), ("val_accuracy", accuracy)]);
+    }
+    format_metric_line(m.epoch, &pairs)
+}
+
+/// `epoch=N; key=value; ...;` with four decimals: the one metric line format of `wick train`,
+/// whatever the task.
+pub fn format_metric_line(epoch: usize, pairs: &[(&str, f64)]) -> String {
+    let mut line = format!("epoch={epoch};");
+    for (key, value) in pairs {
+        line.push_str(&format!(" {key}={value:.4};"));
     }
     line
 }
 
-fn print_metric_line(m: &EpochMetrics) {
+/// Prints a metric line to stdout and flushes it.
+pub fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout must not fail the job; the checkpoint and metrics.json keep the numbers.
-    let _ = writeln!(out, "{}", metric_line(m));
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+fn print_metric_line(m: &EpochMetrics) {
+    print_line(&metric_line(m));
 }
 
 #[cfg(test)]

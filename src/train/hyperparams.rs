@@ -8,11 +8,13 @@
 //! `_tuning_objective_metric`) are reported, never fatal. A bad value names the key, the value
 //! and what was expected. See `../shared/docs/sagemaker-contract.md` item 41.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::Value;
+
+mod segmentation;
 
 /// What a hyperparameter file or value can get wrong.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,16 @@ pub enum ClassWeights {
     Explicit(Vec<f64>),
 }
 
+/// What the job trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainTask {
+    /// A classification head on pooled features.
+    Classification,
+    /// A segmentation decoder on feature maps.
+    Segmentation,
+}
+
 /// The typed hyperparameters of `wick train` (README "Training" lists them).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hyperparameters {
@@ -74,6 +86,18 @@ pub struct Hyperparameters {
     pub validation_fraction: f64,
     /// The backbone's model package, instead of the `model` channel.
     pub base_model: Option<PathBuf>,
+    /// `classification` or `segmentation`; unset: segmentation when the base package is a
+    /// segmentation package, else classification.
+    pub task: Option<TrainTask>,
+    /// Segmentation: class names in index order, from `label_map` or `classes`.
+    pub labels: Option<Vec<String>>,
+    /// Segmentation: training resolution `(height, width)`; unset: the package's input size,
+    /// or 320x320 without one.
+    pub image_size: Option<(usize, usize)>,
+    /// Segmentation: the annotation value excluded from loss and metrics; `None` turns it off.
+    pub ignore_index: Option<u8>,
+    /// Segmentation: one sigmoid output (BCE) for a 2-class job; unset: as the base package.
+    pub binary: Option<bool>,
 }
 
 impl Default for Hyperparameters {
@@ -90,6 +114,11 @@ impl Default for Hyperparameters {
             augment: false,
             validation_fraction: 0.2,
             base_model: None,
+            task: None,
+            labels: None,
+            image_size: None,
+            ignore_index: Some(255),
+            binary: None,
         }
     }
 }
@@ -101,6 +130,8 @@ pub struct Parsed {
     pub hyperparameters: Hyperparameters,
     /// Keys wick does not know, sorted.
     pub unknown: Vec<String>,
+    /// Keys the file set (a task may default a key differently when it is not given).
+    pub given: BTreeSet<String>,
 }
 
 /// Parses the text of `hyperparameters.json`; `path` only names the file in errors.
@@ -116,6 +147,7 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Parsed, Hyperpar
 /// Parses a SageMaker hyperparameter map (values normally strings; JSON values are accepted
 /// too, as a hand-written local file may hold them).
 pub fn parse(map: BTreeMap<String, Value>) -> Result<Parsed, HyperparameterError> {
+    let given: BTreeSet<String> = map.keys().cloned().collect();
     let mut values: BTreeMap<String, (Value, String)> = map
         .into_iter()
         .map(|(key, value)| {
@@ -147,10 +179,23 @@ pub fn parse(map: BTreeMap<String, Value>) -> Result<Parsed, HyperparameterError
         validation_fraction: take("validation_fraction")
             .map_or(Ok(d.validation_fraction), |f| f.float(Range::Fraction))?,
         base_model: take("base_model").map(|f| f.path()).transpose()?.flatten(),
+        task: take("task").map(|f| f.task()).transpose()?,
+        labels: match (take("label_map"), take("classes")) {
+            (Some(f), None) => Some(f.label_map()?),
+            (None, Some(f)) => Some(f.class_names()?),
+            (None, None) => None,
+            (Some(f), Some(_)) => return Err(f.invalid("`label_map` or `classes`, not both")),
+        },
+        image_size: take("image_size").map(|f| f.image_size()).transpose()?,
+        ignore_index: take("ignore_index").map_or(Ok(d.ignore_index), |f| f.ignore_index())?,
+        binary: take("binary").map(|f| f.bool()).transpose()?,
     };
+    let unknown: Vec<String> = values.into_keys().collect();
+    let given = given.into_iter().filter(|k| !unknown.contains(k)).collect();
     Ok(Parsed {
         hyperparameters,
-        unknown: values.into_keys().collect(),
+        unknown,
+        given,
     })
 }
 

@@ -17,6 +17,12 @@ use crate::cli::TrainArgs;
 pub const TRAINING_CHANNEL: &str = "training";
 /// Name of the optional channel holding labelled validation images.
 pub const VALIDATION_CHANNEL: &str = "validation";
+/// Segmentation: the required channel of training images.
+pub const SEG_TRAIN_CHANNEL: &str = "train";
+/// Segmentation: the required channel of training annotations.
+pub const TRAIN_ANNOTATION_CHANNEL: &str = "train_annotation";
+/// Segmentation: the optional channel of validation annotations (images: `validation`).
+pub const VALIDATION_ANNOTATION_CHANNEL: &str = "validation_annotation";
 /// Name of the optional channel holding the backbone's model package.
 pub const MODEL_CHANNEL: &str = "model";
 
@@ -70,6 +76,14 @@ pub struct JobLayout {
     /// Whether the validation path was given explicitly (`SM_CHANNEL_VALIDATION`), which
     /// makes the channel count even when `inputdataconfig.json` does not name it.
     pub validation_dir_is_explicit: bool,
+    /// Segmentation: the `train` channel.
+    pub seg_train_dir: PathBuf,
+    /// Segmentation: the `train_annotation` channel.
+    pub train_annotation_dir: PathBuf,
+    /// Segmentation: the `validation_annotation` channel.
+    pub validation_annotation_dir: PathBuf,
+    /// Whether `SM_CHANNEL_VALIDATION_ANNOTATION` gave that channel explicitly.
+    pub validation_annotation_dir_is_explicit: bool,
     /// The `model` channel.
     pub base_model_dir: PathBuf,
     /// Where the trained package goes.
@@ -105,6 +119,19 @@ impl JobLayout {
                 .clone()
                 .unwrap_or_else(|| data.join(VALIDATION_CHANNEL)),
             validation_dir_is_explicit: args.validation_dir.is_some(),
+            seg_train_dir: args
+                .train_dir
+                .clone()
+                .unwrap_or_else(|| data.join(SEG_TRAIN_CHANNEL)),
+            train_annotation_dir: args
+                .train_annotation_dir
+                .clone()
+                .unwrap_or_else(|| data.join(TRAIN_ANNOTATION_CHANNEL)),
+            validation_annotation_dir: args
+                .validation_annotation_dir
+                .clone()
+                .unwrap_or_else(|| data.join(VALIDATION_ANNOTATION_CHANNEL)),
+            validation_annotation_dir_is_explicit: args.validation_annotation_dir.is_some(),
             base_model_dir: args
                 .base_model_dir
                 .clone()
@@ -251,6 +278,9 @@ mod tests {
             model_dir: None,
             training_dir: None,
             validation_dir: None,
+            train_dir: None,
+            train_annotation_dir: None,
+            validation_annotation_dir: None,
             base_model_dir: None,
             output_dir: None,
             output_data_dir: None,

@@ -20,9 +20,11 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod segmentation;
 pub mod stop;
 pub mod trainer;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -36,7 +38,7 @@ use checkpoint::{Checkpoints, Fnv, JobKey};
 use dataset::{Dataset, DatasetSpec, Sample};
 use features::{extract, FeatureTable, Pass, Transform, Unreadable};
 use fit::{fit, Fit};
-use hyperparams::Hyperparameters;
+use hyperparams::{Hyperparameters, TrainTask};
 use job::{JobLayout, TRAINING_CHANNEL, VALIDATION_CHANNEL};
 use report::{Final, ImageCounts, Report, Timing};
 use stop::StopFlag;
@@ -50,7 +52,7 @@ const MAX_UNREADABLE_SHARE: f64 = 0.05;
 
 /// How the job ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// Trained to the end (epoch limit or early stopping).
     Completed,
     /// A stop request ended it; checkpoints and the best model so far are saved.
@@ -82,16 +84,28 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     }
 }
 
-fn read_hyperparameters(layout: &JobLayout) -> Result<Hyperparameters> {
+/// The hyperparameters and the keys the file set.
+fn read_hyperparameters(layout: &JobLayout) -> Result<(Hyperparameters, BTreeSet<String>)> {
     let Some(text) = job::read_optional(&layout.hyperparameters)? else {
         tracing::info!(path = %layout.hyperparameters.display(), "no hyperparameters file; using the defaults");
-        return Ok(Hyperparameters::default());
+        return Ok((Hyperparameters::default(), BTreeSet::new()));
     };
     let parsed = hyperparams::parse_file(&layout.hyperparameters, &text)?;
     for key in &parsed.unknown {
         tracing::warn!(key, "ignoring an unknown hyperparameter");
     }
-    Ok(parsed.hyperparameters)
+    Ok((parsed.hyperparameters, parsed.given))
+}
+
+/// The task: the hyperparameter, else segmentation when the base package is one.
+fn resolve_task(hp: &Hyperparameters, base: &Path) -> TrainTask {
+    hp.task
+        .unwrap_or_else(|| match crate::model::package::Package::open(base) {
+            Ok(p) if p.config.task == crate::model::package::Task::Segmentation => {
+                TrainTask::Segmentation
+            }
+            _ => TrainTask::Classification,
+        })
 }
 
 /// The validation channel's directory, if the job has one.
@@ -105,7 +119,7 @@ fn validation_dir(layout: &JobLayout, channels: Option<&job::Channels>) -> Optio
 
 fn train(layout: &JobLayout, stop: &StopFlag) -> Result<Outcome> {
     let started = Instant::now();
-    let hp = read_hyperparameters(layout)?;
+    let (hp, given) = read_hyperparameters(layout)?;
     let channels = job::read_channels(layout)?;
     if let Some(resources) = job::read_resources(layout)? {
         if !resources.is_leader() {
@@ -116,6 +130,19 @@ fn train(layout: &JobLayout, stop: &StopFlag) -> Result<Outcome> {
             tracing::warn!(hosts = ?resources.hosts, "wick trains on one host; the other hosts stay idle");
         }
     }
+    let base = hp
+        .base_model
+        .clone()
+        .unwrap_or_else(|| layout.base_model_dir.clone());
+    if resolve_task(&hp, &base) == TrainTask::Segmentation {
+        if !base.exists() {
+            bail!(
+                "no base model: `{}` does not exist; give the job a `model` channel holding a wick segmentation package or an EfficientNet-Lite classification package, or set the hyperparameter `base_model` to one",
+                base.display()
+            );
+        }
+        return segmentation::train(layout, &hp, &given, &base, stop);
+    }
     if let Some(c) = &channels {
         if !c.contains_key(TRAINING_CHANNEL) && !layout.training_dir.is_dir() {
             bail!(
@@ -124,10 +151,6 @@ fn train(layout: &JobLayout, stop: &StopFlag) -> Result<Outcome> {
             );
         }
     }
-    let base = hp
-        .base_model
-        .clone()
-        .unwrap_or_else(|| layout.base_model_dir.clone());
     if !base.exists() {
         bail!(
             "no backbone: `{}` does not exist; give the job a `model` channel holding a wick model package, or set the hyperparameter `base_model` to one",

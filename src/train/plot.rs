@@ -22,46 +22,78 @@ const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 const TRAIN: Rgb<u8> = Rgb([31, 119, 180]);
 const VALIDATION: Rgb<u8> = Rgb([255, 127, 14]);
 
+/// One panel's data: a title, the training and validation `(epoch, value)` points, and a
+/// fixed y range (`None`: from 0 to a round value above the largest point).
+pub struct PanelData<'a> {
+    /// Shown above the panel.
+    pub title: &'a str,
+    /// Training points.
+    pub train: Vec<(f64, f64)>,
+    /// Validation points.
+    pub val: Vec<(f64, f64)>,
+    /// The y range, e.g. `(0, 1)` for accuracies.
+    pub y_range: Option<(f64, f64)>,
+}
+
 /// The PNG bytes of the curves of `history` (an empty history gives empty axes).
 pub fn training_curves(history: &[EpochMetrics]) -> Result<Vec<u8>> {
-    let mut canvas = Canvas(RgbImage::from_pixel(WIDTH, HEIGHT, WHITE));
-    let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64).collect();
     let series = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        epochs
+        history
             .iter()
-            .zip(history)
-            .filter_map(|(&e, m)| f(m).filter(|v| v.is_finite()).map(|v| (e, v)))
+            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
             .collect()
     };
-    let loss_top = history
+    curves(&[
+        PanelData {
+            title: "loss",
+            train: series(|m| Some(m.train_loss)),
+            val: series(|m| m.val_loss),
+            y_range: None,
+        },
+        PanelData {
+            title: "accuracy",
+            train: series(|m| Some(m.train_accuracy)),
+            val: series(|m| m.val_accuracy),
+            y_range: Some((0.0, 1.0)),
+        },
+    ])
+}
+
+/// The PNG bytes of two panels side by side (loss-like on the left, score-like on the right).
+pub fn curves(panels: &[PanelData<'_>; 2]) -> Result<Vec<u8>> {
+    let mut canvas = Canvas(RgbImage::from_pixel(WIDTH, HEIGHT, WHITE));
+    let finite = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .copied()
+            .filter(|(_, v)| v.is_finite())
+            .collect()
+    };
+    let x_max = panels
         .iter()
-        .flat_map(|m| [Some(m.train_loss), m.val_loss])
-        .flatten()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
-    let loss_top = nice_step(loss_top.max(1e-3) / 4.0) * 4.0;
-    canvas.panel(&Panel {
-        left: 0,
-        title: "loss",
-        legend_at_top: true,
-        y_range: (0.0, loss_top),
-        x_max: epochs.last().copied().unwrap_or(1.0),
-        lines: [
-            (series(|m| Some(m.train_loss)), TRAIN),
-            (series(|m| m.val_loss), VALIDATION),
-        ],
-    });
-    canvas.panel(&Panel {
-        left: PANEL_WIDTH,
-        title: "accuracy",
-        legend_at_top: false,
-        y_range: (0.0, 1.0),
-        x_max: epochs.last().copied().unwrap_or(1.0),
-        lines: [
-            (series(|m| Some(m.train_accuracy)), TRAIN),
-            (series(|m| m.val_accuracy), VALIDATION),
-        ],
-    });
+        .flat_map(|p| p.train.iter().chain(&p.val))
+        .map(|&(e, _)| e)
+        .fold(1.0f64, f64::max);
+    for (i, p) in panels.iter().enumerate() {
+        let (train, val) = (finite(&p.train), finite(&p.val));
+        let y_range = p.y_range.unwrap_or_else(|| {
+            let top = train
+                .iter()
+                .chain(&val)
+                .map(|&(_, v)| v)
+                .fold(0.0f64, f64::max);
+            (0.0, nice_step(top.max(1e-3) / 4.0) * 4.0)
+        });
+        canvas.panel(&Panel {
+            left: i as i64 * PANEL_WIDTH,
+            title: p.title,
+            // Loss falls and scores rise: each legend goes where its curves are not.
+            legend_at_top: i == 0,
+            y_range,
+            x_max,
+            lines: [(train, TRAIN), (val, VALIDATION)],
+        });
+    }
     let mut png = Vec::new();
     canvas
         .0

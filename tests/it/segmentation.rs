@@ -1,5 +1,6 @@
 //! Segmentation networks against the real PyTorch implementations (torchvision,
-//! segmentation_models_pytorch). `tests/parity/generate_segmentation.py` ran each model once
+//! segmentation_models_pytorch; wick's `lraspp_*efficientnet_lite*` against torchvision's
+//! `LRASPPHead` on timm's EfficientNet-Lite). `tests/parity/generate_segmentation.py` ran each model once
 //! with the deterministic `synth` weights on a non-square input and committed a checksum of
 //! its logits, 64 sampled logits and the argmax map; here the same weights are rebuilt and
 //! wick's network must agree.
@@ -154,4 +155,7 @@ segmentation_parity_tests!(
     smp_deeplabv3plus_resnet50,
     smp_deeplabv3plus_resnet34,
     smp_deeplabv3plus_resnet50_binary,
+    timm_lraspp_efficientnet_lite0,
+    timm_lraspp_tf_efficientnet_lite0,
+    timm_lraspp_tf_efficientnet_lite2_binary,
 );

@@ -46,16 +46,16 @@ fn head(model_dir: &Path) -> Result<Vec<Vec<f32>>> {
 }
 
 /// How a run ended after SIGTERM.
-struct Interrupted {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    stop_time: Duration,
+pub(crate) struct Interrupted {
+    pub(crate) status: std::process::ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) stop_time: Duration,
 }
 
 /// Starts a job and sends it SIGTERM after the `count`-th line starting with `prefix` on
 /// stdout (`from_stderr`: on stderr, containing `prefix`).
-fn interrupted_run(
+pub(crate) fn interrupted_run(
     root: &Path,
     prefix: &str,
     count: usize,

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Generate PyTorch parity fixtures for wick's segmentation networks.
 
+wick's own `lraspp_[tf_]efficientnet_liteN` is checked against torchvision's real `LRASPPHead`
+on timm's real EfficientNet-Lite (`LiteLRASPP` below).
+
 Same deterministic weights as `generate.py` (`synth(name, shape)`, see README.md): every
 floating-point state-dict entry of the REAL model (torchvision segmentation, and
 segmentation_models_pytorch DeepLabV3Plus) is overwritten, the model runs in eval mode on
@@ -46,9 +49,44 @@ def _smp(encoder, classes):
     return build
 
 
+class LiteLRASPP(torch.nn.Module):
+    """wick's `lraspp_[tf_]efficientnet_liteN`: torchvision's real LRASPPHead on timm's real
+    EfficientNet-Lite trunk (head convolution and classifier removed), low = stage `blocks.2`,
+    high = the last stage; logits resized to the input as torchvision's LRASPP does."""
+
+    def __init__(self, trunk, num_classes):
+        import timm
+        from torchvision.models.segmentation.lraspp import LRASPPHead
+        super().__init__()
+        self.backbone = timm.create_model(trunk, pretrained=False)
+        for name in ("conv_head", "bn2", "global_pool", "classifier"):
+            setattr(self.backbone, name, torch.nn.Identity())
+        low = self.backbone.blocks[2][-1].conv_pwl.out_channels
+        high = self.backbone.blocks[-1][-1].conv_pwl.out_channels
+        self.classifier = LRASPPHead(low, high, num_classes, 128)
+
+    def forward(self, x):
+        b = self.backbone
+        y = b.bn1(b.conv_stem(x))
+        low = None
+        for i, stage in enumerate(b.blocks):
+            y = stage(y)
+            if i == 2:
+                low = y
+        out = self.classifier({"low": low, "high": y})
+        return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _lite(trunk, classes):
+    def build():
+        return LiteLRASPP(trunk, classes)
+    return build
+
+
 def registry():
     # (id, wick architecture, package, builder, classes, input shape, input scale)
-    # MobileNetV3 runs at x4 input so hardswish / hardsigmoid leave their linear range.
+    # MobileNetV3 runs at x4 input so hardswish / hardsigmoid leave their linear range; the Lite
+    # trunks too, so ReLU6 clips and the logits spread beyond the tolerance.
     return [
         ("torchvision_deeplabv3_resnet50", "deeplabv3_resnet50", "torchvision", _tv("deeplabv3_resnet50", 21), 21, TV_INPUT, 1.0),
         ("torchvision_deeplabv3_resnet101", "deeplabv3_resnet101", "torchvision", _tv("deeplabv3_resnet101", 3), 3, TV_INPUT, 1.0),
@@ -57,12 +95,19 @@ def registry():
         ("smp_deeplabv3plus_resnet50", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 3), 3, SMP_INPUT, 1.0),
         ("smp_deeplabv3plus_resnet34", "deeplabv3plus_resnet34", "segmentation_models_pytorch", _smp("resnet34", 5), 5, SMP_INPUT, 1.0),
         ("smp_deeplabv3plus_resnet50_binary", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 1), 1, SMP_INPUT, 1.0),
+        ("timm_lraspp_efficientnet_lite0", "lraspp_efficientnet_lite0", "timm", _lite("efficientnet_lite0", 3), 3, TV_INPUT, 4.0),
+        ("timm_lraspp_tf_efficientnet_lite0", "lraspp_tf_efficientnet_lite0", "timm", _lite("tf_efficientnet_lite0", 4), 4, TV_INPUT, 4.0),
+        ("timm_lraspp_tf_efficientnet_lite2_binary", "lraspp_tf_efficientnet_lite2", "timm", _lite("tf_efficientnet_lite2", 1), 1, TV_INPUT, 4.0),
     ]
 
 
 def _version(pkg):
     if pkg == "torchvision":
         import torchvision as m
+    elif pkg == "timm":
+        import timm
+        import torchvision
+        return f"timm {timm.__version__} + torchvision {torchvision.__version__} LRASPPHead"
     else:
         import segmentation_models_pytorch as m
     return f"{pkg} {m.__version__}"

@@ -4,6 +4,9 @@
 //! - timm (`conv_stem`, `blocks.{stage}.{i}.conv_dw`, `classifier`): `efficientnet_liteN` with
 //!   PyTorch padding and BN eps 1e-5, `tf_efficientnet_liteN` with TF "same" padding and 1e-3.
 //!
+//! [`LiteTrunk`] (stem and blocks) also serves LR-ASPP, and [`trunk_tensors_timm`] renames a
+//! classification checkpoint's trunk for it.
+//!
 //! Lite models keep the stem (32) and head (1280) widths and the repeats of the first and last
 //! stage fixed, use ReLU6 and no squeeze-excitation.
 // Based on https://github.com/huggingface/pytorch-image-models/blob/v1.0.15/timm/models/efficientnet.py
@@ -14,6 +17,7 @@ use candle_core::Tensor;
 use super::{Backbone, BuildArgs, Network};
 use crate::model::kernels::{Activation, Padding};
 use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec, Linear};
+use crate::model::weights::Weights;
 use crate::model::ModelError;
 
 pub(super) const NAMES: &[&str] = &[
@@ -59,8 +63,7 @@ struct MbConv {
 }
 
 struct EfficientNetLite {
-    stem: Conv,
-    blocks: Vec<MbConv>,
+    trunk: LiteTrunk,
     head: Conv,
 }
 
@@ -79,70 +82,308 @@ fn round_filters(channels: usize, width: f64) -> usize {
 
 pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
     let w = args.weights;
-    let is_tf = args.name.starts_with("tf_");
-    let variant = args
-        .name
-        .chars()
-        .last()
-        .and_then(|c| c.to_digit(10))
-        .unwrap_or(0);
-    let (width, depth) =
-        [(1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8)][variant as usize];
-    let flavour = if !is_tf && w.contains("_conv_stem.weight") {
-        Flavour::Lukemelas
-    } else {
-        Flavour::Timm
-    };
-    let (padding, eps) = match (flavour, is_tf) {
-        (Flavour::Timm, false) => (None, 1e-5),
-        _ => (Some(Padding::TfSame), 1e-3),
-    };
-    let conv = |name: &str, bn: &str, spec: ConvSpec| {
-        let spec = match padding {
-            Some(p) => spec.pad(p),
-            None => spec,
-        };
-        Conv::load(w, name, Some(BatchNorm { prefix: bn, eps }), spec)
-    };
-    let stem_spec = ConvSpec::new(3, STEM, 3, 2).act(Activation::Relu6);
-    let stem = match flavour {
-        Flavour::Lukemelas => conv("_conv_stem", "_bn0", stem_spec)?,
-        Flavour::Timm => conv("conv_stem", "bn1", stem_spec)?,
-    };
-    let mut blocks = Vec::new();
-    let mut c_in = STEM;
-    for (stage, &(kernel, stride, expand, c_out, repeats)) in STAGES.iter().enumerate() {
-        let c_out = round_filters(c_out, width);
-        let repeats = if stage == 0 || stage == STAGES.len() - 1 {
-            repeats
-        } else {
-            (repeats as f64 * depth).ceil() as usize
-        };
-        for i in 0..repeats {
-            let stride = if i == 0 { stride } else { 1 };
-            let block = MbConvSpec {
-                c_in,
-                c_out,
-                kernel,
-                stride,
-                expand,
-            };
-            let names = block_names(flavour, (stage, i, blocks.len()), expand != 1);
-            blocks.push(load_block(&conv, &names, block)?);
-            c_in = c_out;
-        }
-    }
-    let head_spec = ConvSpec::new(c_in, HEAD, 1, 1).act(Activation::Relu6);
-    let (head, fc) = match flavour {
-        Flavour::Lukemelas => (conv("_conv_head", "_bn1", head_spec)?, "_fc"),
-        Flavour::Timm => (conv("conv_head", "bn2", head_spec)?, "classifier"),
+    let (trunk, loader) = LiteTrunk::load(w, "", args.name)?;
+    let head_spec = ConvSpec::new(trunk.channels, HEAD, 1, 1).act(Activation::Relu6);
+    let (head, fc) = match loader.flavour {
+        Flavour::Lukemelas => (loader.conv("_conv_head", "_bn1", head_spec)?, "_fc"),
+        Flavour::Timm => (loader.conv("conv_head", "bn2", head_spec)?, "classifier"),
     };
     let classifier = Linear::load(w, fc, (HEAD, args.num_classes))?;
     Ok(Network {
-        backbone: Box::new(EfficientNetLite { stem, blocks, head }),
+        backbone: Box::new(EfficientNetLite { trunk, head }),
         classifier,
         classifier_key: fc,
     })
+}
+
+/// How one checkpoint's convolutions load: its key flavour, key prefix, padding and BN eps.
+struct Loader<'a> {
+    weights: &'a Weights,
+    prefix: &'a str,
+    flavour: Flavour,
+    padding: Option<Padding>,
+    eps: f64,
+}
+
+impl Loader<'_> {
+    fn conv(&self, name: &str, bn: &str, spec: ConvSpec) -> Result<Conv, ModelError> {
+        let spec = match self.padding {
+            Some(p) => spec.pad(p),
+            None => spec,
+        };
+        let (name, bn) = (
+            format!("{}{name}", self.prefix),
+            format!("{}{bn}", self.prefix),
+        );
+        Conv::load(
+            self.weights,
+            &name,
+            Some(BatchNorm {
+                prefix: &bn,
+                eps: self.eps,
+            }),
+            spec,
+        )
+    }
+}
+
+/// The stem and the MBConv blocks (no head convolution): what classification pools and what
+/// LR-ASPP taps at two depths.
+pub(crate) struct LiteTrunk {
+    stem: Conv,
+    blocks: Vec<MbConv>,
+    /// Stage (0-based, timm's `blocks.{stage}`) of each block.
+    stages: Vec<usize>,
+    /// Output channels of each stage.
+    stage_channels: Vec<usize>,
+    /// Output channels of the last block.
+    channels: usize,
+}
+
+/// Outputs of two stages of the trunk.
+pub(crate) struct LiteFeatures {
+    /// Output of stage `low_stage`.
+    pub(crate) low: Tensor,
+    /// Output of the last block.
+    pub(crate) high: Tensor,
+}
+
+impl LiteTrunk {
+    /// Loads the trunk of the Lite variant `name` (`efficientnet_liteN` or
+    /// `tf_efficientnet_liteN`, with or without a leading `lraspp_`) under `prefix` (empty or
+    /// ending with a dot), in either key flavour.
+    fn load<'a>(
+        w: &'a Weights,
+        prefix: &'a str,
+        name: &str,
+    ) -> Result<(Self, Loader<'a>), ModelError> {
+        let name = name.trim_start_matches("lraspp_");
+        let is_tf = name.starts_with("tf_");
+        let (width, depth) = multipliers(name);
+        let flavour = if !is_tf && w.contains(&format!("{prefix}_conv_stem.weight")) {
+            Flavour::Lukemelas
+        } else {
+            Flavour::Timm
+        };
+        let (padding, eps) = match (flavour, is_tf) {
+            (Flavour::Timm, false) => (None, 1e-5),
+            _ => (Some(Padding::TfSame), 1e-3),
+        };
+        let loader = Loader {
+            weights: w,
+            prefix,
+            flavour,
+            padding,
+            eps,
+        };
+        let stem_spec = ConvSpec::new(3, STEM, 3, 2).act(Activation::Relu6);
+        let stem = match flavour {
+            Flavour::Lukemelas => loader.conv("_conv_stem", "_bn0", stem_spec)?,
+            Flavour::Timm => loader.conv("conv_stem", "bn1", stem_spec)?,
+        };
+        let mut blocks = Vec::new();
+        let mut stages = Vec::new();
+        let mut stage_channels = Vec::new();
+        let mut c_in = STEM;
+        let repeats = stage_repeats(depth);
+        for (stage, &(kernel, stride, expand, c_out, _)) in STAGES.iter().enumerate() {
+            let c_out = round_filters(c_out, width);
+            let repeats = repeats[stage];
+            for i in 0..repeats {
+                let stride = if i == 0 { stride } else { 1 };
+                let block = MbConvSpec {
+                    c_in,
+                    c_out,
+                    kernel,
+                    stride,
+                    expand,
+                };
+                let names = block_names(flavour, (stage, i, blocks.len()), expand != 1);
+                blocks.push(load_block(&loader, &names, block)?);
+                stages.push(stage);
+                c_in = c_out;
+            }
+            stage_channels.push(c_out);
+        }
+        let trunk = LiteTrunk {
+            stem,
+            blocks,
+            stages,
+            stage_channels,
+            channels: c_in,
+        };
+        Ok((trunk, loader))
+    }
+
+    /// Loads the trunk of `name` under `prefix`, for a segmentation network.
+    pub(crate) fn load_prefixed(w: &Weights, prefix: &str, name: &str) -> Result<Self, ModelError> {
+        Ok(Self::load(w, prefix, name)?.0)
+    }
+
+    /// Output channels of stage `stage` (0-based).
+    pub(crate) fn stage_channels(&self, stage: usize) -> usize {
+        self.stage_channels[stage]
+    }
+
+    /// Output channels of the last block.
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// `(n, h, w, 3)` NHWC -> the output of stage `low_stage` and of the last block.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        low_stage: usize,
+    ) -> candle_core::Result<LiteFeatures> {
+        let mut xs = self.stem.forward(xs)?;
+        let mut low = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut ys = match &block.expand {
+                Some(expand) => expand.forward(&xs)?,
+                None => xs.clone(),
+            };
+            ys = block.depthwise.forward(&ys)?;
+            xs = if block.has_skip {
+                block.project.forward_add(&ys, &xs)?
+            } else {
+                block.project.forward(&ys)?
+            };
+            let stage_ends = self.stages.get(i + 1) != Some(&self.stages[i]);
+            if stage_ends && self.stages[i] == low_stage {
+                low = Some(xs.clone());
+            }
+        }
+        Ok(LiteFeatures {
+            low: low.unwrap_or_else(|| xs.clone()),
+            high: xs,
+        })
+    }
+}
+
+/// Width and depth multipliers of Lite variant `name` (`..._liteN`).
+fn multipliers(name: &str) -> (f64, f64) {
+    let variant = name
+        .chars()
+        .last()
+        .and_then(|c| c.to_digit(10))
+        .filter(|v| *v <= 4)
+        .unwrap_or(0);
+    [(1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8)][variant as usize]
+}
+
+/// Blocks per stage of a variant with depth multiplier `depth`.
+fn stage_repeats(depth: f64) -> Vec<usize> {
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(stage, s)| {
+            if stage == 0 || stage == STAGES.len() - 1 {
+                s.4
+            } else {
+                (s.4 as f64 * depth).ceil() as usize
+            }
+        })
+        .collect()
+}
+
+/// The trunk of an EfficientNet-Lite classification checkpoint (`architecture` as configured)
+/// under timm's key names (`conv_stem`, `bn1`, `blocks.{stage}.{i}.*`), without the head
+/// convolution and the classifier: what the `lraspp_*efficientnet_lite*` networks read under
+/// `backbone.`.
+pub fn trunk_tensors_timm(
+    weights: &Weights,
+    architecture: &str,
+) -> Result<LiteTrunkTensors, ModelError> {
+    if !NAMES.contains(&architecture) {
+        return Err(ModelError::Unsupported(format!(
+            "`{architecture}` is not an EfficientNet-Lite ({})",
+            NAMES.join(", ")
+        )));
+    }
+    let lukemelas = !architecture.starts_with("tf_") && weights.contains("_conv_stem.weight");
+    let variant = architecture.trim_start_matches("tf_");
+    let trunk_name = if lukemelas || architecture.starts_with("tf_") {
+        format!("tf_{variant}")
+    } else {
+        variant.to_string()
+    };
+    // Flat lukemelas block index -> (stage, index in stage).
+    let mut position = Vec::new();
+    for (stage, &repeats) in stage_repeats(multipliers(architecture).1)
+        .iter()
+        .enumerate()
+    {
+        position.extend((0..repeats).map(|i| (stage, i)));
+    }
+    let mut out = std::collections::HashMap::new();
+    for name in weights.names() {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let renamed = if lukemelas {
+            lukemelas_to_timm(name, &position)
+        } else {
+            ["conv_stem.", "bn1.", "blocks."]
+                .iter()
+                .any(|p| name.starts_with(p))
+                .then(|| name.to_string())
+        };
+        if let Some(new_name) = renamed {
+            let shape = weights.shape(name).unwrap_or_default().to_vec();
+            out.insert(new_name, weights.get(name, &shape)?);
+        }
+    }
+    let width = multipliers(architecture).0;
+    Ok(LiteTrunkTensors {
+        tensors: out,
+        trunk: trunk_name,
+        low_channels: round_filters(STAGES[2].3, width),
+        high_channels: round_filters(STAGES[STAGES.len() - 1].3, width),
+    })
+}
+
+/// A Lite trunk renamed for LR-ASPP (see [`trunk_tensors_timm`]).
+pub struct LiteTrunkTensors {
+    /// Trunk tensors under timm names, without prefix.
+    pub tensors: std::collections::HashMap<String, Tensor>,
+    /// The Lite variant whose padding and BN epsilon the weights need:
+    /// `tf_efficientnet_liteN` for lukemelas checkpoints (TF "same" padding, eps 1e-3) and
+    /// `tf_` names, else `efficientnet_liteN`.
+    pub trunk: String,
+    /// Channels of stage `blocks.2` (LR-ASPP's low features).
+    pub low_channels: usize,
+    /// Channels of the last stage (LR-ASPP's high features).
+    pub high_channels: usize,
+}
+
+/// A lukemelas trunk key under timm's name (`None` for the head and classifier).
+fn lukemelas_to_timm(name: &str, position: &[(usize, usize)]) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("_conv_stem.") {
+        return Some(format!("conv_stem.{rest}"));
+    }
+    if let Some(rest) = name.strip_prefix("_bn0.") {
+        return Some(format!("bn1.{rest}"));
+    }
+    let rest = name.strip_prefix("_blocks.")?;
+    let (flat, rest) = rest.split_once('.')?;
+    let &(stage, index) = position.get(flat.parse::<usize>().ok()?)?;
+    let (module, leaf) = rest.split_once('.')?;
+    // Stage 0 is timm's DepthwiseSeparable block (no expansion): conv_dw/bn1, conv_pw/bn2.
+    let has_expand = stage > 0;
+    let timm = match (module, has_expand) {
+        ("_expand_conv", _) => "conv_pw",
+        ("_bn0", _) => "bn1",
+        ("_depthwise_conv", _) => "conv_dw",
+        ("_bn1", true) => "bn2",
+        ("_bn1", false) => "bn1",
+        ("_project_conv", true) => "conv_pwl",
+        ("_project_conv", false) => "conv_pw",
+        ("_bn2", true) => "bn3",
+        ("_bn2", false) => "bn2",
+        _ => return None,
+    };
+    Some(format!("blocks.{stage}.{index}.{timm}.{leaf}"))
 }
 
 #[derive(Clone, Copy)]
@@ -196,10 +437,12 @@ fn block_names(
     }
 }
 
-fn load_block<F>(conv: &F, names: &BlockNames, spec: MbConvSpec) -> Result<MbConv, ModelError>
-where
-    F: Fn(&str, &str, ConvSpec) -> Result<Conv, ModelError>,
-{
+fn load_block(
+    loader: &Loader<'_>,
+    names: &BlockNames,
+    spec: MbConvSpec,
+) -> Result<MbConv, ModelError> {
+    let conv = |name: &str, bn: &str, spec: ConvSpec| loader.conv(name, bn, spec);
     let mid = spec.c_in * spec.expand;
     let expand = match &names.expand {
         Some((c, bn)) => Some(conv(
@@ -229,20 +472,9 @@ where
 
 impl Backbone for EfficientNetLite {
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut xs = self.stem.forward(xs)?;
-        for block in &self.blocks {
-            let mut ys = match &block.expand {
-                Some(expand) => expand.forward(&xs)?,
-                None => xs.clone(),
-            };
-            ys = block.depthwise.forward(&ys)?;
-            xs = if block.has_skip {
-                block.project.forward_add(&ys, &xs)?
-            } else {
-                block.project.forward(&ys)?
-            };
-        }
-        global_avg_pool(&self.head.forward(&xs)?)
+        let last = STAGES.len() - 1;
+        let features = self.trunk.forward(xs, last)?;
+        global_avg_pool(&self.head.forward(&features.high)?)
     }
 }
 

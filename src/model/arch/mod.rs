@@ -10,6 +10,8 @@ mod resnet;
 pub mod segmentation;
 pub mod yolov8;
 
+pub use efficientnet_lite::{trunk_tensors_timm, LiteTrunkTensors};
+
 use candle_core::{Module, Tensor};
 
 use super::layers::{to_nhwc, Linear};

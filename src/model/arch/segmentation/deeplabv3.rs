@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::ops::resize;
-use super::{SegmentationArgs, SegmentationNetwork};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
 use crate::model::arch::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS};
 use crate::model::arch::resnet::{Dilation, ResNetTrunk};
 use crate::model::layers::{Conv, ConvSpec};
@@ -73,15 +73,34 @@ pub(super) fn build(
     }))
 }
 
-impl SegmentationNetwork for DeepLabV3 {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, h, w, _) = xs.dims4()?;
+impl DeepLabV3 {
+    /// The input of the final 1x1 classifier (`classifier.3`, after the ReLU).
+    fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let features = match &self.backbone {
             Backbone::ResNet(trunk) => trunk.forward(xs)?.last,
             Backbone::MobileNet(net) => net.forward(xs)?.high,
         };
-        let ys = self.conv.forward(&self.aspp.forward(&features)?)?;
+        self.conv.forward(&self.aspp.forward(&features)?)
+    }
+}
+
+impl SegmentationNetwork for DeepLabV3 {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, h, w, _) = xs.dims4()?;
+        let ys = self.penultimate(xs)?;
         resize(&self.classifier.forward(&ys)?, (h, w), false)
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::FinalConv {
+            key: "classifier.4",
+            channels: ASPP_CHANNELS,
+            align_corners: false,
+        }
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.penultimate(xs)?])
     }
 
     fn out_channels(&self) -> usize {

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::ops::resize;
-use super::{SegmentationArgs, SegmentationNetwork};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
 use crate::model::arch::resnet::{Dilation, ResNetTrunk};
 use crate::model::kernels::Activation;
 use crate::model::layers::{BatchNorm, Conv, ConvSpec};
@@ -88,8 +88,9 @@ fn upsample_x4(xs: &Tensor) -> candle_core::Result<Tensor> {
     resize(xs, (4 * h, 4 * w), true)
 }
 
-impl SegmentationNetwork for DeepLabV3Plus {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+impl DeepLabV3Plus {
+    /// The input of the segmentation head (`decoder.block2`'s output), at stride 4.
+    fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (_, h, w, _) = xs.dims4()?;
         if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
             candle_core::bail!(
@@ -102,8 +103,25 @@ impl SegmentationNetwork for DeepLabV3Plus {
             .forward(&self.aspp.forward(&features.last)?)?;
         let context = upsample_x4(&context)?;
         let details = self.block1.forward(&features.layer1)?;
-        let fused = self.block2.forward(&Tensor::cat(&[context, details], 3)?)?;
-        upsample_x4(&self.head.forward(&fused)?)
+        self.block2.forward(&Tensor::cat(&[context, details], 3)?)
+    }
+}
+
+impl SegmentationNetwork for DeepLabV3Plus {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        upsample_x4(&self.head.forward(&self.penultimate(xs)?)?)
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::FinalConv {
+            key: "segmentation_head.0",
+            channels: ASPP_CHANNELS,
+            align_corners: true,
+        }
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.penultimate(xs)?])
     }
 
     fn out_channels(&self) -> usize {

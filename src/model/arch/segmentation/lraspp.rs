@@ -1,24 +1,73 @@
-//! torchvision LR-ASPP (`lraspp_mobilenet_v3_large`): dilated MobileNetV3-Large under
-//! `backbone.*`; `classifier.cbr` (1x1 to 128 + BN + ReLU) on the stride-16 features, gated by
-//! `classifier.scale` (global pool, 1x1 conv, sigmoid), resized to the stride-8 features, then
-//! `classifier.high_classifier` + `classifier.low_classifier` (on the stride-8 features); the
-//! sum is resized to the input. Every resize is bilinear with `align_corners=False`.
+//! torchvision's LR-ASPP head (`torchvision.models.segmentation.lraspp.LRASPPHead`, inter
+//! channels 128) on two trunks:
+//! - `lraspp_mobilenet_v3_large`: torchvision's own model, dilated MobileNetV3-Large under
+//!   `backbone.*` (low = `features.4`, 40 channels at stride 8; high = `features.16`, 960
+//!   channels at stride 16);
+//! - `lraspp_efficientnet_lite{0..4}` and `lraspp_tf_efficientnet_lite{0..4}`: wick's own
+//!   pairing of the same head with an EfficientNet-Lite trunk under `backbone.*` (timm key
+//!   names; the `tf_` variants use TF "same" padding and BN eps 1e-3 like timm's
+//!   `tf_efficientnet_lite*`): low = the output of stage `blocks.2` (stride 8), high = the
+//!   output of the last stage `blocks.6` (stride 32), no head convolution.
+//!
+//! The head: `classifier.cbr` (1x1 to 128 + BN + ReLU) on the high features, gated by
+//! `classifier.scale` (global pool, 1x1 conv, sigmoid), resized to the low features, then
+//! `classifier.high_classifier` + `classifier.low_classifier` (on the low features); the sum is
+//! resized to the input. Every resize is bilinear with `align_corners=False`.
 
 use candle_core::Tensor;
 
 use super::ops::{resize, scale_channels};
-use super::{SegmentationArgs, SegmentationNetwork};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
+use crate::model::arch::efficientnet_lite::LiteTrunk;
 use crate::model::arch::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS, LOW_CHANNELS};
 use crate::model::kernels::Activation;
 use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
 use crate::model::ModelError;
 
-pub(super) const NAMES: &[&str] = &["lraspp_mobilenet_v3_large"];
+pub(super) const NAMES: &[&str] = &[
+    "lraspp_mobilenet_v3_large",
+    "lraspp_efficientnet_lite0",
+    "lraspp_efficientnet_lite1",
+    "lraspp_efficientnet_lite2",
+    "lraspp_efficientnet_lite3",
+    "lraspp_efficientnet_lite4",
+    "lraspp_tf_efficientnet_lite0",
+    "lraspp_tf_efficientnet_lite1",
+    "lraspp_tf_efficientnet_lite2",
+    "lraspp_tf_efficientnet_lite3",
+    "lraspp_tf_efficientnet_lite4",
+];
 
+/// Channels of the head's hidden features (torchvision's `inter_channels`).
 const INTER_CHANNELS: usize = 128;
+/// The Lite stage whose output is the low (stride 8) features.
+const LITE_LOW_STAGE: usize = 2;
+
+enum Trunk {
+    MobileNet(MobileNetV3Large),
+    Lite(LiteTrunk),
+}
+
+impl Trunk {
+    /// `(low, high)` features.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Trunk::MobileNet(net) => {
+                let f = net.forward(xs)?;
+                Ok((f.low, f.high))
+            }
+            Trunk::Lite(trunk) => {
+                let f = trunk.forward(xs, LITE_LOW_STAGE)?;
+                Ok((f.low, f.high))
+            }
+        }
+    }
+}
 
 struct LrAspp {
-    backbone: MobileNetV3Large,
+    trunk: Trunk,
+    low_channels: usize,
+    high_channels: usize,
     cbr: Conv,
     scale: Conv,
     low_classifier: Conv,
@@ -29,7 +78,14 @@ pub(super) fn build(
     args: &SegmentationArgs<'_>,
 ) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
     let w = args.weights;
-    let backbone = MobileNetV3Large::load(w, "backbone.", true)?;
+    let (trunk, low_channels, high_channels) = if args.name == "lraspp_mobilenet_v3_large" {
+        let net = MobileNetV3Large::load(w, "backbone.", true)?;
+        (Trunk::MobileNet(net), LOW_CHANNELS, HIGH_CHANNELS)
+    } else {
+        let trunk = LiteTrunk::load_prefixed(w, "backbone.", args.name)?;
+        let (low, high) = (trunk.stage_channels(LITE_LOW_STAGE), trunk.channels());
+        (Trunk::Lite(trunk), low, high)
+    };
     let cbr = Conv::load(
         w,
         "classifier.cbr.0",
@@ -37,13 +93,13 @@ pub(super) fn build(
             prefix: "classifier.cbr.1",
             eps: 1e-5,
         }),
-        ConvSpec::new(HIGH_CHANNELS, INTER_CHANNELS, 1, 1).act(Activation::Relu),
+        ConvSpec::new(high_channels, INTER_CHANNELS, 1, 1).act(Activation::Relu),
     )?;
     let scale = Conv::load(
         w,
         "classifier.scale.1",
         None,
-        ConvSpec::new(HIGH_CHANNELS, INTER_CHANNELS, 1, 1).act(Activation::Sigmoid),
+        ConvSpec::new(high_channels, INTER_CHANNELS, 1, 1).act(Activation::Sigmoid),
     )?;
     let head = |name: &str, c_in: usize| {
         Conv::load(
@@ -57,10 +113,12 @@ pub(super) fn build(
         )
     };
     Ok(Box::new(LrAspp {
-        backbone,
+        trunk,
+        low_channels,
+        high_channels,
         cbr,
         scale,
-        low_classifier: head("classifier.low_classifier", LOW_CHANNELS)?,
+        low_classifier: head("classifier.low_classifier", low_channels)?,
         high_classifier: head("classifier.high_classifier", INTER_CHANNELS)?,
     }))
 }
@@ -68,15 +126,15 @@ pub(super) fn build(
 impl SegmentationNetwork for LrAspp {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (_, h, w, _) = xs.dims4()?;
-        let features = self.backbone.forward(xs)?;
-        let (n, _, _, c) = features.high.dims4()?;
-        let pooled = global_avg_pool(&features.high)?.reshape((n, 1, 1, c))?;
+        let (low, high) = self.trunk.forward(xs)?;
+        let (n, _, _, c) = high.dims4()?;
+        let pooled = global_avg_pool(&high)?.reshape((n, 1, 1, c))?;
         let gate = self.scale.forward(&pooled)?;
-        let ys = scale_channels(&self.cbr.forward(&features.high)?, &gate)?;
-        let (_, low_h, low_w, _) = features.low.dims4()?;
+        let ys = scale_channels(&self.cbr.forward(&high)?, &gate)?;
+        let (_, low_h, low_w, _) = low.dims4()?;
         let ys = resize(&ys, (low_h, low_w), false)?;
         let high = self.high_classifier.forward(&ys)?;
-        let logits = self.low_classifier.forward_add(&features.low, &high)?;
+        let logits = self.low_classifier.forward_add(&low, &high)?;
         resize(&logits, (h, w), false)
     }
 
@@ -86,5 +144,17 @@ impl SegmentationNetwork for LrAspp {
 
     fn size_multiple(&self) -> usize {
         1
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::LrAspp {
+            low_channels: self.low_channels,
+            high_channels: self.high_channels,
+        }
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (low, high) = self.trunk.forward(xs)?;
+        Ok(vec![low, high])
     }
 }

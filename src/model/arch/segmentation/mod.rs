@@ -29,6 +29,38 @@ pub trait SegmentationNetwork: Send + Sync {
     /// Input height and width must be multiples of this (segmentation_models_pytorch's
     /// decoders need the output stride, 16; torchvision's take any size: 1).
     fn size_multiple(&self) -> usize;
+
+    /// The part `wick train` trains on top of [`SegmentationNetwork::frozen_features`].
+    fn decoder(&self) -> Decoder;
+
+    /// `(n, h, w, 3)` normalised NHWC -> the NHWC outputs of the frozen part that the
+    /// [`SegmentationNetwork::decoder`] reads: LR-ASPP `[low, high]`, a final convolution
+    /// `[its input]`.
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>>;
+}
+
+/// What `wick train` trains in a segmentation network, and the checkpoint keys it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// torchvision's whole LR-ASPP head under `classifier.` (`cbr.0`, `cbr.1` batch norm,
+    /// `scale.1`, `low_classifier`, `high_classifier`) on the trunk's low and high features.
+    LrAspp {
+        /// Channels of the stride-8 features.
+        low_channels: usize,
+        /// Channels of the deepest features.
+        high_channels: usize,
+    },
+    /// Only the final 1x1 convolution (`{key}.weight`, `{key}.bias`) on the features before it,
+    /// followed by a bilinear resize to the input: the ASPP decoders' dense or separable 3x3
+    /// convolutions over 256 channels are too costly to train on a CPU (see README).
+    FinalConv {
+        /// Checkpoint key of the convolution.
+        key: &'static str,
+        /// Its input channels.
+        channels: usize,
+        /// The resize's `align_corners` (torchvision: false; smp: true).
+        align_corners: bool,
+    },
 }
 
 /// What a builder gets.
