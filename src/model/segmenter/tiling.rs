@@ -1,6 +1,7 @@
-//! Running a segmentation network over an image of any size: square-ish tiles of at most
-//! `tile_size` pixels with `tile_overlap` shared pixels, blended with linear weights so no seam
-//! shows, streamed row band by row band so memory grows with the image's width, not its area.
+//! Running a segmentation network over an image of any size: tiles of `tile_size` pixels (the
+//! last of a row or column up to 31 more) starting on a 32-pixel grid and sharing at least
+//! `tile_overlap` pixels, blended with linear weights so no seam shows, streamed row band by row
+//! band so memory grows with the image's width, not its area.
 //!
 //! Each tile is cut from the 8-bit image, padded (edge pixels repeated) up to the network's
 //! size multiple and at least [`MIN_SIDE`], normalised into an NHWC tensor, run, and its
@@ -17,21 +18,37 @@ use crate::model::arch::segmentation::SegmentationNetwork;
 /// feature map in the stride-16 backbones.
 pub const MIN_SIDE: usize = 32;
 
-/// Where the tiles along one axis start: `0, step, 2 * step, ...` and a last one flush with the
-/// end, `step = tile - overlap`. One tile when the axis fits.
-pub(crate) fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
+/// Tile origins are multiples of this: a strided network computes its feature grid from the
+/// input's origin, so a tile placed off the grid (say 3 pixels right of it) sees a different
+/// sampling of the image than the whole-image pass does, and its logits differ everywhere, not
+/// just near its borders. 32 is the largest output stride of the supported networks.
+pub(crate) const TILE_ALIGN: usize = 32;
+
+/// The tiles along one axis as `(start, extent)`: starts `0, step, 2 * step, ...` with `step`
+/// the largest multiple of [`TILE_ALIGN`] not above `tile - overlap`, the last one at the
+/// aligned start closest below `len - tile` and reaching to the end (so its extent is up to
+/// `TILE_ALIGN - 1` pixels over `tile`). One tile when the axis fits.
+pub(crate) fn tile_spans(len: usize, tile: usize, overlap: usize) -> Vec<(usize, usize)> {
     if len <= tile {
-        return vec![0];
+        return vec![(0, len)];
     }
-    let step = (tile - overlap).max(1);
+    let step = ((tile - overlap) / TILE_ALIGN * TILE_ALIGN).max(TILE_ALIGN);
     let mut starts = Vec::new();
     let mut start = 0;
     while start + tile < len {
         starts.push(start);
         start += step;
     }
-    starts.push(len - tile);
+    let last = (len - tile) / TILE_ALIGN * TILE_ALIGN;
+    if starts.last() != Some(&last) {
+        starts.push(last);
+    }
+    let n = starts.len();
     starts
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (s, if i + 1 < n { tile } else { len - s }))
+        .collect()
 }
 
 /// Blending weights of a tile of `len` pixels along one axis.
@@ -70,9 +87,9 @@ pub(crate) fn run_tiled(
     let (width, height) = (image.width() as usize, image.height() as usize);
     let channels = network.out_channels();
     let (tile, overlap) = (settings.tile_size, settings.tile_overlap);
-    let ys = tile_starts(height, tile, overlap);
-    let xs = tile_starts(width, tile, overlap);
-    let tile_h = tile.min(height);
+    let ys = tile_spans(height, tile, overlap);
+    let xs = tile_spans(width, tile, overlap);
+    let tile_h = ys.iter().map(|&(_, extent)| extent).max().unwrap_or(0);
     // Rows top.. of the image still being accumulated; at most one tile high.
     let mut top = 0;
     let mut logits = vec![0.0f32; tile_h * width * channels];
@@ -80,7 +97,7 @@ pub(crate) fn run_tiled(
     let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
         std::array::from_fn(|v| (v as f32 / 255.0 - settings.mean[c]) / settings.std[c])
     });
-    for (row, &y0) in ys.iter().enumerate() {
+    for (row, &(y0, th)) in ys.iter().enumerate() {
         // Every later tile starts at y0 or below: the rows above it are final.
         flush(
             &mut logits,
@@ -90,10 +107,8 @@ pub(crate) fn run_tiled(
             sink,
         );
         top = y0;
-        let th = tile.min(height);
         let wy = ramp(th, overlap, row > 0, row + 1 < ys.len());
-        for (col, &x0) in xs.iter().enumerate() {
-            let tw = tile.min(width);
+        for (col, &(x0, tw)) in xs.iter().enumerate() {
             let wx = ramp(tw, overlap, col > 0, col + 1 < xs.len());
             let out = run_tile(network, image, (x0, y0, tw, th), &lut)?;
             for ty in 0..th {
@@ -186,19 +201,126 @@ fn run_tile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::arch::segmentation::Decoder;
 
     #[test]
-    fn tiles_cover_the_axis_with_the_overlap_and_end_flush() {
-        assert_eq!(tile_starts(300, 512, 128), vec![0]);
-        assert_eq!(tile_starts(512, 512, 128), vec![0]);
-        assert_eq!(tile_starts(1000, 512, 128), vec![0, 384, 488]);
-        assert_eq!(tile_starts(896, 512, 128), vec![0, 384]);
-        for (len, tile, overlap) in [(1000, 512, 128), (4000, 512, 64), (513, 512, 0)] {
-            let starts = tile_starts(len, tile, overlap);
-            assert_eq!(starts[0], 0);
-            assert_eq!(*starts.last().unwrap() + tile, len);
-            for pair in starts.windows(2) {
-                assert!(pair[1] > pair[0] && pair[1] <= pair[0] + tile - overlap);
+    fn tiles_are_aligned_cover_the_axis_and_overlap() {
+        assert_eq!(tile_spans(300, 512, 128), vec![(0, 300)]);
+        assert_eq!(tile_spans(512, 512, 128), vec![(0, 512)]);
+        assert_eq!(
+            tile_spans(1000, 512, 128),
+            vec![(0, 512), (384, 512), (480, 520)]
+        );
+        assert_eq!(tile_spans(896, 512, 128), vec![(0, 512), (384, 512)]);
+        assert_eq!(
+            tile_spans(451, 192, 64),
+            vec![(0, 192), (128, 192), (256, 195)]
+        );
+        for (len, tile, overlap) in [
+            (1000, 512, 128),
+            (4000, 512, 64),
+            (513, 512, 0),
+            (451, 192, 64),
+        ] {
+            let spans = tile_spans(len, tile, overlap);
+            assert_eq!(spans[0].0, 0);
+            let (last, extent) = *spans.last().unwrap();
+            assert_eq!(last + extent, len, "the last tile reaches the end");
+            assert!(extent >= tile.min(len) && extent < tile + TILE_ALIGN);
+            for &(start, _) in &spans {
+                assert_eq!(start % TILE_ALIGN, 0, "{start} is on the grid");
+            }
+            for pair in spans.windows(2) {
+                let ((a, a_len), (b, _)) = (pair[0], pair[1]);
+                assert!(
+                    b > a && a + a_len >= b + overlap,
+                    "{pair:?} overlap by {overlap}"
+                );
+            }
+        }
+    }
+
+    /// A stand-in network whose logits at a pixel depend only on the input inside its aligned
+    /// `block x block` cell (1 = the pixel alone): with no context beyond the cell, any
+    /// difference between tiled and whole-image logits is the tiling's own error.
+    struct CellNetwork {
+        block: usize,
+    }
+
+    impl SegmentationNetwork for CellNetwork {
+        fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+            let (_, h, w, _) = xs.dims4()?;
+            let cells = xs
+                .permute((0, 3, 1, 2))?
+                .avg_pool2d(self.block)?
+                .upsample_nearest2d(h, w)?
+                .permute((0, 2, 3, 1))?;
+            let mix = Tensor::new(
+                &[[1.0f32, 0.5, -1.0], [0.2, 1.0, 0.3], [-0.7, 0.1, 1.0]],
+                &Device::Cpu,
+            )?;
+            cells.broadcast_matmul(&mix)
+        }
+        fn out_channels(&self) -> usize {
+            3
+        }
+        fn size_multiple(&self) -> usize {
+            self.block
+        }
+        fn decoder(&self) -> Decoder {
+            Decoder::FinalConv {
+                key: "none",
+                channels: 3,
+                align_corners: false,
+            }
+        }
+        fn frozen_features(&self, _: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+            candle_core::bail!("a test network has no features")
+        }
+    }
+
+    fn logits(network: &CellNetwork, image: &RgbImage, tile: usize, overlap: usize) -> Vec<f32> {
+        let settings = TileSettings {
+            tile_size: tile,
+            tile_overlap: overlap,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        };
+        let mut rows = Vec::new();
+        let mut next = 0;
+        run_tiled(network, image, &settings, &mut |y, row| {
+            assert_eq!(y, next, "rows arrive in order, once each");
+            next += 1;
+            rows.extend_from_slice(row);
+        })
+        .unwrap();
+        assert_eq!(next, image.height() as usize);
+        rows
+    }
+
+    #[test]
+    fn tiles_stitch_to_exactly_the_whole_image_pass() {
+        let image = RgbImage::from_fn(451, 300, |x, y| {
+            let v = |k: u32| ((x * k + y * (k + 3) + x * y / 7) % 256) as u8;
+            image::Rgb([v(3), v(5), v(11)])
+        });
+        for block in [1, 32] {
+            let network = CellNetwork { block };
+            let whole = logits(&network, &image, 1024, 0);
+            assert_eq!(whole.len(), 451 * 300 * 3);
+            // Overlaps of 48 and 64 would place tiles at 144 and 128 pixels: only a tiling
+            // on the network's 32-pixel grid sees the same cells as the whole image.
+            for (tile, overlap) in [(192, 64), (192, 48), (128, 32), (256, 0)] {
+                let tiled = logits(&network, &image, tile, overlap);
+                let worst = whole
+                    .iter()
+                    .zip(&tiled)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "cells of {block} px, tiles of {tile} overlapping by {overlap}: {worst}"
+                );
             }
         }
     }
