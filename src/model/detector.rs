@@ -12,10 +12,10 @@ use super::arch::darknet::{self, Darknet};
 use super::arch::yolov8::{self, YoloV8};
 use super::dataset_labels::{COCO, VOC};
 use super::layers::to_nhwc;
-use super::letterbox::{letterbox, PAD_VALUE};
+use super::letterbox::{draw, Placement, PAD_VALUE};
 use super::nms::{suppress, Candidate};
 use super::output::{DetectOptions, Detection};
-use super::package::{Package, Task};
+use super::package::{Letterbox, Package, Task};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -34,6 +34,7 @@ pub struct Detector {
     labels: Vec<String>,
     architecture: String,
     input_size: (usize, usize),
+    letterbox: Letterbox,
 }
 
 impl Detector {
@@ -111,6 +112,7 @@ impl Detector {
             labels,
             architecture: config.architecture.clone(),
             input_size,
+            letterbox: config.letterbox.unwrap_or_default(),
         })
     }
 
@@ -129,6 +131,7 @@ impl Detector {
             labels: COCO.iter().map(|s| s.to_string()).collect(),
             architecture: architecture.to_string(),
             input_size: (640, 640),
+            letterbox: Letterbox::default(),
         })
     }
 
@@ -168,12 +171,23 @@ impl Detector {
         options: &DetectOptions,
     ) -> Result<Vec<Detection>, ModelError> {
         validate(options, self.labels.len())?;
-        let (h, w) = self.input_size;
-        let pad = match self.network {
-            Network::YoloV8(_) => PAD_VALUE,
-            Network::Darknet(_) => darknet::PAD_VALUE,
+        let original = (image.height() as usize, image.width() as usize);
+        // Darknet networks always get their whole input, as darknet and OpenCV give it.
+        let (placement, pad) = match (&self.network, self.letterbox) {
+            (Network::YoloV8(_), Letterbox::Rect) => (
+                Placement::minimal(original, self.input_size, yolov8::MAX_STRIDE),
+                PAD_VALUE,
+            ),
+            (Network::YoloV8(_), Letterbox::Square) => {
+                (Placement::new(original, self.input_size), PAD_VALUE)
+            }
+            (Network::Darknet(_), _) => (
+                Placement::new(original, self.input_size),
+                darknet::PAD_VALUE,
+            ),
         };
-        let (pixels, placement) = letterbox(image, (h, w), pad);
+        let (h, w) = placement.canvas;
+        let pixels = draw(image, &placement, pad);
         let batch = Tensor::from_vec(pixels, (1, 3, h, w), &Device::Cpu)?;
         let raw = self.raw_output(&batch)?;
         let candidates = match &self.network {

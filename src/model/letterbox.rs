@@ -1,7 +1,10 @@
 //! Letterboxing for detectors: scale the image to fit the network input keeping its aspect
 //! ratio, centre it on a grey canvas, and map boxes found on the canvas back to the original
-//! pixels. Follows ultralytics' `LetterBox(auto=False, scaleup=True, center=True)` and
-//! `scale_boxes`: padding value 114, the same rounding of the resized size and of the padding,
+//! pixels. Follows ultralytics' `LetterBox(scaleup=True, center=True)` and `scale_boxes`, with
+//! the canvas either the whole input (`auto=False`, [`Placement::new`]) or, as ultralytics'
+//! predictor does, only the resized image padded up to the next stride multiple (`auto=True`,
+//! [`Placement::minimal`]: 640x384 instead of 640x640 for a 16:9 photo, 40% less work).
+//! Padding value 114, the same rounding of the resized size and of the padding,
 //! bilinear resampling with OpenCV's `INTER_LINEAR` geometry (half-pixel centres, no
 //! antialiasing when shrinking). Pixel values differ from OpenCV's fixed-point arithmetic by at
 //! most one level (measured in the detection parity test).
@@ -22,25 +25,41 @@ pub struct Placement {
     pub pad_left: usize,
     /// Pixels of padding above the image.
     pub pad_top: usize,
+    /// Size of the whole canvas `(height, width)`: the network's input.
+    pub canvas: (usize, usize),
 }
 
 impl Placement {
-    /// Computes the placement of an `original` image on a `canvas` `(height, width)`.
+    /// Computes the placement of an `original` image `(height, width)` on a `canvas`
+    /// `(height, width)`.
     pub fn new(original: (usize, usize), canvas: (usize, usize)) -> Self {
-        let (h, w) = (original.0.max(1), original.1.max(1));
-        let r = (canvas.0 as f64 / h as f64).min(canvas.1 as f64 / w as f64);
-        // Python's round() is half-to-even; `round_ties_even` keeps the same sizes.
-        let new_w = ((w as f64 * r).round_ties_even() as usize).clamp(1, canvas.1);
-        let new_h = ((h as f64 * r).round_ties_even() as usize).clamp(1, canvas.0);
+        let original = (original.0.max(1), original.1.max(1));
+        Self::centred(original, fit(original, canvas), canvas)
+    }
+
+    /// ultralytics' predictor placement (`LetterBox(auto=True)`): the image resized to fit
+    /// `target` as in [`Self::new`], on a canvas padded only up to the next multiple of
+    /// `stride` along each axis (never beyond `target`).
+    pub fn minimal(original: (usize, usize), target: (usize, usize), stride: usize) -> Self {
+        let original = (original.0.max(1), original.1.max(1));
+        let resized = fit(original, target);
+        let stride = stride.max(1);
+        let grow = |total: usize, used: usize| used + (total - used) % stride;
+        let canvas = (grow(target.0, resized.0), grow(target.1, resized.1));
+        Self::centred(original, resized, canvas)
+    }
+
+    fn centred(original: (usize, usize), resized: (usize, usize), canvas: (usize, usize)) -> Self {
         let pad = |total: usize, used: usize| {
             let half = (total - used) as f64 / 2.0;
             (half - 0.1).round_ties_even().max(0.0) as usize
         };
         Placement {
-            original: (h, w),
-            resized: (new_h, new_w),
-            pad_left: pad(canvas.1, new_w),
-            pad_top: pad(canvas.0, new_h),
+            original,
+            resized,
+            pad_left: pad(canvas.1, resized.1),
+            pad_top: pad(canvas.0, resized.0),
+            canvas,
         }
     }
 
@@ -55,16 +74,32 @@ impl Placement {
     }
 }
 
-/// The letterboxed canvas of `canvas` `(height, width)`, padded with `pad`, as planar RGB in [0, 1] (`3 * h * w`
-/// values, channel-major, ready for an `(1, 3, h, w)` tensor), and where the image went.
+/// The size of `original` `(height, width)` scaled to fit `target`, rounded as Python's
+/// `round()` (half to even) so the sizes match ultralytics'.
+fn fit((h, w): (usize, usize), target: (usize, usize)) -> (usize, usize) {
+    let r = (target.0 as f64 / h as f64).min(target.1 as f64 / w as f64);
+    let new_w = ((w as f64 * r).round_ties_even() as usize).clamp(1, target.1);
+    let new_h = ((h as f64 * r).round_ties_even() as usize).clamp(1, target.0);
+    (new_h, new_w)
+}
+
+/// The image letterboxed onto the whole `canvas` `(height, width)` ([`Placement::new`]),
+/// padded with `pad`: see [`draw`].
 pub fn letterbox(image: &RgbImage, canvas: (usize, usize), pad: f32) -> (Vec<f32>, Placement) {
+    let placement = Placement::new((image.height() as usize, image.width() as usize), canvas);
+    (draw(image, &placement, pad), placement)
+}
+
+/// The image drawn where `placement` puts it on its canvas, padded with `pad`, as planar RGB
+/// in [0, 1] (`3 * h * w` values for a canvas `(h, w)`, channel-major, ready for an
+/// `(1, 3, h, w)` tensor).
+pub fn draw(image: &RgbImage, placement: &Placement, pad: f32) -> Vec<f32> {
     let (src_w, src_h) = (image.width() as usize, image.height() as usize);
-    let placement = Placement::new((src_h, src_w), canvas);
     let (new_h, new_w) = placement.resized;
-    let (ch, cw) = canvas;
+    let (ch, cw) = placement.canvas;
     let mut out = vec![pad; 3 * ch * cw];
     if src_w == 0 || src_h == 0 {
-        return (out, placement);
+        return out;
     }
     let xs = taps(src_w, new_w);
     let ys = taps(src_h, new_h);
@@ -93,7 +128,7 @@ pub fn letterbox(image: &RgbImage, canvas: (usize, usize), pad: f32) -> (Vec<f32
             }
         }
     }
-    (out, placement)
+    out
 }
 
 /// OpenCV `INTER_LINEAR` source taps for each output index: `(lower, upper, weight of upper)`.
@@ -133,6 +168,38 @@ mod tests {
             p.to_original([-50.0, 0.0, 900.0, 700.0]),
             [0.0, 0.0, 451.0, 300.0]
         );
+    }
+
+    #[test]
+    fn minimal_canvas_matches_ultralytics_auto_letterbox() {
+        // 1920x1080 into 640: resized 640x360, canvas 640x384 (280 % 32 = 24 rows of padding,
+        // 12 above), as ultralytics' predictor feeds a 16:9 photo.
+        let p = Placement::minimal((1080, 1920), (640, 640), 32);
+        assert_eq!((p.resized, p.canvas), ((360, 640), (384, 640)));
+        assert_eq!((p.pad_left, p.pad_top), (0, 12));
+        // chelsea.jpg: 640x426 on 640x448 (214 % 32 = 22), 11 above.
+        let p = Placement::minimal((300, 451), (640, 640), 32);
+        assert_eq!(
+            (p.resized, p.canvas, p.pad_top),
+            ((426, 640), (448, 640), 11)
+        );
+        // A portrait image pads its width; a square one needs no padding at all.
+        let p = Placement::minimal((640, 480), (640, 640), 32);
+        assert_eq!((p.canvas, p.pad_left), ((640, 480), 0));
+        assert_eq!(
+            Placement::minimal((50, 50), (640, 640), 32).canvas,
+            (640, 640)
+        );
+        // Boxes map back the same way as on the full canvas.
+        let full = Placement::new((1080, 1920), (640, 640));
+        let [_, y1, _, y2] = p_box(&Placement::minimal((1080, 1920), (640, 640), 32), 12.0);
+        let [_, fy1, _, fy2] = p_box(&full, full.pad_top as f32);
+        assert!((y1 - fy1).abs() < 1e-3 && (y2 - fy2).abs() < 1e-3);
+    }
+
+    /// A box over the resized image's rows, starting `top` pixels down the canvas.
+    fn p_box(p: &Placement, top: f32) -> [f32; 4] {
+        p.to_original([10.0, top + 20.0, 200.0, top + 300.0])
     }
 
     #[test]

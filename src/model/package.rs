@@ -10,6 +10,18 @@ use serde::{Deserialize, Serialize};
 
 use super::preprocess::{Interpolation, PreprocessConfig};
 
+/// The canvas a YOLOv8 detector letterboxes an image onto (`letterbox` in config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Letterbox {
+    /// As ultralytics' predictor (`LetterBox(auto=True)`): the resized image padded only to the
+    /// next multiple of 32, e.g. 640x384 for a 16:9 photo.
+    #[default]
+    Rect,
+    /// The whole input size (ultralytics' `auto=False`, as in exported models).
+    Square,
+}
+
 /// File names wick treats as weights, by extension.
 const WEIGHT_EXTENSIONS: &[&str] = &["safetensors", "pth", "pt", "bin", "weights"];
 /// Directory levels searched below the package root; SageMaker nests one or two.
@@ -143,6 +155,9 @@ pub struct PackageConfig {
     /// Darknet detectors: the `.cfg` file next to the `.weights`, relative to the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub darknet_cfg: Option<String>,
+    /// YOLOv8 detectors: the canvas an image is letterboxed onto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub letterbox: Option<Letterbox>,
     /// Other timm fields (`num_features`, `global_pool`, ...), kept on rewrite.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

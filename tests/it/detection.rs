@@ -1,8 +1,9 @@
 //! Object detection against the real implementations: YOLOv8 against ultralytics (raw head
-//! output, letterbox, boxes after NMS on real photos, a `.pt` written by ultralytics' own save
-//! code) and Tiny YOLOv2 against OpenCV's darknet reader. `tests/parity/generate_detection.py`
-//! produced the references once; the weights come from the shared `synth` formula, so no weight
-//! file is involved except the small committed `.pt`.
+//! output, letterbox, boxes after NMS on real photos on the square and the predictor's minimal
+//! canvas, a `.pt` written by ultralytics' own save code) and Tiny YOLOv2 against OpenCV's
+//! darknet reader. `tests/parity/generate_detection.py` produced the references once; the
+//! weights come from the shared `synth` formula, so no weight file is involved except the
+//! small committed `.pt`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
+use serde_json::json;
 use wick::model::arch::darknet::{self, Cfg};
-use wick::model::letterbox::{letterbox, PAD_VALUE};
+use wick::model::letterbox::{draw, Placement, PAD_VALUE};
 use wick::model::package::Package;
 use wick::model::weights::{synthesize, Weights};
 use wick::model::{DetectOptions, Detection, Detector, ModelError};
@@ -48,6 +50,8 @@ struct Letterboxed {
 #[derive(Deserialize)]
 struct Photo {
     photo: String,
+    /// `square` (ultralytics' `LetterBox(auto=False)`) or `rect` (`auto=True`).
+    letterbox_mode: String,
     size: [usize; 2],
     letterbox: Letterboxed,
     threshold: f32,
@@ -81,14 +85,23 @@ fn config_only(config: &str) -> Result<(tempfile::TempDir, Package)> {
 
 fn yolov8n() -> Result<(YoloFixture, Detector)> {
     let fixture: YoloFixture = read_json("yolov8n.json")?;
+    let detector = yolov8n_detector(&fixture, "rect")?;
+    Ok((fixture, detector))
+}
+
+/// The fixture's YOLOv8n with config.json `letterbox` set to `letterbox`.
+fn yolov8n_detector(fixture: &YoloFixture, letterbox: &str) -> Result<Detector> {
     let tensors: HashMap<String, Tensor> = fixture
         .tensors
         .iter()
         .map(|(name, shape)| (name.clone(), synthesize(name, shape)))
         .collect();
-    let (_dir, package) = config_only(r#"{"architecture": "yolov8n", "task": "detection"}"#)?;
-    let detector = Detector::from_package(&package, &Weights::from_tensors(tensors))?;
-    Ok((fixture, detector))
+    let config = json!({"architecture": "yolov8n", "task": "detection", "letterbox": letterbox});
+    let (_dir, package) = config_only(&config.to_string())?;
+    Ok(Detector::from_package(
+        &package,
+        &Weights::from_tensors(tensors),
+    )?)
 }
 
 /// `(synth("input") + 1) / 2`: image-like values in [0, 1], as the generator feeds.
@@ -155,14 +168,38 @@ fn assert_same_boxes(got: &[Detection], want: &[(f32, f32, f32, f32, f32, usize)
 }
 
 #[test]
+fn an_unknown_letterbox_is_refused_naming_the_choices() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("unused.safetensors"), b"")?;
+    let config = r#"{"architecture": "yolov8n", "task": "detection", "letterbox": "stretch"}"#;
+    let err = package(dir.path(), config).err().map(|e| e.to_string());
+    let err = err.context("an unknown letterbox loads")?;
+    assert!(
+        err.contains("config.json") && err.contains("`stretch`") && err.contains("`square`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn yolov8n_boxes_on_photos_match_ultralytics() -> Result<()> {
-    let (fixture, detector) = yolov8n()?;
+    let fixture: YoloFixture = read_json("yolov8n.json")?;
+    let mut modes = Vec::new();
     for photo in &fixture.photos {
+        let detector = yolov8n_detector(&fixture, &photo.letterbox_mode)?;
         let image = image::open(fixture_path(&photo.photo))?.to_rgb8();
-        // wick's letterbox against ultralytics' (cv2.resize + copyMakeBorder) on 512 pixels.
+        // wick's letterbox against ultralytics' (cv2.resize + copyMakeBorder) on 512 pixels,
+        // on the same canvas: the whole 640x640 or the predictor's minimal one.
+        let original = (image.height() as usize, image.width() as usize);
+        let placement = match photo.letterbox_mode.as_str() {
+            "rect" => Placement::minimal(original, (640, 640), 32),
+            _ => Placement::new(original, (640, 640)),
+        };
         let [h, w] = photo.size;
+        assert_eq!(placement.canvas, (h, w), "{}", photo.letterbox_mode);
         assert_eq!(photo.letterbox.shape, vec![h, w]);
-        let (pixels, _) = letterbox(&image, (h, w), PAD_VALUE);
+        modes.push((photo.letterbox_mode.clone(), (h, w)));
+        let pixels = draw(&image, &placement, PAD_VALUE);
         let mut worst = 0u8;
         for ((&y, &x), rgb) in photo
             .letterbox
@@ -189,8 +226,12 @@ fn yolov8n_boxes_on_photos_match_ultralytics() -> Result<()> {
         };
         let found = detector.detect(&image, &options)?;
         assert!(!photo.boxes.is_empty());
-        assert_same_boxes(&found, &photo.boxes, &photo.photo);
+        let what = format!("{} ({})", photo.photo, photo.letterbox_mode);
+        assert_same_boxes(&found, &photo.boxes, &what);
     }
+    // Both canvases were compared; the predictor's is smaller for these landscape photos.
+    assert!(modes.contains(&("square".to_string(), (640, 640))));
+    assert!(modes.iter().any(|(m, (h, _))| m == "rect" && *h < 640));
     Ok(())
 }
 

@@ -8,7 +8,8 @@ real checkpoint) is overwritten with `synth(name, shape)` from generate.py. Writ
 `tests/fixtures/detection/`:
 
 - `yolov8n.json`: the raw head output `model(x)[0]` on a synthetic input (checksums and sampled
-  values), then on real photos letterboxed by ultralytics' own `LetterBox(auto=False)`: the boxes
+  values), then on real photos letterboxed by ultralytics' own `LetterBox` (`auto=False`, the
+  square canvas, and `auto=True`, the predictor's minimal one): the boxes
   after ultralytics' `non_max_suppression` mapped back with `scale_boxes`, and samples of the
   letterboxed pixels (to compare wick's letterbox with ultralytics').
 - `tiny_yolov8.pt` + `tiny_yolov8.json`: a very small YOLOv8 (custom width) saved with
@@ -76,16 +77,17 @@ def input_tensor(shape):
     return torch.from_numpy((synth("input", shape) + 1.0) / 2.0)
 
 
-def photo_case(model, name, size, nc):
+def photo_case(model, name, size, nc, auto=False):
     import cv2
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils.nms import non_max_suppression
     from ultralytics.utils.ops import scale_boxes
 
     bgr = cv2.imread(os.path.join(PHOTOS, name))
-    lb = LetterBox(new_shape=(size, size), auto=False, scaleup=True, center=True)
+    lb = LetterBox(new_shape=(size, size), auto=auto, scaleup=True, center=True)
     boxed = lb(image=bgr)
     rgb = boxed[..., ::-1].copy()
+    h, w = rgb.shape[:2]
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad():
         y = model(x)[0]
@@ -98,12 +100,12 @@ def photo_case(model, name, size, nc):
     iou = 0.45
     det = non_max_suppression(y, conf_thres=conf, iou_thres=iou, max_det=300, nc=nc)[0]
     det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], bgr.shape[:2])
-    h, w = rgb.shape[:2]
     rng = np.random.default_rng(0)
     ys, xs = rng.integers(0, h, 512), rng.integers(0, w, 512)
     return {
         "photo": name,
-        "size": [size, size],
+        "letterbox_mode": "rect" if auto else "square",
+        "size": [h, w],
         "original": [bgr.shape[0], bgr.shape[1]],
         "letterbox": {
             "shape": [h, w],
@@ -136,7 +138,12 @@ def yolov8n():
         "tensors": tensors,
         "input_shape": RAW_INPUT,
         "raw": raw_summary(y),
-        "photos": [photo_case(model, p, 640, 80) for p in ["chelsea.png", "coffee.png"]],
+        # The validator's square canvas and the predictor's minimal one (`auto=True`).
+        "photos": [
+            photo_case(model, p, 640, 80, auto)
+            for auto in [False, True]
+            for p in ["chelsea.png", "coffee.png"]
+        ],
     }
     with open(os.path.join(OUT, "yolov8n.json"), "w") as fh:
         json.dump(doc, fh, separators=(",", ":"))

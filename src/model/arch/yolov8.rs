@@ -23,6 +23,8 @@ pub const NAMES: &[&str] = &[
 const BN_EPS: f64 = 1e-3;
 /// Output strides of the three detection levels (P3, P4, P5).
 pub const STRIDES: [usize; 3] = [8, 16, 32];
+/// The largest of [`STRIDES`]: input sides must be multiples of it.
+pub const MAX_STRIDE: usize = 32;
 /// Index of the Detect module in the layer list.
 const HEAD: &str = "model.22";
 

@@ -185,6 +185,7 @@ impl BaseModel {
                 weights: None,
                 multi_label: false,
                 darknet_cfg: None,
+                letterbox: None,
                 extra: Default::default(),
             }
         };
