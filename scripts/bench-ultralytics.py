@@ -4,8 +4,8 @@
 Same thread count as wick (--threads, default 2), inference mode, median after warm-up:
 - forward: the (Conv+BN fused, as ultralytics' predictor does) model on a 1x3x640x640 tensor;
 - predict: `YOLO.predict` on an already decoded 1920x1080 image (letterbox, forward, NMS,
-  scaling back). Note that ultralytics' predictor letterboxes a PyTorch model to the smallest
-  stride-32 rectangle (640x384 for 16:9), while wick always runs the full 640x640 canvas.
+  scaling back). ultralytics' predictor letterboxes a PyTorch model onto the smallest
+  stride-32 rectangle (640x384 for 16:9), as wick does by default (`letterbox: rect`).
 Weights are random (built from the yaml; speed does not depend on the values).
 
 Usage: /work/cache/torchvenv/bin/python scripts/bench-ultralytics.py [--threads 2] [--iterations 20]
