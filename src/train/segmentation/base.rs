@@ -13,11 +13,14 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 
-use crate::model::arch::segmentation::{self, Decoder, SegmentationArgs, SegmentationNetwork};
+use crate::model::arch::segmentation::{
+    self, Decoder, SegmentationArgs, SegmentationNetwork, Trainable,
+};
 use crate::model::arch::trunk_tensors_timm;
 use crate::model::package::{Package, PackageConfig, PretrainedCfg, Task};
 use crate::model::weights::Weights;
 use crate::model::Segmenter;
+use crate::train::hyperparams::HyperparameterError;
 
 /// Weights file name of the written package.
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -51,8 +54,8 @@ pub struct BaseModel {
 }
 
 impl BaseModel {
-    /// Loads the package in `dir`.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Loads the package in `dir`, to train `trainable` of its decoder.
+    pub fn load(dir: &Path, trainable: Trainable) -> Result<Self> {
         let package = Package::open(dir)
             .with_context(|| format!("loading the base model package in `{}`", dir.display()))?;
         let weights = Weights::load(&package.weights_path)?;
@@ -88,7 +91,7 @@ impl BaseModel {
                 let segmenter = Segmenter::from_package(&package, &weights)?;
                 Ok(BaseModel {
                     architecture: package.config.architecture.clone(),
-                    decoder: network.decoder(),
+                    decoder: network.decoder(trainable),
                     tensors: all(&weights)?,
                     labels: Some(segmenter.labels().to_vec()),
                     out_channels: Some(out_channels),
@@ -101,6 +104,17 @@ impl BaseModel {
                 })
             }
             Task::Classification => {
+                if trainable == Trainable::Head {
+                    return Err(HyperparameterError::Invalid {
+                        key: "trainable".into(),
+                        expected: "`decoder` for a new LR-ASPP network on a classification \
+                                   package (its head starts untrained; `head` needs a \
+                                   segmentation package whose decoder is trained)"
+                            .into(),
+                        value: "\"head\"".into(),
+                    }
+                    .into());
+                }
                 let arch = &package.config.architecture;
                 let trunk = trunk_tensors_timm(&weights, arch).with_context(|| {
                     format!(

@@ -1,11 +1,12 @@
 //! `wick train` with `task=segmentation`: a frozen encoder and a trained decoder.
 //!
 //! The job: pair the images and annotation PNGs of the channels (`data.rs`, `annotation.rs`),
-//! load the base model (`base.rs`), run the frozen encoder once per image (and mirror image with
-//! `augment=true`) and cache its feature maps (`features.rs`), train the decoder with Candle
-//! autograd on the cache (`decoder.rs`, `loss.rs`, `fit.rs`), then write the package, check it
-//! against the trainer, and report (`report.rs`). Hyperparameters, the job layout, the failure
-//! file, the stop flag and the plots are the classification trainer's.
+//! load the base model (`base.rs`), run the frozen part of the network once per image (and
+//! mirror image with `augment=true`) and cache its feature maps (`features.rs`, if they fit:
+//! `memory.rs`), train the decoder (`trainable`: all of it or its final convolutions) with
+//! Candle autograd on the cache (`decoder/`, `loss.rs`, `fit.rs`), then write the package,
+//! check it against the trainer, and report (`report.rs`). Hyperparameters, the job layout,
+//! the failure file, the stop flag and the plots are the classification trainer's.
 
 pub mod annotation;
 pub mod base;
@@ -14,6 +15,7 @@ pub mod decoder;
 pub mod features;
 pub mod fit;
 pub mod loss;
+pub mod memory;
 pub mod report;
 
 use std::path::Path;
@@ -49,6 +51,23 @@ fn has_channel(channels: Option<&job::Channels>, name: &str, dir: &Path, explici
         }
 }
 
+/// What trains, for the log and `metrics.json`.
+fn describe(decoder: Decoder) -> &'static str {
+    match decoder {
+        Decoder::LrAspp { .. } => "the whole LR-ASPP head (classifier.*)",
+        Decoder::LrAsppClassifiers { .. } => {
+            "LR-ASPP's two classifiers (classifier.low_classifier, classifier.high_classifier)"
+        }
+        Decoder::DeepLabV3 { .. } => {
+            "DeepLabV3's classifier after its dilated 3x3 branches (classifier.0 1x1 and pooling branches and projection, classifier.1/2, classifier.4)"
+        }
+        Decoder::DeepLabV3Plus { .. } => {
+            "the whole DeepLabV3+ decoder (decoder.*) and segmentation_head.0"
+        }
+        Decoder::FinalConv { .. } => "the final 1x1 classifier convolution",
+    }
+}
+
 /// Runs the segmentation job.
 pub(crate) fn train(
     layout: &JobLayout,
@@ -59,7 +78,7 @@ pub(crate) fn train(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let channels = job::read_channels(layout)?;
-    let base = BaseModel::load(base_dir)?;
+    let base = BaseModel::load(base_dir, hp.trainable)?;
     let val_images = has_channel(
         channels.as_ref(),
         VALIDATION_CHANNEL,
@@ -131,10 +150,7 @@ pub(crate) fn train(
         }
         .into());
     }
-    let trained = match base.decoder {
-        Decoder::LrAspp { .. } => "the whole LR-ASPP head (classifier.*)",
-        Decoder::FinalConv { .. } => "the final 1x1 classifier convolution",
-    };
+    let trained = describe(base.decoder);
     tracing::info!(
         architecture = %base.architecture,
         trained,
@@ -154,7 +170,7 @@ pub(crate) fn train(
     };
     let encoder_started = Instant::now();
     let Some(train_cache) = encode(
-        network.as_ref(),
+        (network.as_ref(), hp.trainable),
         &data.train,
         hp.augment,
         &spec,
@@ -169,7 +185,7 @@ pub(crate) fn train(
         return Ok(Outcome::Stopped);
     };
     let Some(val_cache) = encode(
-        network.as_ref(),
+        (network.as_ref(), hp.trainable),
         &data.val,
         false,
         &spec,

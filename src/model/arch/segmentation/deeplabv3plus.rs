@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::ops::resize;
-use super::{Decoder, SegmentationArgs, SegmentationNetwork};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork, Trainable};
 use crate::model::arch::resnet::{Dilation, ResNetTrunk};
 use crate::model::kernels::Activation;
 use crate::model::layers::{BatchNorm, Conv, ConvSpec};
@@ -88,15 +88,21 @@ fn upsample_x4(xs: &Tensor) -> candle_core::Result<Tensor> {
     resize(xs, (4 * h, 4 * w), true)
 }
 
+/// Inputs must be multiples of the output stride, for the x4 upsampling to meet layer1.
+fn check_size(xs: &Tensor) -> candle_core::Result<()> {
+    let (_, h, w, _) = xs.dims4()?;
+    if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
+        candle_core::bail!(
+            "DeepLabV3+ needs an input height and width divisible by {OUTPUT_STRIDE}, got {h}x{w}"
+        )
+    }
+    Ok(())
+}
+
 impl DeepLabV3Plus {
     /// The input of the segmentation head (`decoder.block2`'s output), at stride 4.
     fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, h, w, _) = xs.dims4()?;
-        if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
-            candle_core::bail!(
-                "DeepLabV3+ needs an input height and width divisible by {OUTPUT_STRIDE}, got {h}x{w}"
-            )
-        }
+        check_size(xs)?;
         let features = self.encoder.forward(xs)?;
         let context = self
             .aspp_conv
@@ -112,16 +118,33 @@ impl SegmentationNetwork for DeepLabV3Plus {
         upsample_x4(&self.head.forward(&self.penultimate(xs)?)?)
     }
 
-    fn decoder(&self) -> Decoder {
-        Decoder::FinalConv {
-            key: "segmentation_head.0",
-            channels: ASPP_CHANNELS,
-            align_corners: true,
+    fn decoder(&self, trainable: Trainable) -> Decoder {
+        match trainable {
+            Trainable::Decoder => Decoder::DeepLabV3Plus {
+                high_channels: self.encoder.channels(),
+                low_channels: self.encoder.layer1_channels(),
+            },
+            Trainable::Head => Decoder::FinalConv {
+                key: "segmentation_head.0",
+                channels: ASPP_CHANNELS,
+                align_corners: true,
+            },
         }
     }
 
-    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        Ok(vec![self.penultimate(xs)?])
+    fn frozen_features(
+        &self,
+        xs: &Tensor,
+        trainable: Trainable,
+    ) -> candle_core::Result<Vec<Tensor>> {
+        match trainable {
+            Trainable::Decoder => {
+                check_size(xs)?;
+                let features = self.encoder.forward(xs)?;
+                Ok(vec![features.last, features.layer1])
+            }
+            Trainable::Head => Ok(vec![self.penultimate(xs)?]),
+        }
     }
 
     fn out_channels(&self) -> usize {
