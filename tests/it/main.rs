@@ -9,6 +9,7 @@ mod real_model;
 mod robustness;
 mod seg_dataset;
 mod seg_train;
+mod seg_train_decoder;
 mod seg_train_jobs;
 mod segmentation;
 mod segmentation_pipeline;
