@@ -11,6 +11,7 @@ mod seg_dataset;
 mod seg_train;
 mod seg_train_decoder;
 mod seg_train_jobs;
+mod seg_train_resume;
 mod segmentation;
 mod segmentation_pipeline;
 mod serve_process;

@@ -51,6 +51,8 @@ pub struct BaseModel {
     pub input_size: Option<(usize, usize)>,
     /// The base weights file name, for provenance.
     pub source: String,
+    /// The base weights file's size in bytes (part of a checkpoint's key).
+    pub weights_size: u64,
 }
 
 impl BaseModel {
@@ -72,6 +74,7 @@ impl BaseModel {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        let weights_size = std::fs::metadata(&package.weights_path).map_or(0, |m| m.len());
         let all = |w: &Weights| -> Result<HashMap<String, Tensor>> {
             w.names()
                 .map(|n| {
@@ -101,6 +104,7 @@ impl BaseModel {
                     std: pre.std,
                     input_size,
                     source,
+                    weights_size,
                 })
             }
             Task::Classification => {
@@ -144,6 +148,7 @@ impl BaseModel {
                     std: pre.std,
                     input_size,
                     source,
+                    weights_size,
                 })
             }
             Task::Detection => bail!(
