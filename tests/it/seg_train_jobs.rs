@@ -341,6 +341,15 @@ fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference
     use wick::train::segmentation::features::{normalise, InputSpec};
 
     let dir = tempfile::tempdir()?;
+    // `trainable=head` needs a trained decoder, which a classification base does not have.
+    let head = BaseModel::load(&crate::support::lite0_package()?, Trainable::Head)
+        .err()
+        .map(|e| format!("{e:#}"));
+    assert!(
+        head.as_deref()
+            .is_some_and(|e| e.contains("`trainable`") && e.contains("segmentation package")),
+        "{head:?}"
+    );
     let base = BaseModel::load(&crate::support::lite0_package()?, Trainable::Decoder)?;
     assert_eq!(base.architecture, "lraspp_tf_efficientnet_lite0");
     let decoder = TrainableDecoder::new(base.decoder, 3, None, 9, candle_core::DType::F32)?;
