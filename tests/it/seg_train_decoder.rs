@@ -230,9 +230,7 @@ fn the_written_package_reproduces_the_trainer_for_every_family() -> Result<()> {
                 (1, size.0, size.1, 3),
                 &Device::Cpu,
             )?;
-            let features = base
-                .network(&tensors, 3)?
-                .frozen_features(&nhwc, trainable)?;
+            let features = base.network(&tensors, 3)?.features_for(&nhwc, trainable)?;
             let batch = FeatureBatch {
                 sizes: features
                     .iter()

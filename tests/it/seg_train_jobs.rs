@@ -378,7 +378,7 @@ fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference
         &candle_core::Device::Cpu,
     )?;
     let network = base.network(&tensors, 3)?;
-    let features = network.frozen_features(&nhwc, Trainable::Decoder)?;
+    let features = network.frozen_features(&nhwc)?;
     let batch = wick::train::segmentation::decoder::FeatureBatch {
         sizes: features
             .iter()

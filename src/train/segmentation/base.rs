@@ -94,7 +94,7 @@ impl BaseModel {
                 let segmenter = Segmenter::from_package(&package, &weights)?;
                 Ok(BaseModel {
                     architecture: package.config.architecture.clone(),
-                    decoder: network.decoder(trainable),
+                    decoder: network.trained(trainable),
                     tensors: all(&weights)?,
                     labels: Some(segmenter.labels().to_vec()),
                     out_channels: Some(out_channels),

@@ -175,7 +175,7 @@ pub fn encode(
             cache.targets.extend_from_slice(labels);
         }
         let batch = Tensor::from_vec(pixels, (chunk.len(), h, w, 3), &Device::Cpu)?;
-        let outputs = network.frozen_features(&batch, trainable)?;
+        let outputs = network.features_for(&batch, trainable)?;
         if cache.shapes.is_empty() {
             for o in &outputs {
                 let (_, fh, fw, c) = o.dims4()?;

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::ops::resize;
-use super::{Decoder, SegmentationArgs, SegmentationNetwork, Trainable};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
 use crate::model::arch::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS};
 use crate::model::arch::resnet::{Dilation, ResNetTrunk};
 use crate::model::layers::{Conv, ConvSpec};
@@ -98,35 +98,31 @@ impl SegmentationNetwork for DeepLabV3 {
         resize(&self.classifier.forward(&ys)?, (h, w), false)
     }
 
-    fn decoder(&self, trainable: Trainable) -> Decoder {
-        match trainable {
-            Trainable::Decoder => Decoder::DeepLabV3 {
-                channels: self.channels,
-            },
-            Trainable::Head => Decoder::FinalConv {
-                key: "classifier.4",
-                channels: ASPP_CHANNELS,
-                align_corners: false,
-            },
+    fn decoder(&self) -> Decoder {
+        Decoder::DeepLabV3 {
+            channels: self.channels,
         }
     }
 
-    fn frozen_features(
-        &self,
-        xs: &Tensor,
-        trainable: Trainable,
-    ) -> candle_core::Result<Vec<Tensor>> {
-        match trainable {
-            Trainable::Decoder => {
-                // The dense dilated branches (~45 GFLOP per 320x320 image for ResNet) stay
-                // frozen: their outputs are cached with the encoder output.
-                let features = self.encoder(xs)?;
-                let mut out = vec![features.clone()];
-                out.extend(self.aspp.atrous_outputs(&features)?);
-                Ok(out)
-            }
-            Trainable::Head => Ok(vec![self.penultimate(xs)?]),
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        // The dense dilated branches (~45 GFLOP per 320x320 image for ResNet) stay frozen:
+        // their outputs are cached with the encoder output.
+        let features = self.encoder(xs)?;
+        let mut out = vec![features.clone()];
+        out.extend(self.aspp.atrous_outputs(&features)?);
+        Ok(out)
+    }
+
+    fn head(&self) -> Decoder {
+        Decoder::FinalConv {
+            key: "classifier.4",
+            channels: ASPP_CHANNELS,
+            align_corners: false,
         }
+    }
+
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.penultimate(xs)?])
     }
 
     fn out_channels(&self) -> usize {

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::ops::resize;
-use super::{Decoder, SegmentationArgs, SegmentationNetwork, Trainable};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
 use crate::model::arch::resnet::{Dilation, ResNetTrunk};
 use crate::model::kernels::Activation;
 use crate::model::layers::{BatchNorm, Conv, ConvSpec};
@@ -118,33 +118,29 @@ impl SegmentationNetwork for DeepLabV3Plus {
         upsample_x4(&self.head.forward(&self.penultimate(xs)?)?)
     }
 
-    fn decoder(&self, trainable: Trainable) -> Decoder {
-        match trainable {
-            Trainable::Decoder => Decoder::DeepLabV3Plus {
-                high_channels: self.encoder.channels(),
-                low_channels: self.encoder.layer1_channels(),
-            },
-            Trainable::Head => Decoder::FinalConv {
-                key: "segmentation_head.0",
-                channels: ASPP_CHANNELS,
-                align_corners: true,
-            },
+    fn decoder(&self) -> Decoder {
+        Decoder::DeepLabV3Plus {
+            high_channels: self.encoder.channels(),
+            low_channels: self.encoder.layer1_channels(),
         }
     }
 
-    fn frozen_features(
-        &self,
-        xs: &Tensor,
-        trainable: Trainable,
-    ) -> candle_core::Result<Vec<Tensor>> {
-        match trainable {
-            Trainable::Decoder => {
-                check_size(xs)?;
-                let features = self.encoder.forward(xs)?;
-                Ok(vec![features.last, features.layer1])
-            }
-            Trainable::Head => Ok(vec![self.penultimate(xs)?]),
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        check_size(xs)?;
+        let features = self.encoder.forward(xs)?;
+        Ok(vec![features.last, features.layer1])
+    }
+
+    fn head(&self) -> Decoder {
+        Decoder::FinalConv {
+            key: "segmentation_head.0",
+            channels: ASPP_CHANNELS,
+            align_corners: true,
         }
+    }
+
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.penultimate(xs)?])
     }
 
     fn out_channels(&self) -> usize {

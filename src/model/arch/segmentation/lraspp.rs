@@ -17,7 +17,7 @@
 use candle_core::Tensor;
 
 use super::ops::{resize, scale_channels};
-use super::{Decoder, SegmentationArgs, SegmentationNetwork, Trainable};
+use super::{Decoder, SegmentationArgs, SegmentationNetwork};
 use crate::model::arch::efficientnet_lite::LiteTrunk;
 use crate::model::arch::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS, LOW_CHANNELS};
 use crate::model::kernels::Activation;
@@ -154,27 +154,26 @@ impl SegmentationNetwork for LrAspp {
         1
     }
 
-    fn decoder(&self, trainable: Trainable) -> Decoder {
-        match trainable {
-            Trainable::Decoder => Decoder::LrAspp {
-                low_channels: self.low_channels,
-                high_channels: self.high_channels,
-            },
-            Trainable::Head => Decoder::LrAsppClassifiers {
-                low_channels: self.low_channels,
-            },
+    fn decoder(&self) -> Decoder {
+        Decoder::LrAspp {
+            low_channels: self.low_channels,
+            high_channels: self.high_channels,
         }
     }
 
-    fn frozen_features(
-        &self,
-        xs: &Tensor,
-        trainable: Trainable,
-    ) -> candle_core::Result<Vec<Tensor>> {
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let (low, high) = self.trunk.forward(xs)?;
-        match trainable {
-            Trainable::Decoder => Ok(vec![low, high]),
-            Trainable::Head => Ok(vec![low, self.gated(&high)?]),
+        Ok(vec![low, high])
+    }
+
+    fn head(&self) -> Decoder {
+        Decoder::LrAsppClassifiers {
+            low_channels: self.low_channels,
         }
+    }
+
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (low, high) = self.trunk.forward(xs)?;
+        Ok(vec![low, self.gated(&high)?])
     }
 }

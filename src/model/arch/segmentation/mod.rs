@@ -30,18 +30,48 @@ pub trait SegmentationNetwork: Send + Sync {
     /// decoders need the output stride, 16; torchvision's take any size: 1).
     fn size_multiple(&self) -> usize;
 
-    /// The part `wick train` trains on top of [`SegmentationNetwork::frozen_features`] when
-    /// `trainable` of it is trained.
-    fn decoder(&self, trainable: Trainable) -> Decoder;
+    /// The part `wick train` trains with `trainable=decoder` (the default) on top of
+    /// [`SegmentationNetwork::frozen_features`].
+    fn decoder(&self) -> Decoder;
 
     /// `(n, h, w, 3)` normalised NHWC -> the NHWC outputs of the frozen part that
-    /// [`SegmentationNetwork::decoder`] reads for the same `trainable`, in the order each
-    /// [`Decoder`] variant lists them.
-    fn frozen_features(
+    /// [`SegmentationNetwork::decoder`] reads, in the order its [`Decoder`] variant lists them.
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>>;
+
+    /// The part `wick train` trains with `trainable=head`: the final convolution(s). The
+    /// default, for a network whose whole decoder is its final convolution, is
+    /// [`SegmentationNetwork::decoder`].
+    fn head(&self) -> Decoder {
+        self.decoder()
+    }
+
+    /// The inputs of [`SegmentationNetwork::head`], as
+    /// [`SegmentationNetwork::frozen_features`] for the decoder.
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.frozen_features(xs)
+    }
+}
+
+impl dyn SegmentationNetwork + '_ {
+    /// What trains for the hyperparameter `trainable`.
+    pub fn trained(&self, trainable: Trainable) -> Decoder {
+        match trainable {
+            Trainable::Decoder => self.decoder(),
+            Trainable::Head => self.head(),
+        }
+    }
+
+    /// The frozen features [`Self::trained`] reads for the same `trainable`.
+    pub fn features_for(
         &self,
         xs: &Tensor,
         trainable: Trainable,
-    ) -> candle_core::Result<Vec<Tensor>>;
+    ) -> candle_core::Result<Vec<Tensor>> {
+        match trainable {
+            Trainable::Decoder => self.frozen_features(xs),
+            Trainable::Head => self.head_features(xs),
+        }
+    }
 }
 
 /// How much of a segmentation network `wick train` trains (the hyperparameter `trainable`).
