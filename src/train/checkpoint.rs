@@ -21,7 +21,7 @@ use super::optimizer::AdamState;
 use super::trainer::{Best, EpochMetrics, StateParts};
 
 /// Bumped when the files' layout changes; older files are ignored.
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The safetensors metadata entry holding the JSON description.
 const METADATA_KEY: &str = "wick";
 const FEATURES_FILE: &str = "features.safetensors";
@@ -97,6 +97,11 @@ impl Checkpoints {
         Checkpoints {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// The path of the checkpoint file `name`.
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// The saved features for this data and backbone, if any.
@@ -244,7 +249,13 @@ impl Checkpoints {
         self.write(STATE_FILE, &tensors, &meta)
     }
 
-    fn write(&self, name: &str, tensors: &[(&str, &Tensor)], meta: &impl Serialize) -> Result<()> {
+    /// Writes `tensors` and the JSON `meta` to `name`, whole or not at all.
+    pub(crate) fn write(
+        &self,
+        name: &str,
+        tensors: &[(&str, &Tensor)],
+        meta: &impl Serialize,
+    ) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| {
             format!("creating the checkpoint directory `{}`", self.dir.display())
         })?;
@@ -267,7 +278,10 @@ impl Checkpoints {
 
     /// The tensors and description of a checkpoint file; `None` (with a warning unless it is
     /// simply absent) when it cannot be used.
-    fn read<M: DeserializeOwned>(&self, path: &Path) -> Option<(HashMap<String, Tensor>, M)> {
+    pub(crate) fn read<M: DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Option<(HashMap<String, Tensor>, M)> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,

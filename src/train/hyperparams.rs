@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::model::arch::segmentation::Trainable;
+
 mod segmentation;
 
 /// What a hyperparameter file or value can get wrong.
@@ -98,6 +100,8 @@ pub struct Hyperparameters {
     pub ignore_index: Option<u8>,
     /// Segmentation: one sigmoid output (BCE) for a 2-class job; unset: as the base package.
     pub binary: Option<bool>,
+    /// Segmentation: the whole decoder or only the final convolution(s).
+    pub trainable: Trainable,
 }
 
 impl Default for Hyperparameters {
@@ -119,6 +123,7 @@ impl Default for Hyperparameters {
             image_size: None,
             ignore_index: Some(255),
             binary: None,
+            trainable: Trainable::Decoder,
         }
     }
 }
@@ -189,6 +194,7 @@ pub fn parse(map: BTreeMap<String, Value>) -> Result<Parsed, HyperparameterError
         image_size: take("image_size").map(|f| f.image_size()).transpose()?,
         ignore_index: take("ignore_index").map_or(Ok(d.ignore_index), |f| f.ignore_index())?,
         binary: take("binary").map(|f| f.bool()).transpose()?,
+        trainable: take("trainable").map_or(Ok(d.trainable), |f| f.trainable())?,
     };
     let unknown: Vec<String> = values.into_keys().collect();
     let given = given.into_iter().filter(|k| !unknown.contains(k)).collect();

@@ -1,10 +1,11 @@
 //! The segmentation keys' coercions (`task`, `label_map`, `classes`, `image_size`,
-//! `ignore_index`): the same [`Field`] rules as the other keys, plus one more JSON decoding
-//! for the structured values the SDK sends as quoted text.
+//! `ignore_index`, `trainable`): the same [`Field`] rules as the other keys, plus one more
+//! JSON decoding for the structured values the SDK sends as quoted text.
 
 use serde_json::Value;
 
 use super::{Field, HyperparameterError, TrainTask};
+use crate::model::arch::segmentation::Trainable;
 
 impl Field {
     pub(super) fn task(&self) -> Result<TrainTask, HyperparameterError> {
@@ -89,6 +90,19 @@ impl Field {
         size.ok_or_else(|| self.invalid(expected))
     }
 
+    /// `decoder` or `head`.
+    pub(super) fn trainable(&self) -> Result<Trainable, HyperparameterError> {
+        let expected = "`decoder` (the whole decoder) or `head` (the final convolution only)";
+        match &self.v.0 {
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "decoder" => Ok(Trainable::Decoder),
+                "head" => Ok(Trainable::Head),
+                _ => Err(self.invalid(expected)),
+            },
+            _ => Err(self.invalid(expected)),
+        }
+    }
+
     /// A value 0..=255, or `none` / `-1` for no ignored value.
     pub(super) fn ignore_index(&self) -> Result<Option<u8>, HyperparameterError> {
         let expected = "an annotation value from 0 to 255, or `none`";
@@ -126,10 +140,12 @@ mod tests {
     fn segmentation_keys_parse() -> Result<(), HyperparameterError> {
         let h = parse_json(
             r#"{"task":"segmentation","label_map":"{\"1\": \"cat\", \"0\": \"background\"}",
-                "image_size":"[192, 256]","ignore_index":"none","binary":"false"}"#,
+                "image_size":"[192, 256]","ignore_index":"none","binary":"false",
+                "trainable":"\"Head\""}"#,
         )?
         .hyperparameters;
         assert_eq!(h.task, Some(TrainTask::Segmentation));
+        assert_eq!(h.trainable, Trainable::Head);
         assert_eq!(h.labels, Some(vec!["background".into(), "cat".into()]));
         assert_eq!(
             (h.image_size, h.ignore_index, h.binary),
@@ -173,6 +189,16 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(both.is_some_and(|e| e.contains("not both")));
+        let trainable = parse_json(r#"{"trainable":"encoder"}"#)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            trainable.as_deref(),
+            Some(
+                "hyperparameter `trainable`: expected `decoder` (the whole decoder) or `head` \
+                 (the final convolution only) (given: \"encoder\")"
+            )
+        );
         let size = parse_json(r#"{"image_size":"16"}"#)
             .err()
             .map(|e| e.to_string());

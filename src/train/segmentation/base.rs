@@ -13,11 +13,14 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 
-use crate::model::arch::segmentation::{self, Decoder, SegmentationArgs, SegmentationNetwork};
+use crate::model::arch::segmentation::{
+    self, Decoder, SegmentationArgs, SegmentationNetwork, Trainable,
+};
 use crate::model::arch::trunk_tensors_timm;
 use crate::model::package::{Package, PackageConfig, PretrainedCfg, Task};
 use crate::model::weights::Weights;
 use crate::model::Segmenter;
+use crate::train::hyperparams::HyperparameterError;
 
 /// Weights file name of the written package.
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -48,11 +51,13 @@ pub struct BaseModel {
     pub input_size: Option<(usize, usize)>,
     /// The base weights file name, for provenance.
     pub source: String,
+    /// The base weights file's size in bytes (part of a checkpoint's key).
+    pub weights_size: u64,
 }
 
 impl BaseModel {
-    /// Loads the package in `dir`.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Loads the package in `dir`, to train `trainable` of its decoder.
+    pub fn load(dir: &Path, trainable: Trainable) -> Result<Self> {
         let package = Package::open(dir)
             .with_context(|| format!("loading the base model package in `{}`", dir.display()))?;
         let weights = Weights::load(&package.weights_path)?;
@@ -69,6 +74,7 @@ impl BaseModel {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
+        let weights_size = std::fs::metadata(&package.weights_path).map_or(0, |m| m.len());
         let all = |w: &Weights| -> Result<HashMap<String, Tensor>> {
             w.names()
                 .map(|n| {
@@ -88,7 +94,7 @@ impl BaseModel {
                 let segmenter = Segmenter::from_package(&package, &weights)?;
                 Ok(BaseModel {
                     architecture: package.config.architecture.clone(),
-                    decoder: network.decoder(),
+                    decoder: network.trained(trainable),
                     tensors: all(&weights)?,
                     labels: Some(segmenter.labels().to_vec()),
                     out_channels: Some(out_channels),
@@ -98,9 +104,21 @@ impl BaseModel {
                     std: pre.std,
                     input_size,
                     source,
+                    weights_size,
                 })
             }
             Task::Classification => {
+                if trainable == Trainable::Head {
+                    return Err(HyperparameterError::Invalid {
+                        key: "trainable".into(),
+                        expected: "`decoder` for a new LR-ASPP network on a classification \
+                                   package (its head starts untrained; `head` needs a \
+                                   segmentation package whose decoder is trained)"
+                            .into(),
+                        value: "\"head\"".into(),
+                    }
+                    .into());
+                }
                 let arch = &package.config.architecture;
                 let trunk = trunk_tensors_timm(&weights, arch).with_context(|| {
                     format!(
@@ -130,6 +148,7 @@ impl BaseModel {
                     std: pre.std,
                     input_size,
                     source,
+                    weights_size,
                 })
             }
             Task::Detection => bail!(

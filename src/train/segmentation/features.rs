@@ -12,10 +12,10 @@ use fast_image_resize::{self as fr, FilterType, ResizeAlg, ResizeOptions};
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::annotation;
 use super::data::{SegSample, ValueMap};
 use super::decoder::FeatureBatch;
-use crate::model::arch::segmentation::SegmentationNetwork;
+use super::{annotation, memory};
+use crate::model::arch::segmentation::{SegmentationNetwork, Trainable};
 use crate::model::preprocess::{decode, DecodeLimits};
 use crate::train::progress::Progress;
 use crate::train::stop::StopFlag;
@@ -138,10 +138,11 @@ fn prepare(
     Ok((normalise(&image, spec)?, labels))
 }
 
-/// Runs the encoder over `samples` (each twice, plain then mirrored, with `augment`).
-/// `None` when a stop was requested.
+/// Runs the frozen part of `network` (what is left when `trainable` of it trains) over
+/// `samples` (each twice, plain then mirrored, with `augment`). `None` when a stop was
+/// requested.
 pub fn encode(
-    network: &dyn SegmentationNetwork,
+    (network, trainable): (&dyn SegmentationNetwork, Trainable),
     samples: &[SegSample],
     augment: bool,
     spec: &InputSpec,
@@ -174,13 +175,15 @@ pub fn encode(
             cache.targets.extend_from_slice(labels);
         }
         let batch = Tensor::from_vec(pixels, (chunk.len(), h, w, 3), &Device::Cpu)?;
-        let outputs = network.frozen_features(&batch)?;
+        let outputs = network.features_for(&batch, trainable)?;
         if cache.shapes.is_empty() {
             for o in &outputs {
                 let (_, fh, fw, c) = o.dims4()?;
                 cache.shapes.push((fh, fw, c));
             }
             cache.maps = vec![Vec::new(); outputs.len()];
+            let floats: usize = cache.shapes.iter().map(|(fh, fw, c)| fh * fw * c).sum();
+            memory::check(floats * 4 + h * w, items.len(), spec.size)?;
         }
         for (store, o) in cache.maps.iter_mut().zip(&outputs) {
             store.extend(o.flatten_all()?.to_vec1::<f32>()?);

@@ -1,6 +1,7 @@
 //! The decoder's epoch loop on the cached features: seeded shuffles, AdamW steps, evaluation,
-//! the metric line, best-decoder selection and early stopping on the validation mean IoU, and a
-//! stop request honoured between batches.
+//! the metric line, best-decoder selection and early stopping on the validation mean IoU, a
+//! stop request honoured between batches, and the state handed to the checkpoint after every
+//! epoch (and taken back from it by a resumed job).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -8,11 +9,12 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use candle_nn::optim::{Optimizer, ParamsAdamW};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decoder::{predict, TrainableDecoder};
 use super::features::FeatureCache;
 use super::loss::{loss, targets, Confusion, Scores};
+use super::resume::SegState;
 use crate::train::fit::{format_metric_line, print_line};
 use crate::train::optimizer::AdamW;
 use crate::train::rng::{Rng, Stream};
@@ -22,7 +24,7 @@ use crate::train::stop::StopFlag;
 const EVAL_BATCH: usize = 8;
 
 /// One epoch's numbers, as logged and kept in `metrics.json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegEpoch {
     /// 1-based.
     pub epoch: usize,
@@ -98,6 +100,10 @@ pub struct SegFit<'a> {
     pub adam: ParamsAdamW,
     /// The stop request.
     pub stop: &'a StopFlag,
+    /// The state to continue from (a resumed job).
+    pub resume: Option<&'a SegState>,
+    /// Called with the state after every completed epoch (the checkpoint).
+    pub checkpoint: &'a dyn Fn(&SegState) -> Result<()>,
 }
 
 /// How the loop ended.
@@ -148,7 +154,20 @@ pub fn fit(ctx: &SegFit<'_>) -> Result<SegOutcome> {
         stopped: false,
     };
     let mut bad_epochs = 0;
-    for epoch in 1..=ctx.epochs {
+    let mut first = 1;
+    if let Some(state) = ctx.resume {
+        ctx.decoder.load(&state.tensors)?;
+        optimizer.restore(&state.optimizer)?;
+        out.history.clone_from(&state.history);
+        out.best.clone_from(&state.best);
+        out.stopped_early = state.stopped_early;
+        bad_epochs = state.bad_epochs;
+        first = state.epochs_done + 1;
+        if state.stopped_early {
+            return Ok(out);
+        }
+    }
+    for epoch in first..=ctx.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..ctx.train.len).collect();
         Rng::for_stream(ctx.seed, Stream::Shuffle, &[epoch as u64]).shuffle(&mut order);
@@ -205,8 +224,20 @@ pub fn fit(ctx: &SegFit<'_>) -> Result<SegOutcome> {
             bad_epochs += 1;
         }
         out.history.push(metrics);
-        if ctx.patience > 0 && bad_epochs >= ctx.patience {
-            out.stopped_early = true;
+        out.stopped_early = ctx.patience > 0 && bad_epochs >= ctx.patience;
+        let trained = ctx.decoder.var_keys();
+        let mut tensors = ctx.decoder.tensors()?;
+        tensors.retain(|k, _| trained.contains(k));
+        (ctx.checkpoint)(&SegState {
+            epochs_done: epoch,
+            tensors,
+            optimizer: optimizer.state()?,
+            best: out.best.clone(),
+            bad_epochs,
+            stopped_early: out.stopped_early,
+            history: out.history.clone(),
+        })?;
+        if out.stopped_early {
             tracing::info!(
                 epoch,
                 patience = ctx.patience,

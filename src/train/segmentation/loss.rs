@@ -5,7 +5,7 @@
 //! class absent from both has no IoU and does not count).
 
 use candle_core::{DType, Device, Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::data::IGNORED;
 
@@ -74,7 +74,7 @@ pub struct Confusion {
 }
 
 /// The metrics of one confusion matrix.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     /// Correct pixels / valid pixels.
     pub pixel_accuracy: f64,

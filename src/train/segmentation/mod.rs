@@ -1,11 +1,13 @@
 //! `wick train` with `task=segmentation`: a frozen encoder and a trained decoder.
 //!
 //! The job: pair the images and annotation PNGs of the channels (`data.rs`, `annotation.rs`),
-//! load the base model (`base.rs`), run the frozen encoder once per image (and mirror image with
-//! `augment=true`) and cache its feature maps (`features.rs`), train the decoder with Candle
-//! autograd on the cache (`decoder.rs`, `loss.rs`, `fit.rs`), then write the package, check it
-//! against the trainer, and report (`report.rs`). Hyperparameters, the job layout, the failure
-//! file, the stop flag and the plots are the classification trainer's.
+//! load the base model (`base.rs`), run the frozen part of the network once per image (and
+//! mirror image with `augment=true`) and cache its feature maps (`features.rs`, if they fit:
+//! `memory.rs`), train the decoder (`trainable`: all of it or its final convolutions) with
+//! Candle autograd on the cache (`decoder/`, `loss.rs`, `fit.rs`), checkpointing the cache and
+//! every epoch for a restarted job (`resume.rs`), then write the package, check it against the
+//! trainer, and report (`report.rs`). Hyperparameters, the job layout, the failure file, the
+//! stop flag and the plots are the classification trainer's.
 
 pub mod annotation;
 pub mod base;
@@ -14,7 +16,9 @@ pub mod decoder;
 pub mod features;
 pub mod fit;
 pub mod loss;
+pub mod memory;
 pub mod report;
+pub mod resume;
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,15 +27,16 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use candle_nn::optim::ParamsAdamW;
 
+use super::checkpoint::Checkpoints;
 use super::hyperparams::{HyperparameterError, Hyperparameters};
 use super::job::{self, JobLayout, VALIDATION_ANNOTATION_CHANNEL, VALIDATION_CHANNEL};
 use super::stop::StopFlag;
 use super::Outcome;
-use crate::model::arch::segmentation::Decoder;
+use crate::model::arch::segmentation::{Decoder, Trainable};
 use base::{verify_package, BaseModel, DEFAULT_SIZE};
 use data::{SegDataSpec, SegDataset};
 use decoder::TrainableDecoder;
-use features::{encode, normalise, read_image, InputSpec};
+use features::{encode, normalise, read_image, FeatureCache, InputSpec};
 use fit::{evaluate, fit, SegFit};
 use report::{write_overlay, SegImageCounts, SegReport, SegTiming, MAX_OVERLAYS};
 
@@ -49,6 +54,80 @@ fn has_channel(channels: Option<&job::Channels>, name: &str, dir: &Path, explici
         }
 }
 
+/// The train and validation feature caches, from the checkpoint when it holds this job's, else
+/// from the encoder pass (then saved), with the encoder's images per second; `None` when a stop
+/// was requested during the pass.
+fn cached_features(
+    frozen: (
+        &dyn crate::model::arch::segmentation::SegmentationNetwork,
+        Trainable,
+    ),
+    data: &SegDataset,
+    augment: bool,
+    spec: &InputSpec,
+    (checkpoints, key): (&Checkpoints, &crate::train::checkpoint::JobKey),
+    stop: &StopFlag,
+) -> Result<Option<([FeatureCache; 2], Option<f64>)>> {
+    if let Some(caches) = resume::load_features(checkpoints, key) {
+        tracing::info!(
+            images = caches[0].len + caches[1].len,
+            "feature cache read from the checkpoint; no encoder pass"
+        );
+        return Ok(Some((caches, None)));
+    }
+    let started = Instant::now();
+    let Some(train) = encode(
+        frozen,
+        &data.train,
+        augment,
+        spec,
+        &data.values,
+        stop,
+        "encoder (train)",
+    )?
+    else {
+        return Ok(None);
+    };
+    let Some(val) = encode(
+        frozen,
+        &data.val,
+        false,
+        spec,
+        &data.values,
+        stop,
+        "encoder (validation)",
+    )?
+    else {
+        return Ok(None);
+    };
+    let encoded = train.len + val.len;
+    let rate = encoded as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    tracing::info!(
+        images = encoded,
+        images_per_second = format!("{rate:.1}"),
+        "encoder pass done"
+    );
+    resume::save_features(checkpoints, key, [&train, &val])?;
+    Ok(Some(([train, val], Some(rate))))
+}
+
+/// What trains, for the log and `metrics.json`.
+fn describe(decoder: Decoder) -> &'static str {
+    match decoder {
+        Decoder::LrAspp { .. } => "the whole LR-ASPP head (classifier.*)",
+        Decoder::LrAsppClassifiers { .. } => {
+            "LR-ASPP's two classifiers (classifier.low_classifier, classifier.high_classifier)"
+        }
+        Decoder::DeepLabV3 { .. } => {
+            "DeepLabV3's classifier after its dilated 3x3 branches (classifier.0 1x1 and pooling branches and projection, classifier.1/2, classifier.4)"
+        }
+        Decoder::DeepLabV3Plus { .. } => {
+            "the whole DeepLabV3+ decoder (decoder.*) and segmentation_head.0"
+        }
+        Decoder::FinalConv { .. } => "the final 1x1 classifier convolution",
+    }
+}
+
 /// Runs the segmentation job.
 pub(crate) fn train(
     layout: &JobLayout,
@@ -59,7 +138,7 @@ pub(crate) fn train(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let channels = job::read_channels(layout)?;
-    let base = BaseModel::load(base_dir)?;
+    let base = BaseModel::load(base_dir, hp.trainable)?;
     let val_images = has_channel(
         channels.as_ref(),
         VALIDATION_CHANNEL,
@@ -131,10 +210,7 @@ pub(crate) fn train(
         }
         .into());
     }
-    let trained = match base.decoder {
-        Decoder::LrAspp { .. } => "the whole LR-ASPP head (classifier.*)",
-        Decoder::FinalConv { .. } => "the final 1x1 classifier convolution",
-    };
+    let trained = describe(base.decoder);
     tracing::info!(
         architecture = %base.architecture,
         trained,
@@ -152,15 +228,25 @@ pub(crate) fn train(
         mean: base.mean,
         std: base.std,
     };
-    let encoder_started = Instant::now();
-    let Some(train_cache) = encode(
-        network.as_ref(),
-        &data.train,
+    let checkpoints = Checkpoints::new(&layout.checkpoint_dir);
+    let keys = resume::job_keys(
+        hp,
+        &base,
+        &data,
+        layout,
+        &resume::Effective {
+            size,
+            batch_size,
+            binary,
+        },
+    );
+    let Some(([train_cache, val_cache], encoder_rate)) = cached_features(
+        (network.as_ref(), hp.trainable),
+        &data,
         hp.augment,
         &spec,
-        &data.values,
+        (&checkpoints, &keys.features),
         stop,
-        "encoder (train)",
     )?
     else {
         tracing::warn!(
@@ -168,30 +254,20 @@ pub(crate) fn train(
         );
         return Ok(Outcome::Stopped);
     };
-    let Some(val_cache) = encode(
-        network.as_ref(),
-        &data.val,
-        false,
-        &spec,
-        &data.values,
-        stop,
-        "encoder (validation)",
-    )?
-    else {
-        tracing::warn!(
-            "stopped during the encoder pass; no decoder was trained yet, no model written"
-        );
-        return Ok(Outcome::Stopped);
-    };
-    let encoded = train_cache.len + val_cache.len;
-    let encoder_rate = encoded as f64 / encoder_started.elapsed().as_secs_f64().max(1e-9);
-    tracing::info!(
-        images = encoded,
-        images_per_second = format!("{encoder_rate:.1}"),
-        "encoder pass done"
-    );
 
     let metric_classes = if binary { 2 } else { classes };
+    let var_keys = decoder.var_keys();
+    let resumed = resume::load_state(&checkpoints, &keys.training, &var_keys);
+    if let Some(state) = &resumed {
+        tracing::info!(
+            epochs_done = state.epochs_done,
+            "resuming training from the checkpoint"
+        );
+    }
+    let epochs_before = resumed.as_ref().map_or(0, |s| s.epochs_done);
+    let checkpoint = |state: &resume::SegState| {
+        resume::save_state(&checkpoints, &keys.training, &var_keys, state)
+    };
     let fit_started = Instant::now();
     let outcome = fit(&SegFit {
         decoder: &decoder,
@@ -209,9 +285,12 @@ pub(crate) fn train(
             ..ParamsAdamW::default()
         },
         stop,
+        resume: resumed.as_ref(),
+        checkpoint: &checkpoint,
     })?;
-    let seconds_per_epoch = (!outcome.history.is_empty())
-        .then(|| fit_started.elapsed().as_secs_f64() / outcome.history.len() as f64);
+    let epochs_run = outcome.history.len().saturating_sub(epochs_before);
+    let seconds_per_epoch =
+        (epochs_run > 0).then(|| fit_started.elapsed().as_secs_f64() / epochs_run as f64);
     let Some(best) = &outcome.best else {
         tracing::warn!("stopped before the first epoch ended; no model written");
         return Ok(Outcome::Stopped);

@@ -40,8 +40,8 @@ pub struct SegImageCounts {
 /// Time spent.
 #[derive(Debug, Clone, Serialize)]
 pub struct SegTiming {
-    /// Encoder images per second.
-    pub encoder_images_per_second: f64,
+    /// Encoder images per second (`None`: the features came from the checkpoint).
+    pub encoder_images_per_second: Option<f64>,
     /// Mean wall time of a decoder epoch.
     pub seconds_per_epoch: Option<f64>,
     /// Wall time of the job.

@@ -137,13 +137,17 @@ impl Aspp {
         })
     }
 
+    /// The three dilated branches' outputs (after batch norm and ReLU), `(n, h, w, 256)` each:
+    /// what `wick train` caches when it trains the rest of a dense ASPP.
+    pub(crate) fn atrous_outputs(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.atrous.iter().map(|conv| conv.forward(xs)).collect()
+    }
+
     /// `(n, h, w, c_in)` -> `(n, h, w, 256)`.
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = xs.dims4()?;
         let mut branches = vec![self.branch_1x1.forward(xs)?];
-        for conv in &self.atrous {
-            branches.push(conv.forward(xs)?);
-        }
+        branches.extend(self.atrous_outputs(xs)?);
         let pooled = global_avg_pool(xs)?.reshape((n, 1, 1, c))?;
         branches.push(broadcast_pixels(&self.pooling.forward(&pooled)?, (h, w))?);
         self.project.forward(&Tensor::cat(&branches, 3)?)

@@ -27,6 +27,8 @@ enum Backbone {
 
 struct DeepLabV3 {
     backbone: Backbone,
+    /// Channels of the encoder output.
+    channels: usize,
     aspp: Aspp,
     conv: Conv3x3,
     classifier: Conv,
@@ -67,6 +69,7 @@ pub(super) fn build(
     )?;
     Ok(Box::new(DeepLabV3 {
         backbone,
+        channels,
         aspp,
         conv,
         classifier,
@@ -74,13 +77,17 @@ pub(super) fn build(
 }
 
 impl DeepLabV3 {
+    /// The encoder output (the ASPP's input).
+    fn encoder(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.backbone {
+            Backbone::ResNet(trunk) => Ok(trunk.forward(xs)?.last),
+            Backbone::MobileNet(net) => Ok(net.forward(xs)?.high),
+        }
+    }
+
     /// The input of the final 1x1 classifier (`classifier.3`, after the ReLU).
     fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let features = match &self.backbone {
-            Backbone::ResNet(trunk) => trunk.forward(xs)?.last,
-            Backbone::MobileNet(net) => net.forward(xs)?.high,
-        };
-        self.conv.forward(&self.aspp.forward(&features)?)
+        self.conv.forward(&self.aspp.forward(&self.encoder(xs)?)?)
     }
 }
 
@@ -92,6 +99,21 @@ impl SegmentationNetwork for DeepLabV3 {
     }
 
     fn decoder(&self) -> Decoder {
+        Decoder::DeepLabV3 {
+            channels: self.channels,
+        }
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        // The dense dilated branches (~45 GFLOP per 320x320 image for ResNet) stay frozen:
+        // their outputs are cached with the encoder output.
+        let features = self.encoder(xs)?;
+        let mut out = vec![features.clone()];
+        out.extend(self.aspp.atrous_outputs(&features)?);
+        Ok(out)
+    }
+
+    fn head(&self) -> Decoder {
         Decoder::FinalConv {
             key: "classifier.4",
             channels: ASPP_CHANNELS,
@@ -99,7 +121,7 @@ impl SegmentationNetwork for DeepLabV3 {
         }
     }
 
-    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         Ok(vec![self.penultimate(xs)?])
     }
 

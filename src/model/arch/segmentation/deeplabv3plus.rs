@@ -88,15 +88,21 @@ fn upsample_x4(xs: &Tensor) -> candle_core::Result<Tensor> {
     resize(xs, (4 * h, 4 * w), true)
 }
 
+/// Inputs must be multiples of the output stride, for the x4 upsampling to meet layer1.
+fn check_size(xs: &Tensor) -> candle_core::Result<()> {
+    let (_, h, w, _) = xs.dims4()?;
+    if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
+        candle_core::bail!(
+            "DeepLabV3+ needs an input height and width divisible by {OUTPUT_STRIDE}, got {h}x{w}"
+        )
+    }
+    Ok(())
+}
+
 impl DeepLabV3Plus {
     /// The input of the segmentation head (`decoder.block2`'s output), at stride 4.
     fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, h, w, _) = xs.dims4()?;
-        if h % OUTPUT_STRIDE != 0 || w % OUTPUT_STRIDE != 0 {
-            candle_core::bail!(
-                "DeepLabV3+ needs an input height and width divisible by {OUTPUT_STRIDE}, got {h}x{w}"
-            )
-        }
+        check_size(xs)?;
         let features = self.encoder.forward(xs)?;
         let context = self
             .aspp_conv
@@ -113,6 +119,19 @@ impl SegmentationNetwork for DeepLabV3Plus {
     }
 
     fn decoder(&self) -> Decoder {
+        Decoder::DeepLabV3Plus {
+            high_channels: self.encoder.channels(),
+            low_channels: self.encoder.layer1_channels(),
+        }
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        check_size(xs)?;
+        let features = self.encoder.forward(xs)?;
+        Ok(vec![features.last, features.layer1])
+    }
+
+    fn head(&self) -> Decoder {
         Decoder::FinalConv {
             key: "segmentation_head.0",
             channels: ASPP_CHANNELS,
@@ -120,7 +139,7 @@ impl SegmentationNetwork for DeepLabV3Plus {
         }
     }
 
-    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         Ok(vec![self.penultimate(xs)?])
     }
 

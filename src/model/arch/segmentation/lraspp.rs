@@ -123,14 +123,22 @@ pub(super) fn build(
     }))
 }
 
+impl LrAspp {
+    /// `classifier.cbr` on the deep features, gated by `classifier.scale`: the input of
+    /// `high_classifier` before its resize.
+    fn gated(&self, high: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, _, _, c) = high.dims4()?;
+        let pooled = global_avg_pool(high)?.reshape((n, 1, 1, c))?;
+        let gate = self.scale.forward(&pooled)?;
+        scale_channels(&self.cbr.forward(high)?, &gate)
+    }
+}
+
 impl SegmentationNetwork for LrAspp {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (_, h, w, _) = xs.dims4()?;
         let (low, high) = self.trunk.forward(xs)?;
-        let (n, _, _, c) = high.dims4()?;
-        let pooled = global_avg_pool(&high)?.reshape((n, 1, 1, c))?;
-        let gate = self.scale.forward(&pooled)?;
-        let ys = scale_channels(&self.cbr.forward(&high)?, &gate)?;
+        let ys = self.gated(&high)?;
         let (_, low_h, low_w, _) = low.dims4()?;
         let ys = resize(&ys, (low_h, low_w), false)?;
         let high = self.high_classifier.forward(&ys)?;
@@ -156,5 +164,16 @@ impl SegmentationNetwork for LrAspp {
     fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let (low, high) = self.trunk.forward(xs)?;
         Ok(vec![low, high])
+    }
+
+    fn head(&self) -> Decoder {
+        Decoder::LrAsppClassifiers {
+            low_channels: self.low_channels,
+        }
+    }
+
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (low, high) = self.trunk.forward(xs)?;
+        Ok(vec![low, self.gated(&high)?])
     }
 }
