@@ -30,6 +30,7 @@ pub struct ServeConfig {
     /// Inference worker threads.
     pub workers: usize,
     /// Per-request deadline.
+    #[serde(rename = "timeout_secs", serialize_with = "secs")]
     pub timeout: Duration,
     /// Largest request body in bytes.
     pub max_payload_bytes: u64,
@@ -50,11 +51,26 @@ pub struct ServeConfig {
     /// `MaxConcurrentTransforms` for /execution-parameters.
     pub max_concurrent_transforms: usize,
     /// Drain deadline after SIGTERM.
+    #[serde(rename = "shutdown_grace_secs", serialize_with = "secs")]
     pub shutdown_grace: Duration,
     /// Test-only slow-model fault injection.
+    #[serde(rename = "fault_inference_delay_ms", serialize_with = "optional_ms")]
     pub fault_inference_delay: Option<Duration>,
     /// Testing only: an inference worker dies after this many batches.
     pub fault_worker_exit_after: Option<u64>,
+}
+
+/// Durations in the startup log read as the flags that set them (`"timeout_secs": 60`), not
+/// as serde's `{"secs": 60, "nanos": 0}`.
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn optional_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_millis()),
+        None => s.serialize_none(),
+    }
 }
 
 fn env_number(name: &str) -> Result<Option<u64>> {

@@ -80,6 +80,18 @@ fn config(args: &[&str]) -> Result<ServeConfig> {
     }
 }
 
+/// The configuration logged at startup reads as the flags that set it: durations in the
+/// units their names carry, not serde's `{"secs": .., "nanos": ..}`.
+#[test]
+fn the_logged_configuration_names_its_units() -> Result<()> {
+    let logged = serde_json::to_value(config(&["--timeout-secs", "7"])?)?;
+    assert_eq!(logged["timeout_secs"], 7);
+    assert_eq!(logged["shutdown_grace_secs"], 25);
+    assert_eq!(logged["max_payload_bytes"], 6 * 1024 * 1024);
+    assert!(logged.get("timeout").is_none(), "{logged}");
+    Ok(())
+}
+
 fn state(args: &[&str], delay_ms: u64) -> Result<AppState> {
     let state = AppState::new(config(args)?);
     state.start_engine(Arc::new(FakeModel {
