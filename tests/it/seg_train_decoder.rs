@@ -254,8 +254,9 @@ fn the_written_package_reproduces_the_trainer_for_every_family() -> Result<()> {
 }
 
 /// Seconds per epoch of DeepLabV3+ ResNet-50 decoder training at 256x256 and 320x320
-/// (synthetic weights: the speed does not depend on them), for `docs/performance.md`:
-/// `cargo test --test it seg_train_decoder_speed -- --ignored --nocapture`.
+/// (synthetic weights: the speed does not depend on them), for `docs/performance.md`, with the
+/// release binary: `cargo build --release && WICK_TRAIN_BIN=target/release/wick cargo test
+/// --test it seg_train_decoder_speed -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement (~2 minutes), run by hand"]
 fn seg_train_decoder_speed_deeplabv3plus_resnet50() -> Result<()> {

@@ -132,7 +132,11 @@ pub(crate) fn ml_root(dir: &Path, hyperparameters: &[(&str, &str)]) -> Result<Pa
 }
 
 pub(crate) fn train_command(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wick"));
+    // The ignored speed measurements run a release build this way (a test-profile binary is
+    // several times slower); every other test runs the binary built with the tests.
+    let wick = std::env::var_os("WICK_TRAIN_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wick")), PathBuf::from);
+    let mut cmd = Command::new(wick);
     cmd.arg("train")
         .arg("--ml-root")
         .arg(root)
