@@ -231,19 +231,7 @@ fn the_written_package_reproduces_the_trainer_for_every_family() -> Result<()> {
                 &Device::Cpu,
             )?;
             let features = base.network(&tensors, 3)?.features_for(&nhwc, trainable)?;
-            let batch = FeatureBatch {
-                sizes: features
-                    .iter()
-                    .map(|f| (f.dim(1).unwrap_or(0), f.dim(2).unwrap_or(0)))
-                    .collect(),
-                maps: features
-                    .iter()
-                    .map(|f| {
-                        let (n, h, w, c) = f.dims4()?;
-                        f.reshape((n, h * w, c))
-                    })
-                    .collect::<candle_core::Result<_>>()?,
-            };
+            let batch = FeatureBatch::from_nhwc(&features)?;
             let expected = decoder.forward(&batch, size)?;
             let nchw = nhwc.permute((0, 3, 1, 2))?.contiguous()?;
             verify_package(&out, &nchw, &expected)

@@ -379,19 +379,7 @@ fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference
     )?;
     let network = base.network(&tensors, 3)?;
     let features = network.frozen_features(&nhwc)?;
-    let batch = wick::train::segmentation::decoder::FeatureBatch {
-        sizes: features
-            .iter()
-            .map(|f| (f.dim(1).unwrap_or(0), f.dim(2).unwrap_or(0)))
-            .collect(),
-        maps: features
-            .iter()
-            .map(|f| {
-                let (n, h, w, c) = f.dims4()?;
-                f.reshape((n, h * w, c))
-            })
-            .collect::<candle_core::Result<_>>()?,
-    };
+    let batch = wick::train::segmentation::decoder::FeatureBatch::from_nhwc(&features)?;
     let expected = decoder.forward(&batch, size)?;
     let nchw = nhwc.permute((0, 3, 1, 2))?.contiguous()?;
     verify_package(dir.path(), &nchw, &expected)?;

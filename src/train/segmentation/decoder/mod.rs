@@ -42,6 +42,22 @@ pub struct FeatureBatch {
     pub sizes: Vec<(usize, usize)>,
 }
 
+impl FeatureBatch {
+    /// The batch of `(n, h, w, c)` NHWC maps, as the frozen part of a network returns them.
+    pub fn from_nhwc(maps: &[Tensor]) -> candle_core::Result<Self> {
+        let mut batch = FeatureBatch {
+            maps: Vec::with_capacity(maps.len()),
+            sizes: Vec::with_capacity(maps.len()),
+        };
+        for map in maps {
+            let (n, h, w, c) = map.dims4()?;
+            batch.maps.push(map.reshape((n, h * w, c))?);
+            batch.sizes.push((h, w));
+        }
+        Ok(batch)
+    }
+}
+
 /// A decoder being trained.
 pub struct TrainableDecoder {
     kind: Decoder,
