@@ -19,7 +19,7 @@ use wick::train::segmentation::features::{normalise, InputSpec};
 
 use crate::seg_dataset::{Photos, SEG_CLASSES};
 use crate::seg_train_jobs::{same, seg_base_job, synthetic_package, tensors};
-use crate::train::{describe, metric, run_train};
+use crate::train::{describe, epoch_losses, run_train};
 
 /// A finished fine-tune of a synthetic base package.
 struct FineTune {
@@ -58,12 +58,7 @@ fn fine_tune(
     )?;
     let out = run_train(&root)?;
     ensure!(out.status.success(), "{fixture}: {}", describe(&out));
-    let stdout = String::from_utf8(out.stdout.clone())?;
-    let losses: Vec<f64> = stdout
-        .lines()
-        .filter(|l| l.starts_with("epoch="))
-        .filter_map(|l| metric(l, "train_loss"))
-        .collect();
+    let losses = epoch_losses(&out)?;
     ensure!(losses.len() == epochs, "{fixture}: {}", describe(&out));
     let base = tensors(&root.join("input/data/model/model.safetensors"))?;
     let written = tensors(&root.join("model/model.safetensors"))?;

@@ -15,7 +15,7 @@ use wick::model::Segmenter;
 use wick::train::segmentation::data::{SegDataSpec, SegDataset};
 
 use crate::seg_dataset::{Photos, SEG_CLASSES};
-use crate::train::{describe, metric, ml_root, run_train, train_command};
+use crate::train::{describe, epoch_losses, ml_root, run_train, train_command};
 use crate::train_resume::interrupted_run;
 
 /// A segmentation package with the `synth` weights of a parity fixture's tensor list.
@@ -99,12 +99,7 @@ fn fine_tune_base(fixture: &str, base_classes: usize, decoder_prefix: &str) -> R
     )?;
     let out = run_train(&root)?;
     ensure!(out.status.success(), "{fixture}: {}", describe(&out));
-    let stdout = String::from_utf8(out.stdout.clone())?;
-    let losses: Vec<f64> = stdout
-        .lines()
-        .filter(|l| l.starts_with("epoch="))
-        .filter_map(|l| metric(l, "train_loss"))
-        .collect();
+    let losses = epoch_losses(&out)?;
     ensure!(losses.len() == 6, "{fixture}: {}", describe(&out));
     assert!(
         losses[5] < losses[0],

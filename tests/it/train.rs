@@ -162,6 +162,15 @@ pub(crate) fn describe(out: &Output) -> String {
 
 /// What the README's `MetricDefinitions` regex `{key}=([0-9.]+);` captures, as a float (no
 /// key is a substring of another followed by `=`).
+/// `train_loss` of each epoch's metric line on a job's stdout.
+pub(crate) fn epoch_losses(out: &Output) -> Result<Vec<f64>> {
+    Ok(std::str::from_utf8(&out.stdout)?
+        .lines()
+        .filter(|l| l.starts_with("epoch="))
+        .filter_map(|l| metric(l, "train_loss"))
+        .collect())
+}
+
 pub(crate) fn metric(line: &str, key: &str) -> Option<f64> {
     let rest = &line[line.find(&format!("{key}="))? + key.len() + 1..];
     rest[..rest.find(';')?].parse().ok()

@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::geometry::Geometry;
+
 /// Output rows (image, y) whose weight-gradient partial sums one task computes.
 const ROWS_PER_TASK: usize = 4;
 
@@ -31,38 +33,6 @@ pub(super) fn depthwise(
             mirrored: false,
         },
     )
-}
-
-/// The map size and dilation.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    h: usize,
-    w: usize,
-    dilation: usize,
-}
-
-impl Geometry {
-    /// `(row offset, column offset)` of tap `t` (`ky * 3 + kx`).
-    fn offset(&self, t: usize) -> (isize, isize) {
-        let d = self.dilation as isize;
-        ((t / 3) as isize * d - d, (t % 3) as isize * d - d)
-    }
-
-    /// Output columns `x` whose input column `x + dx` is inside the map.
-    fn columns(&self, dx: isize) -> std::ops::Range<usize> {
-        let lo = (-dx).max(0) as usize;
-        let hi = (self.w as isize - dx.max(0)).max(0) as usize;
-        lo.min(hi)..hi
-    }
-
-    /// Checks a `(b, h * w, c)` layout and returns `(b, c)`.
-    fn batch(&self, layout: &Layout) -> candle_core::Result<(usize, usize)> {
-        let (b, p, c) = layout.shape().dims3()?;
-        if p != self.h * self.w {
-            candle_core::bail!("depthwise: {p} pixels for a {}x{} map", self.h, self.w)
-        }
-        Ok((b, c))
-    }
 }
 
 /// The slice of a contiguous tensor.

@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::geometry::Geometry;
+
 use super::params::matmul_pixels;
 
 /// `x` `(b, h * w, c_in)` convolved with `weight` `(c_out, c_in, 3, 3)`: `(b, h * w, c_out)`.
@@ -25,34 +27,6 @@ pub(super) fn conv3x3(
     // (c_out, c_in, ky, kx) -> rows ordered (ky, kx, c_in), as im2col lays out its columns.
     let matrix = weight.permute((2, 3, 1, 0))?.reshape((9 * c_in, c_out))?;
     matmul_pixels(&cols, &matrix)
-}
-
-/// The map size and dilation.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    h: usize,
-    w: usize,
-    dilation: usize,
-}
-
-impl Geometry {
-    /// `(row offset, column offset)` of tap `t` (`ky * 3 + kx`).
-    fn offset(&self, t: usize) -> (isize, isize) {
-        let d = self.dilation as isize;
-        ((t / 3) as isize * d - d, (t % 3) as isize * d - d)
-    }
-
-    /// The pixel at `(y + dy, x + dx)` of image `image`, if inside the map.
-    fn pixel(
-        &self,
-        image: usize,
-        (y, x): (usize, usize),
-        (dy, dx): (isize, isize),
-    ) -> Option<usize> {
-        let (iy, ix) = (y as isize + dy, x as isize + dx);
-        (iy >= 0 && ix >= 0 && iy < self.h as isize && ix < self.w as isize)
-            .then(|| (image * self.h + iy as usize) * self.w + ix as usize)
-    }
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {

@@ -15,6 +15,7 @@ mod aspp;
 mod deeplabv3;
 mod deeplabv3plus;
 mod depthwise;
+mod geometry;
 #[cfg(test)]
 mod gradcheck;
 mod im2col;
