@@ -271,7 +271,7 @@ impl Drop for AliveGuard {
 
 impl Worker {
     fn run(self) {
-        let _alive = AliveGuard(Arc::clone(&self.health));
+        let alive = AliveGuard(Arc::clone(&self.health));
         let mut batches = 0u64;
         while let Some(jobs) = self.next_batch() {
             let images: usize = jobs.iter().map(|j| j.inputs.len()).sum();
@@ -285,6 +285,9 @@ impl Worker {
                     worker = self.index,
                     "fault injection: inference worker exits"
                 );
+                // Counted out before `jobs` drops: a client that sees its request fail must
+                // already find /ping unhealthy.
+                drop(alive);
                 return;
             }
             batches += 1;
