@@ -93,7 +93,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     for (name, forward, (h, w)) in &targets {
         for &batch in &args.batch_sizes {
             let input = synthesize("input", &[batch, 3, *h, *w]);
-            let summary = time(args.iterations, || forward(&input))?;
+            // On a pool thread, as `wick serve`'s engine runs it: the kernels' parallel loops
+            // then fork from a worker that is awake instead of waking the pool at every layer.
+            let summary = time(args.iterations, || rayon::scope(|_| forward(&input)))?;
             println!(
                 "| {name} {h}x{w} | {batch} | {:.1} | {:.1} | {:.1} | {:.2} |",
                 ms(summary.median),
@@ -108,7 +110,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 }
 
 /// A network to time: its name, one forward pass over an NCHW batch, and the input size.
-type Target = (String, Box<dyn Fn(&Tensor) -> Result<()>>, (usize, usize));
+type Target = (
+    String,
+    Box<dyn Fn(&Tensor) -> Result<()> + Send + Sync>,
+    (usize, usize),
+);
 
 /// Classification and segmentation networks alike: a package (by its `task`), or each
 /// `--architectures` name with synthetic weights (segmentation names build the segmentation

@@ -1,6 +1,6 @@
-//! Convolutions on NHWC slices: dense (im2col + one matrix product per row block) and
-//! depthwise (one pass per output row, vectorised across channels), with padding computed
-//! inside the kernel and bias, activation and residual fused into the output pass.
+//! Dense convolutions on NHWC slices (im2col + one matrix product per row block), with padding
+//! computed inside the kernel and bias, activation and residual fused into the output pass;
+//! the geometry shared with the depthwise and pooling kernels; per-channel affine transforms.
 
 use std::cell::RefCell;
 
@@ -258,63 +258,6 @@ fn im2col(
     }
 }
 
-/// Weights of a depthwise convolution (groups = channels) with batch norm folded in.
-pub struct DepthwiseParams<'a> {
-    /// Window geometry.
-    pub geometry: &'a ConvGeometry,
-    /// `[kh * kw, c]`: for each tap, one weight per channel.
-    pub weight: &'a [f32],
-    /// `[c]`.
-    pub bias: &'a [f32],
-    /// Activation applied after the bias.
-    pub activation: Activation,
-}
-
-/// Depthwise convolution over an NHWC input into a contiguous `(n, out_h, out_w, c)` output,
-/// one parallel task per output row. Taps that fall into the padding are skipped, which is
-/// what zero padding computes without materialising it.
-pub fn depthwise_conv(input: &[f32], shape: Nhwc, params: &DepthwiseParams<'_>, out: &mut [f32]) {
-    let geometry = params.geometry;
-    let Some(res) = geometry.resolve(shape.h, shape.w) else {
-        return;
-    };
-    let c = shape.c;
-    let (kh, kw) = geometry.kernel;
-    let (sh, sw) = geometry.stride;
-    let (dh, dw) = geometry.dilation;
-    let row_len = res.out_w * c;
-    if row_len == 0 {
-        return;
-    }
-    out.par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(row, out_row)| {
-            let (n, oy) = (row / res.out_h, row % res.out_h);
-            for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
-                acc.copy_from_slice(params.bias);
-                for ky in 0..kh {
-                    let iy = (oy * sh + ky * dh) as isize - res.pad_top as isize;
-                    if iy < 0 || iy as usize >= shape.h {
-                        continue;
-                    }
-                    let line = (n * shape.h + iy as usize) * shape.w;
-                    for kx in 0..kw {
-                        let ix = (ox * sw + kx * dw) as isize - res.pad_left as isize;
-                        if ix < 0 || ix as usize >= shape.w {
-                            continue;
-                        }
-                        let src = &input[(line + ix as usize) * c..][..c];
-                        let w = &params.weight[(ky * kw + kx) * c..][..c];
-                        for ((a, &x), &w) in acc.iter_mut().zip(src).zip(w) {
-                            *a = x.mul_add(w, *a);
-                        }
-                    }
-                }
-                params.activation.apply(acc);
-            }
-        });
-}
-
 /// A per-channel affine transform and activation: an unfolded batch norm in front of a
 /// convolution (DenseNet's pre-activation layers, where a ReLU sits between norm and conv).
 pub struct ChannelAffine<'a> {
@@ -358,71 +301,7 @@ pub fn scale_shift_act(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Direct definition of a grouped 2-D convolution on NHWC data, for checking the kernels.
-    fn reference_conv(
-        input: &[f32],
-        shape: Nhwc,
-        geometry: &ConvGeometry,
-        weight_oihw: &[f32],
-        (c_out, groups): (usize, usize),
-    ) -> (Vec<f32>, Resolved) {
-        let res = geometry.resolve(shape.h, shape.w).expect("valid geometry");
-        let (kh, kw) = geometry.kernel;
-        let c_in_g = shape.c / groups;
-        let c_out_g = c_out / groups;
-        let mut out = vec![0.0; shape.n * res.out_h * res.out_w * c_out];
-        for n in 0..shape.n {
-            for oy in 0..res.out_h {
-                for ox in 0..res.out_w {
-                    for co in 0..c_out {
-                        let g = co / c_out_g;
-                        let mut acc = 0.0f64;
-                        for ci in 0..c_in_g {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (oy * geometry.stride.0 + ky * geometry.dilation.0)
-                                        as isize
-                                        - res.pad_top as isize;
-                                    let ix = (ox * geometry.stride.1 + kx * geometry.dilation.1)
-                                        as isize
-                                        - res.pad_left as isize;
-                                    if iy < 0
-                                        || ix < 0
-                                        || iy as usize >= shape.h
-                                        || ix as usize >= shape.w
-                                    {
-                                        continue;
-                                    }
-                                    let x = input[((n * shape.h + iy as usize) * shape.w
-                                        + ix as usize)
-                                        * shape.c
-                                        + g * c_in_g
-                                        + ci];
-                                    let w = weight_oihw[((co * c_in_g + ci) * kh + ky) * kw + kx];
-                                    acc += f64::from(x) * f64::from(w);
-                                }
-                            }
-                        }
-                        out[((n * res.out_h + oy) * res.out_w + ox) * c_out + co] = acc as f32;
-                    }
-                }
-            }
-        }
-        (out, res)
-    }
-
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::kernels::{pseudo_random, reference_conv};
 
     fn assert_close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
@@ -520,49 +399,6 @@ mod tests {
             k5.resolve(14, 14).map(|r| (r.out_h, r.pad_top)),
             Some((7, 1))
         );
-    }
-
-    #[test]
-    fn depthwise_conv_matches_a_grouped_convolution() {
-        let shape = Nhwc {
-            n: 2,
-            h: 8,
-            w: 11,
-            c: 6,
-        };
-        let input = pseudo_random(shape.len(), 3);
-        for geometry in [
-            ConvGeometry::square(3, 1, 1),
-            ConvGeometry::square(5, 2, 2),
-            ConvGeometry {
-                kernel: (5, 5),
-                stride: (2, 2),
-                dilation: (1, 1),
-                padding: Padding::TfSame,
-            },
-        ] {
-            let (kh, kw) = geometry.kernel;
-            let w_oihw = pseudo_random(shape.c * kh * kw, 4);
-            let (expected, res) =
-                reference_conv(&input, shape, &geometry, &w_oihw, (shape.c, shape.c));
-            let mut weight = vec![0.0; w_oihw.len()];
-            for ch in 0..shape.c {
-                for t in 0..kh * kw {
-                    weight[t * shape.c + ch] = w_oihw[ch * kh * kw + t];
-                }
-            }
-            let bias = vec![0.5; shape.c];
-            let params = DepthwiseParams {
-                geometry: &geometry,
-                weight: &weight,
-                bias: &bias,
-                activation: Activation::Relu6,
-            };
-            let mut out = vec![f32::NAN; shape.n * res.out_h * res.out_w * shape.c];
-            depthwise_conv(&input, shape, &params, &mut out);
-            let expected: Vec<f32> = expected.iter().map(|x| (x + 0.5).clamp(0.0, 6.0)).collect();
-            assert_close(&out, &expected);
-        }
     }
 
     #[test]

@@ -11,14 +11,15 @@
 //! and wraps these functions as Candle custom ops.
 
 mod conv;
+mod depthwise;
 mod pool;
 mod resize;
 mod upsample;
 
 pub use conv::{
-    dense_conv, depthwise_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput,
-    DenseParams, DepthwiseParams, Padding,
+    dense_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput, DenseParams, Padding,
 };
+pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;
@@ -183,6 +184,74 @@ pub(crate) fn rows_per_task(rows: usize, flops_per_row: usize) -> usize {
     }
     let per_task = rows.div_ceil(threads * 4);
     per_task.clamp(32, 512).min(rows)
+}
+
+/// Deterministic values in [-1, 1) for kernel tests (xorshift, no dependency).
+#[cfg(test)]
+pub(crate) fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// Direct definition of a grouped 2-D convolution on NHWC data, for checking the kernels.
+#[cfg(test)]
+pub(crate) fn reference_conv(
+    input: &[f32],
+    shape: Nhwc,
+    geometry: &ConvGeometry,
+    weight_oihw: &[f32],
+    (c_out, groups): (usize, usize),
+) -> (Vec<f32>, conv::Resolved) {
+    let res = geometry.resolve(shape.h, shape.w).expect("valid geometry");
+    let (kh, kw) = geometry.kernel;
+    let c_in_g = shape.c / groups;
+    let c_out_g = c_out / groups;
+    let mut out = vec![0.0; shape.n * res.out_h * res.out_w * c_out];
+    for n in 0..shape.n {
+        for oy in 0..res.out_h {
+            for ox in 0..res.out_w {
+                for co in 0..c_out {
+                    let g = co / c_out_g;
+                    let mut acc = 0.0f64;
+                    for ci in 0..c_in_g {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * geometry.stride.0 + ky * geometry.dilation.0)
+                                    as isize
+                                    - res.pad_top as isize;
+                                let ix = (ox * geometry.stride.1 + kx * geometry.dilation.1)
+                                    as isize
+                                    - res.pad_left as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy as usize >= shape.h
+                                    || ix as usize >= shape.w
+                                {
+                                    continue;
+                                }
+                                let x = input[((n * shape.h + iy as usize) * shape.w
+                                    + ix as usize)
+                                    * shape.c
+                                    + g * c_in_g
+                                    + ci];
+                                let w = weight_oihw[((co * c_in_g + ci) * kh + ky) * kw + kx];
+                                acc += f64::from(x) * f64::from(w);
+                            }
+                        }
+                    }
+                    out[((n * res.out_h + oy) * res.out_w + ox) * c_out + co] = acc as f32;
+                }
+            }
+        }
+    }
+    (out, res)
 }
 
 #[cfg(test)]
