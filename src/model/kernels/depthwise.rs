@@ -120,6 +120,13 @@ impl<'a> RowPlan<'a> {
         let iy = (oy * self.stride.0 + ky * self.dilation.0).checked_sub(self.res.pad_top)?;
         (iy < self.shape.h).then_some(iy)
     }
+
+    /// Input column of tap column `kx` for output column `ox`, if it lies inside the image.
+    #[inline(always)]
+    fn input_col(&self, ox: usize, kx: usize) -> Option<usize> {
+        let ix = (ox * self.stride.1 + kx * self.dilation.1).checked_sub(self.res.pad_left)?;
+        (ix < self.shape.w).then_some(ix)
+    }
 }
 
 /// One output row: register tiles of `TILE_PIXELS` across the interior, single-pixel tiles
@@ -207,12 +214,9 @@ fn compute_tile<const P: usize, const L: usize, const CLIPPED: bool>(
             for kx in 0..kw {
                 let w: &[f32; L] = lanes(weight_row, kx * c + c0);
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let Some(ix) = ((ox + p) * sw + kx * dw).checked_sub(plan.res.pad_left) else {
+                    let Some(ix) = plan.input_col(ox + p, kx) else {
                         continue;
                     };
-                    if ix >= plan.shape.w {
-                        continue;
-                    }
                     let x: &[f32; L] = lanes(input_row, ix * c + c0);
                     for l in 0..L {
                         acc[l] = x[l].mul_add(w[l], acc[l]);
@@ -252,7 +256,6 @@ fn lanes<const L: usize>(xs: &[f32], start: usize) -> &[f32; L] {
 fn compute_pixel(plan: &RowPlan<'_>, n: usize, oy: usize, ox: usize, c0: usize, acc: &mut [f32]) {
     let c = plan.shape.c;
     let (kh, kw) = plan.kernel;
-    let (sw, dw) = (plan.stride.1, plan.dilation.1);
     acc.copy_from_slice(&plan.bias[c0..]);
     for ky in 0..kh {
         let Some(iy) = plan.input_row(oy, ky) else {
@@ -260,12 +263,9 @@ fn compute_pixel(plan: &RowPlan<'_>, n: usize, oy: usize, ox: usize, c0: usize, 
         };
         let line = (n * plan.shape.h + iy) * plan.shape.w;
         for kx in 0..kw {
-            let Some(ix) = (ox * sw + kx * dw).checked_sub(plan.res.pad_left) else {
+            let Some(ix) = plan.input_col(ox, kx) else {
                 continue;
             };
-            if ix >= plan.shape.w {
-                continue;
-            }
             let x = &plan.input[(line + ix) * c + c0..(line + ix + 1) * c];
             let w = &plan.weight[(ky * kw + kx) * c + c0..(ky * kw + kx + 1) * c];
             for ((a, &x), &w) in acc.iter_mut().zip(x).zip(w) {
