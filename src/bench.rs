@@ -12,12 +12,12 @@ use candle_core::Tensor;
 use image::{ImageFormat, Rgb, RgbImage};
 
 use crate::cli::BenchArgs;
-use crate::model::arch::segmentation::{self, SegmentationArgs};
-use crate::model::arch::yolov8;
-use crate::model::arch::{self, BuildArgs, Network};
+use crate::model::classify::{self, BuildArgs, Network};
+use crate::model::detect::yolov8;
 use crate::model::layers::to_nhwc;
 use crate::model::package::{preprocess_config, Package, Task};
 use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
+use crate::model::segment::{self, SegmentationArgs};
 use crate::model::weights::{synthesize, Weights};
 use crate::model::{Classifier, DetectOptions, Detector, Segmenter};
 
@@ -146,8 +146,8 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
         .iter()
         .filter(|n| !yolov8::NAMES.contains(&n.as_str()))
     {
-        if segmentation::supported().contains(&name.as_str()) {
-            let network = segmentation::build(&SegmentationArgs {
+        if segment::supported().contains(&name.as_str()) {
+            let network = segment::build(&SegmentationArgs {
                 name,
                 weights: &weights,
                 out_channels: 21,
@@ -161,7 +161,7 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
             };
             targets.push((name.clone(), Box::new(run), size));
         } else {
-            let network = arch::build(&BuildArgs {
+            let network = classify::build(&BuildArgs {
                 name,
                 weights: &weights,
                 num_classes: 1000,

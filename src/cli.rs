@@ -34,8 +34,8 @@ pub enum Command {
     /// Serve the SageMaker hosting contract: `GET /ping`, `POST /invocations`,
     /// `GET /execution-parameters` on port 8080 (`SAGEMAKER_BIND_TO_PORT`).
     Serve(ServeArgs),
-    /// Classify image files offline with the same pipeline `wick serve` uses; prints one JSON
-    /// line per image.
+    /// Run image files offline through the same pipeline `wick serve` uses (classification,
+    /// segmentation or detection, as the package says); prints one JSON line per image.
     Predict(PredictArgs),
     /// Rewrite a model package with `model.safetensors` weights (memory-mapped, fast to load).
     Convert(ConvertArgs),
@@ -44,9 +44,10 @@ pub enum Command {
     /// Check that a model package loads, then write the `model.tar.gz` a SageMaker Model
     /// expects (files at the archive root) and optionally upload it to S3.
     Package(PackageArgs),
-    /// Fine-tune a new classification head on a frozen pretrained backbone under SageMaker's
-    /// training contract (`docker run IMAGE train`): reads `/opt/ml/input`, writes a model
-    /// package to `/opt/ml/model` and reports to `/opt/ml/output`.
+    /// Fine-tune on a frozen pretrained network under SageMaker's training contract (`docker
+    /// run IMAGE train`): a new classification head, or a segmentation decoder or head
+    /// (`task=segmentation`); reads `/opt/ml/input`, writes a model package to `/opt/ml/model`
+    /// and reports to `/opt/ml/output`.
     Train(TrainArgs),
 }
 

@@ -13,12 +13,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cli::PredictArgs;
+use crate::codec::media::ResponseFormat;
+use crate::codec::options::{ImageOutput, RawOptions, RequestOptions};
+use crate::codec::respond::Answer;
 use crate::model::package::Task;
 use crate::model::preprocess::{decode, DecodeLimits};
 use crate::model::{Input, Model, ModelError, Output};
-use crate::serve::codec::ResponseFormat;
-use crate::serve::options::{ImageOutput, RawOptions, RequestOptions};
-use crate::serve::respond::Answer;
 
 /// One output line: the answer for a file, or why there is none.
 #[derive(Serialize)]

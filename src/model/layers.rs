@@ -1,44 +1,45 @@
 //! Layers built once from checkpoint tensors and run through the NHWC kernels: a convolution
-//! with its batch norm folded in, pooling, and the linear classifier.
+//! with its batch norm folded in, and pooling. (The linear classifier is
+//! `classify/linear.rs`.)
 //!
 //! Activations between layers are contiguous `(n, h, w, c)` f32 Candle tensors on the CPU; the
 //! kernels run as Candle custom ops on their storage, so no layer copies its input.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::error::ModelError;
 use super::kernels::{
     self, dense_conv, depthwise_conv, Activation, ConvGeometry, ConvOutput, DenseParams,
     DepthwiseParams, Nhwc, Padding,
 };
 use super::weights::Weights;
-use super::ModelError;
 
 /// Hyper-parameters of a convolution as the checkpoint's module declared them.
 #[derive(Debug, Clone, Copy)]
-pub struct ConvSpec {
+pub(crate) struct ConvSpec {
     /// Input channels.
-    pub c_in: usize,
+    pub(crate) c_in: usize,
     /// Output channels.
-    pub c_out: usize,
+    pub(crate) c_out: usize,
     /// Square kernel size.
-    pub kernel: usize,
+    pub(crate) kernel: usize,
     /// Stride (both axes).
-    pub stride: usize,
+    pub(crate) stride: usize,
     /// Padding mode.
-    pub padding: Padding,
+    pub(crate) padding: Padding,
     /// Dilation (both axes).
-    pub dilation: usize,
+    pub(crate) dilation: usize,
     /// 1 for a dense convolution, `c_in` (= `c_out`) for a depthwise one.
-    pub groups: usize,
+    pub(crate) groups: usize,
     /// Whether the convolution has its own `bias` tensor.
-    pub has_bias: bool,
+    pub(crate) has_bias: bool,
     /// Activation after the (folded) batch norm.
-    pub activation: Activation,
+    pub(crate) activation: Activation,
 }
 
 impl ConvSpec {
     /// A bias-free `k x k` convolution with PyTorch's usual padding `(k - 1) / 2`.
-    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
+    pub(crate) fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
         ConvSpec {
             c_in,
             c_out,
@@ -53,7 +54,7 @@ impl ConvSpec {
     }
 
     /// The same convolution, depthwise.
-    pub fn depthwise(self) -> Self {
+    pub(crate) fn depthwise(self) -> Self {
         ConvSpec {
             groups: self.c_in,
             ..self
@@ -61,23 +62,23 @@ impl ConvSpec {
     }
 
     /// The same convolution followed by `activation`.
-    pub fn act(self, activation: Activation) -> Self {
+    pub(crate) fn act(self, activation: Activation) -> Self {
         ConvSpec { activation, ..self }
     }
 
     /// The same convolution with another padding mode.
-    pub fn pad(self, padding: Padding) -> Self {
+    pub(crate) fn pad(self, padding: Padding) -> Self {
         ConvSpec { padding, ..self }
     }
 }
 
 /// Where a batch norm's four tensors live and its epsilon.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchNorm<'a> {
+pub(crate) struct BatchNorm<'a> {
     /// Key prefix, e.g. `layer1.0.bn1`.
-    pub prefix: &'a str,
+    pub(crate) prefix: &'a str,
     /// Epsilon added to the running variance.
-    pub eps: f64,
+    pub(crate) eps: f64,
 }
 
 /// A per-channel batch norm in eval mode, as `scale * x + shift`.
@@ -115,7 +116,7 @@ enum ConvKind {
 
 /// A convolution with its batch norm folded into weight and bias, its activation fused.
 #[derive(Debug)]
-pub struct Conv {
+pub(crate) struct Conv {
     geometry: ConvGeometry,
     kind: ConvKind,
     /// Dense: `[kh * kw * c_in, c_out]`. Depthwise: `[kh * kw, c]`.
@@ -128,7 +129,7 @@ pub struct Conv {
 impl Conv {
     /// Loads `{conv}.weight` (and `{conv}.bias` if the spec has one), folds the optional batch
     /// norm into them and lays the weight out for the NHWC kernels.
-    pub fn load(
+    pub(crate) fn load(
         weights: &Weights,
         conv: &str,
         bn: Option<BatchNorm<'_>>,
@@ -208,18 +209,22 @@ impl Conv {
     }
 
     /// Output channels.
-    pub fn c_out(&self) -> usize {
+    pub(crate) fn c_out(&self) -> usize {
         self.bias.len()
     }
 
     /// `(n, h, w, c_in)` -> `(n, h', w', c_out)`.
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         xs.apply_op1_no_bwd(self)
     }
 
     /// `activation(conv(xs) + residual)`: the residual add of ResNet and MBConv blocks fused
     /// into the convolution's output pass (dense convolutions only).
-    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward_add(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         xs.apply_op2_no_bwd(residual, &ResidualConv(self))
     }
 
@@ -415,7 +420,7 @@ where
 }
 
 /// `MaxPool2d` on an NHWC tensor.
-pub fn max_pool(xs: &Tensor, geometry: ConvGeometry) -> candle_core::Result<Tensor> {
+pub(crate) fn max_pool(xs: &Tensor, geometry: ConvGeometry) -> candle_core::Result<Tensor> {
     map_nhwc(xs, "wick-max-pool", |input, shape| {
         let Some(res) = geometry.resolve(shape.h, shape.w) else {
             candle_core::bail!(
@@ -436,7 +441,7 @@ pub fn max_pool(xs: &Tensor, geometry: ConvGeometry) -> candle_core::Result<Tens
 }
 
 /// Nearest-neighbour upsampling by `factor` along both axes.
-pub fn upsample_nearest(xs: &Tensor, factor: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn upsample_nearest(xs: &Tensor, factor: usize) -> candle_core::Result<Tensor> {
     map_nhwc(xs, "wick-upsample-nearest", |input, shape| {
         let out_shape = Nhwc {
             h: shape.h * factor,
@@ -450,7 +455,7 @@ pub fn upsample_nearest(xs: &Tensor, factor: usize) -> candle_core::Result<Tenso
 }
 
 /// Global average pooling: `(n, h, w, c)` -> `(n, c)`.
-pub fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
     map_nhwc(xs, "wick-global-avg-pool", |input, shape| {
         Ok((
             kernels::global_avg_pool(input, shape),
@@ -462,57 +467,4 @@ pub fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// `(n, c, h, w)` -> contiguous `(n, h, w, c)` f32.
 pub fn to_nhwc(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()
-}
-
-/// A fully connected layer, `y = x W^T + b`.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    /// `(in, out)`, transposed once at load so the product reads it row-major.
-    weight_t: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    /// Loads `{prefix}.weight` `(out, in)` and `{prefix}.bias` `(out)`.
-    pub fn load(
-        weights: &Weights,
-        prefix: &str,
-        (c_in, c_out): (usize, usize),
-    ) -> Result<Self, ModelError> {
-        let weight = weights.get(&format!("{prefix}.weight"), &[c_out, c_in])?;
-        let bias = weights.get(&format!("{prefix}.bias"), &[c_out])?;
-        Ok(Linear {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
-    }
-
-    /// Builds a layer from an `(out, in)` weight and an `(out)` bias.
-    pub fn from_tensors(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        Ok(Linear {
-            weight_t: weight.t()?.contiguous()?.to_device(&Device::Cpu)?,
-            bias,
-        })
-    }
-
-    /// Input features.
-    pub fn c_in(&self) -> usize {
-        self.weight_t.dims()[0]
-    }
-
-    /// Output features (classes).
-    pub fn c_out(&self) -> usize {
-        self.weight_t.dims()[1]
-    }
-
-    /// The `(out, in)` weight and the bias, as a checkpoint stores them.
-    pub fn tensors(&self) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((self.weight_t.t()?.contiguous()?, self.bias.clone()))
-    }
-}
-
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)
-    }
 }

@@ -1,64 +1,28 @@
-//! The model layer: packages, weights, preprocessing and the networks themselves.
-//! Synchronous and runtime-free: no tokio, no axum, no AWS in here.
+//! The model layer: packages, weights, preprocessing and the networks of the three tasks
+//! (`classify/`, `segment/`, `detect/`), each registered the same way (`registry.rs`).
+//! Synchronous and runtime-free: no tokio, no axum, no AWS, and no import from the commands.
+//!
+//! This file only declares the modules and re-exports what callers use most; files inside
+//! `model/` import from the defining module, never through these re-exports.
 
-pub mod arch;
-pub mod classifier;
-pub mod dataset_labels;
-pub mod detector;
+pub(crate) mod atomic_file;
+pub mod classify;
+pub mod detect;
+pub(crate) mod error;
 pub mod kernels;
 pub mod layers;
-pub mod letterbox;
-pub mod nms;
-pub mod output;
+pub(crate) mod output;
 pub mod package;
+pub(crate) mod pools;
 pub mod preprocess;
-pub mod segmenter;
-pub mod task;
+pub(crate) mod registry;
+pub mod segment;
+pub(crate) mod task;
 pub mod weights;
 
-pub use classifier::{Classifier, Prediction};
-pub use detector::Detector;
-pub use output::{DetectOptions, Detection, LabelMap, Output};
-use package::PackageError;
-use preprocess::PreprocessError;
-pub use segmenter::Segmenter;
+pub use classify::Classifier;
+pub use detect::Detector;
+pub use error::ModelError;
+pub use output::{DetectOptions, Detection, LabelMap, Output, Prediction};
+pub use segment::Segmenter;
 pub use task::{InferenceOptions, Input, Model};
-use weights::WeightsError;
-
-/// Everything that can go wrong building or running a network.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// A tensor is missing, mis-shaped, or the checkpoint cannot be read.
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    /// The configured architecture is not one wick implements.
-    #[error("unknown architecture `{name}`; supported: {supported}")]
-    UnknownArchitecture {
-        /// The name given.
-        name: String,
-        /// Comma-separated list of the supported names.
-        supported: String,
-    },
-    /// The checkpoint describes a layer wick does not implement (e.g. a grouped convolution).
-    #[error("unsupported layer: {0}")]
-    Unsupported(String),
-    /// The package directory or its `config.json` is unusable.
-    #[error(transparent)]
-    Package(#[from] PackageError),
-    /// An image could not be decoded or transformed.
-    #[error(transparent)]
-    Preprocess(#[from] PreprocessError),
-    /// A per-request option (detection `threshold`, `iou`, ...) is out of range.
-    #[error("option `{field}`: {message} (given: {value})")]
-    InvalidOption {
-        /// The option's name as clients spell it.
-        field: &'static str,
-        /// The accepted range.
-        message: String,
-        /// The value given.
-        value: String,
-    },
-    /// A tensor operation failed (shapes that do not fit together, an input too small).
-    #[error("tensor computation failed: {0}")]
-    Tensor(#[from] candle_core::Error),
-}

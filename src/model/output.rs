@@ -4,7 +4,14 @@
 
 use serde::Serialize;
 
-use super::classifier::Prediction;
+/// One class and its probability, the Hugging Face `image-classification` shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Class name.
+    pub label: String,
+    /// Softmax probability (sigmoid for multi-label models).
+    pub score: f32,
+}
 
 /// One image's answer.
 #[derive(Debug, Clone, PartialEq)]

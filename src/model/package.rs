@@ -13,7 +13,7 @@ use super::preprocess::{Interpolation, PreprocessConfig};
 /// The canvas a YOLOv8 detector letterboxes an image onto (`letterbox` in config.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Letterbox {
+pub(crate) enum Letterbox {
     /// As ultralytics' predictor (`LetterBox(auto=True)`): the resized image padded only to the
     /// next multiple of 32, e.g. 640x384 for a 16:9 photo.
     #[default]
@@ -105,75 +105,75 @@ pub enum Task {
 
 /// timm's `pretrained_cfg`: the evaluation transform the weights were trained with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PretrainedCfg {
+pub(crate) struct PretrainedCfg {
     /// `[channels, height, width]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_size: Option<Vec<usize>>,
+    pub(crate) input_size: Option<Vec<usize>>,
     /// Per-channel mean of the `/255` pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mean: Option<Vec<f32>>,
+    pub(crate) mean: Option<Vec<f32>>,
     /// Per-channel standard deviation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub std: Option<Vec<f32>>,
+    pub(crate) std: Option<Vec<f32>>,
     /// Fraction of the resized image kept by the center crop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crop_pct: Option<f32>,
+    pub(crate) crop_pct: Option<f32>,
     /// `bilinear` or `bicubic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interpolation: Option<String>,
+    pub(crate) interpolation: Option<String>,
     /// Anything else timm writes (tag, first_conv, ...), kept on rewrite.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub(crate) extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// `config.json` of a model package.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PackageConfig {
+pub(crate) struct PackageConfig {
     /// Network name, e.g. `resnet50`, `efficientnet_lite0`.
-    pub architecture: String,
+    pub(crate) architecture: String,
     /// Outputs of the classifier; inferred from the labels when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_classes: Option<usize>,
+    pub(crate) num_classes: Option<usize>,
     /// Class names in output order (timm's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_names: Option<Vec<String>>,
+    pub(crate) label_names: Option<Vec<String>>,
     /// Class names by index (Hugging Face's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id2label: Option<BTreeMap<String, String>>,
+    pub(crate) id2label: Option<BTreeMap<String, String>>,
     /// The evaluation transform.
     #[serde(default)]
-    pub pretrained_cfg: PretrainedCfg,
+    pub(crate) pretrained_cfg: PretrainedCfg,
     /// `classification` (default), `segmentation` or `detection`.
     #[serde(default)]
-    pub task: Task,
+    pub(crate) task: Task,
     /// Weights file name, relative to the config; default: the single weights file found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<String>,
+    pub(crate) weights: Option<String>,
     /// Independent sigmoid scores instead of a softmax over classes.
     #[serde(default)]
-    pub multi_label: bool,
+    pub(crate) multi_label: bool,
     /// Darknet detectors: the `.cfg` file next to the `.weights`, relative to the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub darknet_cfg: Option<String>,
+    pub(crate) darknet_cfg: Option<String>,
     /// YOLOv8 detectors: the canvas an image is letterboxed onto.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub letterbox: Option<Letterbox>,
+    pub(crate) letterbox: Option<Letterbox>,
     /// Other timm fields (`num_features`, `global_pool`, ...), kept on rewrite.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    pub(crate) extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A package directory, resolved: its config, where its weights are, its labels.
 #[derive(Debug, Clone)]
 pub struct Package {
     /// The parsed `config.json`.
-    pub config: PackageConfig,
+    pub(crate) config: PackageConfig,
     /// The directory holding `config.json`.
-    pub config_dir: PathBuf,
+    pub(crate) config_dir: PathBuf,
     /// The weights file.
-    pub weights_path: PathBuf,
+    pub(crate) weights_path: PathBuf,
     /// One name per class, in output order.
-    pub labels: Vec<String>,
+    pub(crate) labels: Vec<String>,
 }
 
 impl Package {
@@ -211,18 +211,18 @@ impl Package {
     }
 
     /// Number of classes: `num_classes`, or the number of labels.
-    pub fn num_classes(&self) -> usize {
+    pub(crate) fn num_classes(&self) -> usize {
         self.config.num_classes.unwrap_or(self.labels.len())
     }
 
     /// The evaluation transform from `pretrained_cfg`, with timm's defaults filled in.
-    pub fn preprocess_config(&self) -> Result<PreprocessConfig, PackageError> {
+    pub(crate) fn preprocess_config(&self) -> Result<PreprocessConfig, PackageError> {
         preprocess_config(&self.config.pretrained_cfg)
     }
 }
 
 /// The evaluation transform described by a `pretrained_cfg`, validated.
-pub fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig, PackageError> {
+pub(crate) fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig, PackageError> {
     let (input_height, input_width) = match cfg.input_size.as_deref() {
         None => (224, 224),
         Some(&[3, h, w]) if h > 0 && w > 0 => (h, w),

@@ -16,18 +16,15 @@
 //! matches; only the fixed-point rounding inside the separable passes can differ, by one level
 //! out of 255 on a fraction of a percent of the values.
 
-mod config;
-mod decode;
-mod error;
+pub mod config;
+pub mod decode;
+pub mod error;
 
 use candle_core::{Device, Tensor};
 use fast_image_resize::{self as fr, ResizeAlg, ResizeOptions};
 use image::RgbImage;
 
-pub use config::{
-    Interpolation, PreprocessConfig, IMAGENET_MEAN, IMAGENET_STD, MAX_CROP_PCT, MAX_INPUT_SIDE,
-    MIN_CROP_PCT,
-};
+pub use config::{Interpolation, PreprocessConfig};
 pub use decode::{decode, DecodeLimits};
 pub use error::PreprocessError;
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
+use super::classify::classifier::Classifier;
+use super::detect::detector::Detector;
+use super::error::ModelError;
 use super::output::{DetectOptions, Output};
 use super::package::{Package, Task};
 use super::preprocess::{preprocess, to_batch};
-use super::{Classifier, Detector, ModelError, Segmenter};
+use super::segment::segmenter::Segmenter;
 
 /// An image made ready for [`Model::predict`].
 #[derive(Debug, Clone)]
@@ -29,7 +32,7 @@ pub struct InferenceOptions {
     /// Classification: classes returned per image.
     pub top_k: usize,
     /// Segmentation: the binary model's threshold (model default when `None`).
-    pub mask_threshold: Option<f32>,
+    pub(crate) mask_threshold: Option<f32>,
     /// Detection: confidence, IoU, box count and class filter.
     pub detect: DetectOptions,
 }
@@ -56,7 +59,7 @@ pub enum Model {
 
 impl Model {
     /// Loads the package in `dir`, choosing the network by its `config.json` `task`.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+    pub(crate) fn load(dir: &Path) -> Result<Self, ModelError> {
         let task = Package::open(dir)?.config.task;
         match task {
             Task::Classification => Ok(Model::Classifier(Classifier::load(dir)?)),
@@ -66,7 +69,7 @@ impl Model {
     }
 
     /// What the model does.
-    pub fn task(&self) -> Task {
+    pub(crate) fn task(&self) -> Task {
         match self {
             Model::Classifier(_) => Task::Classification,
             Model::Segmenter(_) => Task::Segmentation,
@@ -75,7 +78,7 @@ impl Model {
     }
 
     /// Class names, by class index.
-    pub fn labels(&self) -> &[String] {
+    pub(crate) fn labels(&self) -> &[String] {
         match self {
             Model::Classifier(c) => c.labels(),
             Model::Segmenter(s) => s.labels(),
@@ -84,7 +87,7 @@ impl Model {
     }
 
     /// A segmentation model with one foreground class, thresholded rather than argmaxed.
-    pub fn is_binary(&self) -> bool {
+    pub(crate) fn is_binary(&self) -> bool {
         match self {
             Model::Classifier(_) => false,
             Model::Segmenter(s) => s.is_binary(),
@@ -92,18 +95,9 @@ impl Model {
         }
     }
 
-    /// The configured architecture name.
-    pub fn architecture(&self) -> &str {
-        match self {
-            Model::Classifier(c) => c.architecture(),
-            Model::Segmenter(s) => s.architecture(),
-            Model::Detector(d) => d.architecture(),
-        }
-    }
-
     /// Makes one decoded image ready for [`Model::predict`]. Classification applies its
     /// transform here, so the costly resize runs outside the inference threads.
-    pub fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
+    pub(crate) fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
         match self {
             Model::Classifier(c) => Ok(Input::Tensor(preprocess(&image, c.preprocess_config())?)),
             Model::Segmenter(_) | Model::Detector(_) => Ok(Input::Image(Arc::new(image))),
@@ -111,7 +105,7 @@ impl Model {
     }
 
     /// Runs a batch: one [`Output`] per `(input, options)` pair, in order.
-    pub fn predict(
+    pub(crate) fn predict(
         &self,
         batch: &[(&Input, &InferenceOptions)],
     ) -> Result<Vec<Output>, ModelError> {
@@ -140,7 +134,7 @@ impl Model {
 
     /// One inference on a blank image through the real path, so the first request does not
     /// pay for lazy allocations.
-    pub fn warm_up(&self) -> Result<(), ModelError> {
+    pub(crate) fn warm_up(&self) -> Result<(), ModelError> {
         let image = RgbImage::new(64, 48);
         let input = self.prepare(image)?;
         self.predict(&[(&input, &InferenceOptions::default())])?;

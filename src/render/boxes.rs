@@ -3,16 +3,17 @@
 
 use image::{Rgb, RgbImage};
 
-use super::font::{is_ink, ADVANCE, GLYPH_HEIGHT};
+use super::canvas::{Canvas, Lettering, TextStyle};
+use super::font::{ADVANCE, GLYPH_HEIGHT};
 use super::palette::class_color;
-use crate::model::Detection;
+use crate::model::output::Detection;
 
 /// `image` with every detection drawn on it. Coordinates outside the image are clipped.
-pub fn draw_detections(image: &RgbImage, detections: &[Detection]) -> RgbImage {
-    let mut out = image.clone();
-    let (width, height) = out.dimensions();
+pub(crate) fn draw_detections(image: &RgbImage, detections: &[Detection]) -> RgbImage {
+    let (width, height) = image.dimensions();
+    let mut canvas = Canvas::new(image.clone());
     if width == 0 || height == 0 {
-        return out;
+        return canvas.into_image();
     }
     // Lines and text grow with the photo so they stay visible on a 4K image.
     let line = (width.max(height) / 400).clamp(1, 8);
@@ -28,37 +29,40 @@ pub fn draw_detections(image: &RgbImage, detections: &[Detection]) -> RgbImage {
         }
         for t in 0..line {
             draw_rect_outline(
-                &mut out,
-                x0 + t,
-                y0 + t,
-                x1.saturating_sub(t),
-                y1.saturating_sub(t),
+                &mut canvas,
+                (x0 + t, y0 + t),
+                (x1.saturating_sub(t), y1.saturating_sub(t)),
                 color,
             );
         }
         let text = format!("{} {:.2}", detection.label, detection.score);
-        draw_tag(&mut out, &text, x0, y0, scale, color);
+        draw_tag(&mut canvas, &text, (x0, y0), scale, color);
     }
-    out
+    canvas.into_image()
 }
 
-fn draw_rect_outline(image: &mut RgbImage, x0: u32, y0: u32, x1: u32, y1: u32, color: Rgb<u8>) {
+/// The one-pixel outline of the box from `(x0, y0)` to `(x1, y1)`, both corners included.
+fn draw_rect_outline(
+    canvas: &mut Canvas,
+    (x0, y0): (u32, u32),
+    (x1, y1): (u32, u32),
+    color: Rgb<u8>,
+) {
     if x1 < x0 || y1 < y0 {
         return;
     }
-    for x in x0..=x1 {
-        image.put_pixel(x, y0, color);
-        image.put_pixel(x, y1, color);
-    }
-    for y in y0..=y1 {
-        image.put_pixel(x0, y, color);
-        image.put_pixel(x1, y, color);
-    }
+    let (x0, y0, x1, y1) = (i64::from(x0), i64::from(y0), i64::from(x1), i64::from(y1));
+    let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+    canvas.rect((x0, y0), (w, 1), color);
+    canvas.rect((x0, y1), (w, 1), color);
+    canvas.rect((x0, y0), (1, h), color);
+    canvas.rect((x1, y0), (1, h), color);
 }
 
-/// A filled tag with `text` in white (black on light colours), sitting on the box's top edge.
-fn draw_tag(image: &mut RgbImage, text: &str, x: u32, box_top: u32, scale: u32, color: Rgb<u8>) {
-    let (width, height) = image.dimensions();
+/// A filled tag with `text` in white (black on light colours), sitting on the box's top edge
+/// at `(x, box_top)`.
+fn draw_tag(canvas: &mut Canvas, text: &str, (x, box_top): (u32, u32), scale: u32, color: Rgb<u8>) {
+    let width = canvas.width();
     let padding = scale;
     let tag_height = GLYPH_HEIGHT * scale + 2 * padding;
     let tag_width = (text.chars().count() as u32 * ADVANCE * scale + 2 * padding).min(width);
@@ -75,22 +79,20 @@ fn draw_tag(image: &mut RgbImage, text: &str, x: u32, box_top: u32, scale: u32, 
     } else {
         Rgb([255, 255, 255])
     };
-    for y in top..(top + tag_height).min(height) {
-        for x in left..(left + tag_width).min(width) {
-            image.put_pixel(x, y, color);
-        }
-    }
-    for (i, c) in text.chars().enumerate() {
-        let origin_x = left + padding + i as u32 * ADVANCE * scale;
-        for gy in 0..GLYPH_HEIGHT * scale {
-            for gx in 0..ADVANCE * scale {
-                let (px, py) = (origin_x + gx, top + padding + gy);
-                if px < width && py < height && is_ink(c, gx / scale, gy / scale) {
-                    image.put_pixel(px, py, ink);
-                }
-            }
-        }
-    }
+    canvas.rect(
+        (i64::from(left), i64::from(top)),
+        (i64::from(tag_width), i64::from(tag_height)),
+        color,
+    );
+    canvas.text(
+        (i64::from(left + padding), i64::from(top + padding)),
+        text,
+        &TextStyle {
+            scale,
+            color: ink,
+            lettering: Lettering::Capitals,
+        },
+    );
 }
 
 #[cfg(test)]

@@ -11,17 +11,17 @@ use crate::model::LabelMap;
 /// An encoder failure (only a bug or an out-of-memory can cause one).
 #[derive(Debug, thiserror::Error)]
 #[error("encoding the {format} answer failed: {reason}")]
-pub struct RenderError {
+pub(crate) struct RenderError {
     /// `PNG` or `JPEG`.
-    pub format: &'static str,
+    pub(crate) format: &'static str,
     /// What the encoder said.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// The label map as a single-channel PNG at the map's size: pixel = class index, a binary
 /// model's foreground as 255 (the building services' convention), or an indexed PNG with the
 /// VOC palette when `voc_palette` is set (pixel values are still the class indices).
-pub fn label_map_png(
+pub(crate) fn label_map_png(
     map: &LabelMap,
     is_binary: bool,
     voc_palette_colors: bool,
@@ -42,7 +42,7 @@ pub fn label_map_png(
 }
 
 /// The pixels of `class` as a grey PNG: 255 inside, 0 outside (Hugging Face's `mask`).
-pub fn class_mask_png(map: &LabelMap, class: u8) -> Result<Vec<u8>, RenderError> {
+pub(crate) fn class_mask_png(map: &LabelMap, class: u8) -> Result<Vec<u8>, RenderError> {
     let pixels: Vec<u8> = map
         .classes
         .iter()
@@ -52,7 +52,7 @@ pub fn class_mask_png(map: &LabelMap, class: u8) -> Result<Vec<u8>, RenderError>
 }
 
 /// An RGB picture as PNG.
-pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
+pub(crate) fn encode_png(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
     encoder.set_color(png::ColorType::Rgb);
@@ -63,7 +63,7 @@ pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
 }
 
 /// An RGB picture as JPEG, quality 90.
-pub fn encode_jpeg(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
+pub(crate) fn encode_jpeg(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
     let mut out = Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
         .encode_image(image)

@@ -1,16 +1,18 @@
-//! A 5x7 bitmap font for box labels: digits, letters (lower case drawn as capitals) and the
-//! punctuation labels and scores use. Drawn at an integer scale so labels stay legible on
-//! photos of any size, without shipping a font file.
+//! wick's one bitmap font, 5x7: digits, capitals, the punctuation labels and scores use, and
+//! lower-case shapes for the letters plot titles use. Box labels draw every letter as a capital
+//! ([`glyph`]); plots draw lower case where the font has it ([`is_ink_as_written`]). Drawn at an
+//! integer scale (`canvas.rs`) so text stays legible at any size, without shipping a font file.
 
 /// Glyph width and height in font pixels.
-pub(super) const GLYPH_WIDTH: u32 = 5;
+pub(crate) const GLYPH_WIDTH: u32 = 5;
 /// Glyph height in font pixels.
-pub(super) const GLYPH_HEIGHT: u32 = 7;
+pub(crate) const GLYPH_HEIGHT: u32 = 7;
 /// Horizontal advance per character, in font pixels (one column of spacing).
-pub(super) const ADVANCE: u32 = GLYPH_WIDTH + 1;
+pub(crate) const ADVANCE: u32 = GLYPH_WIDTH + 1;
 
-/// Rows of a glyph, top first; bit 4 is the leftmost column.
-pub(super) fn glyph(c: char) -> [u8; 7] {
+/// Rows of a glyph, top first; bit 4 is the leftmost column. Lower-case letters are drawn as
+/// capitals; characters the font lacks as a question mark.
+pub(crate) fn glyph(c: char) -> [u8; 7] {
     match c.to_ascii_uppercase() {
         'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
         'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
@@ -63,9 +65,44 @@ pub(super) fn glyph(c: char) -> [u8; 7] {
     }
 }
 
-/// Whether font pixel `(x, y)` of `c` is ink.
-pub(super) fn is_ink(c: char, x: u32, y: u32) -> bool {
-    x < GLYPH_WIDTH && y < GLYPH_HEIGHT && (glyph(c)[y as usize] >> (GLYPH_WIDTH - 1 - x)) & 1 == 1
+/// The lower-case shape of `c`, for the letters the plots' titles and legends use; `None` for
+/// any other character (draw it with [`glyph`]).
+fn lower_case(c: char) -> Option<[u8; 7]> {
+    Some(match c {
+        'a' => [0, 0, 0x0E, 0x01, 0x0F, 0x11, 0x0F],
+        'c' => [0, 0, 0x0E, 0x10, 0x10, 0x11, 0x0E],
+        'd' => [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F],
+        'e' => [0, 0, 0x0E, 0x11, 0x1F, 0x10, 0x0E],
+        'h' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
+        'i' => [0x04, 0, 0x0C, 0x04, 0x04, 0x04, 0x0E],
+        'l' => [0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
+        'm' => [0, 0, 0x1A, 0x15, 0x15, 0x11, 0x11],
+        'n' => [0, 0, 0x16, 0x19, 0x11, 0x11, 0x11],
+        'o' => [0, 0, 0x0E, 0x11, 0x11, 0x11, 0x0E],
+        'p' => [0, 0, 0x1E, 0x11, 0x1E, 0x10, 0x10],
+        'r' => [0, 0, 0x16, 0x19, 0x10, 0x10, 0x10],
+        's' => [0, 0, 0x0F, 0x10, 0x0E, 0x01, 0x1E],
+        't' => [0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06],
+        'u' => [0, 0, 0x11, 0x11, 0x11, 0x13, 0x0D],
+        'v' => [0, 0, 0x11, 0x11, 0x11, 0x0A, 0x04],
+        'y' => [0, 0, 0x11, 0x11, 0x0F, 0x01, 0x0E],
+        _ => return None,
+    })
+}
+
+/// Whether font pixel `(x, y)` of `c` is ink, every letter a capital (box labels).
+pub(crate) fn is_ink(c: char, x: u32, y: u32) -> bool {
+    is_set(glyph(c), x, y)
+}
+
+/// Whether font pixel `(x, y)` of `c` is ink, lower-case letters in lower case where the font
+/// has their shape (plot titles and legends).
+pub(crate) fn is_ink_as_written(c: char, x: u32, y: u32) -> bool {
+    is_set(lower_case(c).unwrap_or_else(|| glyph(c)), x, y)
+}
+
+fn is_set(rows: [u8; 7], x: u32, y: u32) -> bool {
+    x < GLYPH_WIDTH && y < GLYPH_HEIGHT && (rows[y as usize] >> (GLYPH_WIDTH - 1 - x)) & 1 == 1
 }
 
 #[cfg(test)]

@@ -1,17 +1,19 @@
-//! The mask blended into the photo: every non-background pixel takes half its class's VOC
-//! colour, background pixels stay as they were (the building service's overlay).
+//! Masks drawn over or beside the photo: the served overlay (every non-background pixel takes
+//! half its class's VOC colour, background pixels stay as they were: the building service's
+//! overlay), and the training report's side-by-side picture (photo | ground truth |
+//! prediction, classes in the VOC palette).
 
-use image::RgbImage;
+use image::{imageops, Rgb, RgbImage};
 
 use super::encode::RenderError;
 use super::palette::voc_palette;
-use crate::model::LabelMap;
+use crate::model::output::LabelMap;
 
 /// Weight of the class colour in a blended pixel.
 const MASK_OPACITY: f32 = 0.5;
 
 /// `image` with `map` blended in. A binary model's foreground is drawn in red.
-pub fn overlay_mask(
+pub(crate) fn overlay_mask(
     image: &RgbImage,
     map: &LabelMap,
     is_binary: bool,
@@ -46,6 +48,31 @@ pub fn overlay_mask(
         }
     }
     Ok(out)
+}
+
+/// `image` resized to `size` `(height, width)` | `truth` | `predicted`, side by side: the class
+/// maps (`height * width` class indices each) in the VOC palette, `ignored` pixels in VOC's
+/// near-white "void" colour.
+pub(crate) fn training_overlay(
+    image: &RgbImage,
+    (truth, predicted): (&[u8], &[u8]),
+    size: (usize, usize),
+    ignored: u8,
+) -> RgbImage {
+    let (h, w) = size;
+    let colour = |classes: &[u8]| {
+        let palette = voc_palette();
+        RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let c = classes[y as usize * w + x as usize];
+            Rgb(palette[usize::from(if c == ignored { 255 } else { c })])
+        })
+    };
+    let resized = imageops::resize(image, w as u32, h as u32, imageops::FilterType::Triangle);
+    let mut canvas = RgbImage::new(3 * w as u32, h as u32);
+    imageops::replace(&mut canvas, &resized, 0, 0);
+    imageops::replace(&mut canvas, &colour(truth), w as i64, 0);
+    imageops::replace(&mut canvas, &colour(predicted), 2 * w as i64, 0);
+    canvas
 }
 
 #[cfg(test)]

@@ -8,15 +8,15 @@ use crate::model::LabelMap;
 
 /// `{"size": [height, width], "counts": [...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CocoRle {
+pub(crate) struct CocoRle {
     /// `[height, width]`, COCO's order.
-    pub size: [u32; 2],
+    pub(crate) size: [u32; 2],
     /// Alternating run lengths, background first (0 when the first pixel is inside).
-    pub counts: Vec<u64>,
+    pub(crate) counts: Vec<u64>,
 }
 
 /// The mask of pixels labelled `class`, run-length encoded in column-major order.
-pub fn coco_rle(map: &LabelMap, class: u8) -> CocoRle {
+pub(crate) fn coco_rle(map: &LabelMap, class: u8) -> CocoRle {
     let (width, height) = (map.width as usize, map.height as usize);
     let mut counts = Vec::new();
     let mut inside = false;

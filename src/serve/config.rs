@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::codec::ResponseFormat;
 use crate::artifacts::{ArchiveLimits, ArtifactUri};
 use crate::cli::ServeArgs;
+use crate::codec::media::ResponseFormat;
 
 const MIB: u64 = 1024 * 1024;
 /// SageMaker batch transform caps `MaxConcurrentTransforms x MaxPayloadInMB` at 100.
@@ -18,46 +18,46 @@ const BATCH_CONCURRENCY_PAYLOAD_PRODUCT: u64 = 100;
 #[derive(Debug, Clone, Serialize)]
 pub struct ServeConfig {
     /// Where the model package comes from (a local directory by default).
-    pub model_uri: String,
+    pub(crate) model_uri: String,
     /// The same, parsed.
     #[serde(skip)]
-    pub model_location: ArtifactUri,
+    pub(crate) model_location: ArtifactUri,
     /// Caps for unpacking a model archive.
     #[serde(skip)]
-    pub archive_limits: ArchiveLimits,
+    pub(crate) archive_limits: ArchiveLimits,
     /// Listening port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Inference worker threads.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Per-request deadline.
     #[serde(rename = "timeout_secs", serialize_with = "secs")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Largest request body in bytes.
-    pub max_payload_bytes: u64,
+    pub(crate) max_payload_bytes: u64,
     /// Response format for a missing or wildcard Accept.
-    pub default_response: ResponseFormat,
+    pub(crate) default_response: ResponseFormat,
     /// Images that may wait for inference.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// Most images per forward pass.
-    pub max_batch_size: usize,
+    pub(crate) max_batch_size: usize,
     /// Classes per image by default.
-    pub default_top_k: usize,
+    pub(crate) default_top_k: usize,
     /// Decompression-bomb guard.
-    pub max_image_pixels: u64,
+    pub(crate) max_image_pixels: u64,
     /// Whether SageMaker batch transform runs this container.
-    pub is_batch: bool,
+    pub(crate) is_batch: bool,
     /// `BatchStrategy` for /execution-parameters.
-    pub batch_strategy: String,
+    pub(crate) batch_strategy: String,
     /// `MaxConcurrentTransforms` for /execution-parameters.
-    pub max_concurrent_transforms: usize,
+    pub(crate) max_concurrent_transforms: usize,
     /// Drain deadline after SIGTERM.
     #[serde(rename = "shutdown_grace_secs", serialize_with = "secs")]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Test-only slow-model fault injection.
     #[serde(rename = "fault_inference_delay_ms", serialize_with = "optional_ms")]
-    pub fault_inference_delay: Option<Duration>,
+    pub(crate) fault_inference_delay: Option<Duration>,
     /// Testing only: an inference worker dies after this many batches.
-    pub fault_worker_exit_after: Option<u64>,
+    pub(crate) fault_worker_exit_after: Option<u64>,
 }
 
 /// Durations in the startup log read as the flags that set them (`"timeout_secs": 60`), not
@@ -172,7 +172,7 @@ impl ServeConfig {
     }
 
     /// `MaxPayloadInMB` as /execution-parameters reports it.
-    pub fn max_payload_mb(&self) -> u64 {
+    pub(crate) fn max_payload_mb(&self) -> u64 {
         self.max_payload_bytes / MIB
     }
 }

@@ -75,13 +75,13 @@ pub enum EngineError {
 }
 
 /// Results of one submission, with how long it waited and ran.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// One output per image, in submission order.
-    pub outputs: Vec<Output>,
+    pub(crate) outputs: Vec<Output>,
     /// Time spent in the queue.
-    pub queue: Duration,
+    pub(crate) queue: Duration,
     /// Time of the forward pass that included these images.
-    pub inference: Duration,
+    pub(crate) inference: Duration,
 }
 
 struct Job {
@@ -95,18 +95,18 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Worker threads.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Images that may wait.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// Most images per forward pass.
-    pub max_batch_size: usize,
+    pub(crate) max_batch_size: usize,
     /// A batch running longer than this means a hung worker: the engine reports itself
     /// unhealthy so SageMaker replaces the instance.
-    pub stuck_after: Duration,
+    pub(crate) stuck_after: Duration,
     /// Test-only: sleep before every forward pass.
-    pub fault_delay: Option<Duration>,
+    pub(crate) fault_delay: Option<Duration>,
     /// Test-only: a worker thread dies (as on a crash) after this many batches.
-    pub fault_worker_exit_after: Option<u64>,
+    pub(crate) fault_worker_exit_after: Option<u64>,
 }
 
 /// Liveness of the worker threads, shared with `/ping`.
@@ -137,7 +137,10 @@ pub struct Engine {
 
 impl Engine {
     /// Starts `config.workers` threads sharing `predictor`.
-    pub fn start(predictor: &Arc<dyn Predictor>, config: &EngineConfig) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        predictor: &Arc<dyn Predictor>,
+        config: &EngineConfig,
+    ) -> std::io::Result<Self> {
         // The channel bound is in jobs; images are counted separately for admission.
         let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue_capacity);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -182,7 +185,7 @@ impl Engine {
 
     /// Why the engine cannot serve, if it cannot: a worker thread has died, or one has been
     /// inside a single batch for longer than `stuck_after`.
-    pub fn unhealthy(&self) -> Option<String> {
+    pub(crate) fn unhealthy(&self) -> Option<String> {
         let alive = self.health.alive.load(Ordering::SeqCst);
         if alive < self.expected_workers {
             return Some(format!(
@@ -205,7 +208,7 @@ impl Engine {
     }
 
     /// Queues `inputs` for inference; fails at once when full.
-    pub fn submit(
+    pub(crate) fn submit(
         &self,
         inputs: Vec<Input>,
         options: InferenceOptions,

@@ -6,14 +6,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::codec::CodecError;
 use super::engine::EngineError;
+use crate::codec::error::CodecError;
 use crate::model::preprocess::PreprocessError;
 use crate::render::RenderError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The body, a header or a parameter is wrong.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -84,7 +84,7 @@ struct ErrorBody<'a> {
 
 impl ApiError {
     /// HTTP status and stable error type.
-    pub fn status(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Codec(err) => match err {
                 CodecError::UnsupportedMediaType(_) => {

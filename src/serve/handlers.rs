@@ -17,12 +17,15 @@ use image::RgbImage;
 use rayon::prelude::*;
 use tracing::Instrument;
 
-use super::codec::{self, CodecError, ParsedRequest, RawImage, RequestFormat, ResponseFormat};
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
-use super::options::{RawOptions, RequestOptions};
-use super::respond::Answer;
-use super::AppState;
+use super::state::AppState;
+use crate::codec::body::parse_body;
+use crate::codec::error::CodecError;
+use crate::codec::media::{RequestFormat, ResponseFormat};
+use crate::codec::options::{RawOptions, RequestOptions};
+use crate::codec::request::{ParsedRequest, RawImage};
+use crate::codec::respond::Answer;
 use crate::model::package::Task;
 use crate::model::preprocess::{decode, DecodeLimits};
 use crate::model::{Input, ModelError};
@@ -158,7 +161,7 @@ async fn handle(
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let header_text = |name| {
         headers.get(name).map(|v| {
-            v.to_str().map_err(|_| codec::CodecError::InvalidParameter {
+            v.to_str().map_err(|_| CodecError::InvalidParameter {
                 name: "headers",
                 expected: "visible ASCII",
                 value: format!("{name} with non-ASCII bytes"),
@@ -328,7 +331,7 @@ fn prepare(
         images,
         is_list,
         parameters,
-    } = codec::parse_body(format, body, max_pixels)?;
+    } = parse_body(format, body, max_pixels)?;
     let limits = DecodeLimits { max_pixels };
     let decode_one = |image: RawImage| match image {
         RawImage::Encoded(bytes) => decode(&bytes, &limits),

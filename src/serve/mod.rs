@@ -2,18 +2,15 @@
 //! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
 //! SIGTERM or SIGINT, after which it drains in-flight requests and exits 0.
 
-pub mod codec;
-pub mod config;
+pub(crate) mod config;
 mod engine;
 mod error;
 mod handlers;
-mod npy;
-pub mod options;
-pub mod respond;
+mod state;
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use std::future::IntoFuture;
@@ -21,91 +18,14 @@ use std::future::IntoFuture;
 use anyhow::{Context, Result};
 use tokio::sync::Notify;
 
-pub use codec::{CodecError, ResponseFormat};
 pub use config::ServeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, Predictor};
-pub use error::ApiError;
 pub use handlers::app;
+pub use state::{AppState, Ready};
 
 use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
 use crate::cli::ServeArgs;
 use crate::model::Model;
-
-/// A model that has loaded and passed its warm-up inference.
-pub struct Ready {
-    /// The queue in front of the worker threads.
-    pub engine: Engine,
-    /// The model, shared with the workers (handlers prepare images with it).
-    pub predictor: Arc<dyn Predictor>,
-}
-
-/// Shared server state: the configuration and, once loaded, the model.
-#[derive(Clone)]
-pub struct AppState {
-    inner: Arc<Shared>,
-}
-
-struct Shared {
-    config: ServeConfig,
-    ready: OnceLock<Ready>,
-    /// One decoding job per core: more would only take CPU time from the inference threads.
-    decode_permits: tokio::sync::Semaphore,
-}
-
-impl AppState {
-    /// State with no model yet: `/ping` answers 503 until [`AppState::set_ready`].
-    pub fn new(config: ServeConfig) -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let decode_permits = tokio::sync::Semaphore::new(cores);
-        AppState {
-            inner: Arc::new(Shared {
-                config,
-                ready: OnceLock::new(),
-                decode_permits,
-            }),
-        }
-    }
-
-    /// The resolved configuration.
-    pub fn config(&self) -> &ServeConfig {
-        &self.inner.config
-    }
-
-    /// The loaded model, if any.
-    pub fn ready(&self) -> Option<&Ready> {
-        self.inner.ready.get()
-    }
-
-    /// Limits concurrent decoding to one job per core.
-    pub(crate) fn decode_permits(&self) -> &tokio::sync::Semaphore {
-        &self.inner.decode_permits
-    }
-
-    /// Publishes the loaded, warmed-up model; a second call is ignored.
-    pub fn set_ready(&self, ready: Ready) {
-        let _ = self.inner.ready.set(ready);
-    }
-
-    /// Starts the engine for `predictor` with this state's settings and publishes it.
-    pub fn start_engine(&self, predictor: Arc<dyn Predictor>) -> std::io::Result<()> {
-        let config = self.config();
-        let engine = Engine::start(
-            &predictor,
-            &EngineConfig {
-                workers: config.workers,
-                queue_capacity: config.queue_capacity,
-                max_batch_size: config.max_batch_size,
-                stuck_after: config.timeout.saturating_mul(2),
-                fault_delay: config.fault_inference_delay,
-                fault_worker_exit_after: config.fault_worker_exit_after,
-            },
-        )?;
-        self.set_ready(Ready { engine, predictor });
-        Ok(())
-    }
-}
 
 /// Runs the server until a shutdown signal (exit 0) or a model that fails to load (exit 1).
 pub fn run(args: &ServeArgs) -> Result<ExitCode> {

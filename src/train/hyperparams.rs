@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::arch::segmentation::Trainable;
+use crate::model::segment::Trainable;
 
 mod segmentation;
 
 /// What a hyperparameter file or value can get wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum HyperparameterError {
+pub(crate) enum HyperparameterError {
     /// The file is not a JSON object.
     #[error("`{path}` is not a JSON object of hyperparameters: {cause}")]
     File {
@@ -44,7 +44,7 @@ pub enum HyperparameterError {
 /// How the loss weighs the classes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ClassWeights {
+pub(crate) enum ClassWeights {
     /// Every image counts the same.
     None,
     /// `n / (classes * n_c)`: each class contributes equally however many images it has.
@@ -56,7 +56,7 @@ pub enum ClassWeights {
 /// What the job trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TrainTask {
+pub(crate) enum TrainTask {
     /// A classification head on pooled features.
     Classification,
     /// A segmentation decoder on feature maps.
@@ -65,43 +65,43 @@ pub enum TrainTask {
 
 /// The typed hyperparameters of `wick train` (README "Training" lists them).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Hyperparameters {
+pub(crate) struct Hyperparameters {
     /// Passes over the training set (at most; early stopping may end sooner).
-    pub epochs: usize,
+    pub(crate) epochs: usize,
     /// AdamW learning rate.
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// Images per optimizer step.
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// AdamW decoupled weight decay.
-    pub weight_decay: f64,
+    pub(crate) weight_decay: f64,
     /// Mass moved from the true class to all classes uniformly, in `[0, 1)`.
-    pub label_smoothing: f64,
+    pub(crate) label_smoothing: f64,
     /// Seed of every random choice: same seed, same data, same result.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Epochs without a lower validation loss before training stops; 0 turns it off.
-    pub patience: usize,
+    pub(crate) patience: usize,
     /// Loss weights per class.
-    pub class_weights: ClassWeights,
+    pub(crate) class_weights: ClassWeights,
     /// Random crops and flips, features recomputed every epoch.
-    pub augment: bool,
+    pub(crate) augment: bool,
     /// Share of each class held out for validation when there is no `validation` channel.
-    pub validation_fraction: f64,
+    pub(crate) validation_fraction: f64,
     /// The backbone's model package, instead of the `model` channel.
-    pub base_model: Option<PathBuf>,
+    pub(crate) base_model: Option<PathBuf>,
     /// `classification` or `segmentation`; unset: segmentation when the base package is a
     /// segmentation package, else classification.
-    pub task: Option<TrainTask>,
+    pub(crate) task: Option<TrainTask>,
     /// Segmentation: class names in index order, from `label_map` or `classes`.
-    pub labels: Option<Vec<String>>,
+    pub(crate) labels: Option<Vec<String>>,
     /// Segmentation: training resolution `(height, width)`; unset: the package's input size,
     /// or 320x320 without one.
-    pub image_size: Option<(usize, usize)>,
+    pub(crate) image_size: Option<(usize, usize)>,
     /// Segmentation: the annotation value excluded from loss and metrics; `None` turns it off.
-    pub ignore_index: Option<u8>,
+    pub(crate) ignore_index: Option<u8>,
     /// Segmentation: one sigmoid output (BCE) for a 2-class job; unset: as the base package.
-    pub binary: Option<bool>,
+    pub(crate) binary: Option<bool>,
     /// Segmentation: the whole decoder or only the final convolution(s).
-    pub trainable: Trainable,
+    pub(crate) trainable: Trainable,
 }
 
 impl Default for Hyperparameters {
@@ -130,17 +130,20 @@ impl Default for Hyperparameters {
 
 /// The hyperparameters and the keys that were ignored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// The typed values, defaults filled in.
-    pub hyperparameters: Hyperparameters,
+    pub(crate) hyperparameters: Hyperparameters,
     /// Keys wick does not know, sorted.
-    pub unknown: Vec<String>,
+    pub(crate) unknown: Vec<String>,
     /// Keys the file set (a task may default a key differently when it is not given).
-    pub given: BTreeSet<String>,
+    pub(crate) given: BTreeSet<String>,
 }
 
 /// Parses the text of `hyperparameters.json`; `path` only names the file in errors.
-pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Parsed, HyperparameterError> {
+pub(crate) fn parse_file(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Parsed, HyperparameterError> {
     let map: BTreeMap<String, Value> =
         serde_json::from_str(text).map_err(|cause| HyperparameterError::File {
             path: path.to_path_buf(),
@@ -151,7 +154,7 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<Parsed, Hyperpar
 
 /// Parses a SageMaker hyperparameter map (values normally strings; JSON values are accepted
 /// too, as a hand-written local file may hold them).
-pub fn parse(map: BTreeMap<String, Value>) -> Result<Parsed, HyperparameterError> {
+pub(crate) fn parse(map: BTreeMap<String, Value>) -> Result<Parsed, HyperparameterError> {
     let given: BTreeSet<String> = map.keys().cloned().collect();
     let mut values: BTreeMap<String, (Value, String)> = map
         .into_iter()

@@ -6,32 +6,34 @@
 //! by the SageMaker training toolkit, not by the platform: everything here works from the files
 //! alone and treats the variables as overrides of single paths (wired in `cli.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::hyperparams::Hyperparameters;
+use super::stop::StopFlag;
 use crate::cli::TrainArgs;
 
 /// Name of the required channel holding the labelled training images.
-pub const TRAINING_CHANNEL: &str = "training";
+pub(crate) const TRAINING_CHANNEL: &str = "training";
 /// Name of the optional channel holding labelled validation images.
-pub const VALIDATION_CHANNEL: &str = "validation";
+pub(crate) const VALIDATION_CHANNEL: &str = "validation";
 /// Segmentation: the required channel of training images.
-pub const SEG_TRAIN_CHANNEL: &str = "train";
+pub(crate) const TRAIN_CHANNEL: &str = "train";
 /// Segmentation: the required channel of training annotations.
-pub const TRAIN_ANNOTATION_CHANNEL: &str = "train_annotation";
+pub(crate) const TRAIN_ANNOTATION_CHANNEL: &str = "train_annotation";
 /// Segmentation: the optional channel of validation annotations (images: `validation`).
-pub const VALIDATION_ANNOTATION_CHANNEL: &str = "validation_annotation";
+pub(crate) const VALIDATION_ANNOTATION_CHANNEL: &str = "validation_annotation";
 /// Name of the optional channel holding the backbone's model package.
-pub const MODEL_CHANNEL: &str = "model";
+pub(crate) const MODEL_CHANNEL: &str = "model";
 
 /// SageMaker shows this many characters of `output/failure` as the job's `FailureReason`.
 const FAILURE_REASON_CHARS: usize = 1024;
 
 /// What the job's config files can get wrong.
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     /// A config file exists but cannot be read.
     #[error("cannot read `{path}`: {cause}")]
     Io {
@@ -60,45 +62,61 @@ pub enum JobError {
     },
 }
 
+/// What a trainer gets from `wick train`'s dispatch: the job's paths and files read once.
+pub(crate) struct Job<'a> {
+    /// Every path.
+    pub(crate) layout: &'a JobLayout,
+    /// The hyperparameters, defaults filled in.
+    pub(crate) hp: &'a Hyperparameters,
+    /// The keys the hyperparameters file set (a trainer's own defaults apply to the others).
+    pub(crate) given: &'a BTreeSet<String>,
+    /// `inputdataconfig.json`'s channels, `None` without the file.
+    pub(crate) channels: Option<&'a Channels>,
+    /// The base package: the `model` channel or `base_model`.
+    pub(crate) base: &'a Path,
+    /// Set by SIGTERM.
+    pub(crate) stop: &'a StopFlag,
+}
+
 /// Every path of the job, resolved once.
 #[derive(Debug, Clone)]
-pub struct JobLayout {
+pub(crate) struct JobLayout {
     /// `input/config/hyperparameters.json`.
-    pub hyperparameters: PathBuf,
+    pub(crate) hyperparameters: PathBuf,
     /// `input/config/inputdataconfig.json`.
-    pub input_data_config: PathBuf,
+    pub(crate) input_data_config: PathBuf,
     /// `input/config/resourceconfig.json`.
-    pub resource_config: PathBuf,
+    pub(crate) resource_config: PathBuf,
     /// The `training` channel.
-    pub training_dir: PathBuf,
+    pub(crate) training_dir: PathBuf,
     /// The `validation` channel.
-    pub validation_dir: PathBuf,
+    pub(crate) validation_dir: PathBuf,
     /// Whether the validation path was given explicitly (`SM_CHANNEL_VALIDATION`), which
     /// makes the channel count even when `inputdataconfig.json` does not name it.
-    pub validation_dir_is_explicit: bool,
+    pub(crate) validation_dir_is_explicit: bool,
     /// Segmentation: the `train` channel.
-    pub seg_train_dir: PathBuf,
+    pub(crate) train_dir: PathBuf,
     /// Segmentation: the `train_annotation` channel.
-    pub train_annotation_dir: PathBuf,
+    pub(crate) train_annotation_dir: PathBuf,
     /// Segmentation: the `validation_annotation` channel.
-    pub validation_annotation_dir: PathBuf,
+    pub(crate) validation_annotation_dir: PathBuf,
     /// Whether `SM_CHANNEL_VALIDATION_ANNOTATION` gave that channel explicitly.
-    pub validation_annotation_dir_is_explicit: bool,
+    pub(crate) validation_annotation_dir_is_explicit: bool,
     /// The `model` channel.
-    pub base_model_dir: PathBuf,
+    pub(crate) base_model_dir: PathBuf,
     /// Where the trained package goes.
-    pub model_dir: PathBuf,
+    pub(crate) model_dir: PathBuf,
     /// `output/`, home of the `failure` file.
-    pub output_dir: PathBuf,
+    pub(crate) output_dir: PathBuf,
     /// `output/data/`: metrics, confusion matrix, curves.
-    pub output_data_dir: PathBuf,
+    pub(crate) output_data_dir: PathBuf,
     /// `checkpoints/`.
-    pub checkpoint_dir: PathBuf,
+    pub(crate) checkpoint_dir: PathBuf,
 }
 
 impl JobLayout {
     /// Resolves every path from the ML root and the explicit overrides.
-    pub fn resolve(args: &TrainArgs) -> Self {
+    pub(crate) fn resolve(args: &TrainArgs) -> Self {
         let root = &args.ml_root;
         let config = root.join("input/config");
         let data = root.join("input/data");
@@ -119,10 +137,10 @@ impl JobLayout {
                 .clone()
                 .unwrap_or_else(|| data.join(VALIDATION_CHANNEL)),
             validation_dir_is_explicit: args.validation_dir.is_some(),
-            seg_train_dir: args
+            train_dir: args
                 .train_dir
                 .clone()
-                .unwrap_or_else(|| data.join(SEG_TRAIN_CHANNEL)),
+                .unwrap_or_else(|| data.join(TRAIN_CHANNEL)),
             train_annotation_dir: args
                 .train_annotation_dir
                 .clone()
@@ -150,13 +168,13 @@ impl JobLayout {
     }
 
     /// `output/failure`.
-    pub fn failure_file(&self) -> PathBuf {
+    pub(crate) fn failure_file(&self) -> PathBuf {
         self.output_dir.join("failure")
     }
 
     /// Removes a `failure` left by an earlier run in the same tree (local runs reuse it), so
     /// the file only ever describes this run.
-    pub fn clear_failure(&self) {
+    pub(crate) fn clear_failure(&self) {
         let path = self.failure_file();
         if path.exists() {
             if let Err(err) = std::fs::remove_file(&path) {
@@ -167,7 +185,7 @@ impl JobLayout {
 
     /// Writes the one-line cause of a failed job to `output/failure`. Best effort: the job is
     /// already failing, and the exit code still says so if the file cannot be written.
-    pub fn write_failure(&self, cause: &str) {
+    pub(crate) fn write_failure(&self, cause: &str) {
         let path = self.failure_file();
         let line = failure_line(cause);
         let written = std::fs::create_dir_all(&self.output_dir)
@@ -180,25 +198,25 @@ impl JobLayout {
 
 /// `cause` on one line (SageMaker shows the file as the job's one-line `FailureReason`),
 /// cut to the characters SageMaker displays.
-pub fn failure_line(cause: &str) -> String {
+pub(crate) fn failure_line(cause: &str) -> String {
     let one_line = cause.split_whitespace().collect::<Vec<_>>().join(" ");
     one_line.chars().take(FAILURE_REASON_CHARS).collect()
 }
 
 /// One channel of `inputdataconfig.json` (the fields wick reads).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ChannelConfig {
+pub(crate) struct ChannelConfig {
     /// `File`, `FastFile` or `Pipe`.
     #[serde(rename = "TrainingInputMode", default)]
-    pub input_mode: Option<String>,
+    pub(crate) input_mode: Option<String>,
 }
 
 /// `inputdataconfig.json`: channel name → its configuration.
-pub type Channels = BTreeMap<String, ChannelConfig>;
+pub(crate) type Channels = BTreeMap<String, ChannelConfig>;
 
 /// The channels SageMaker provides: `inputdataconfig.json`, or `None` when the file is absent
 /// (a local run), in which case the channel directories that exist are used.
-pub fn read_channels(layout: &JobLayout) -> Result<Option<Channels>, JobError> {
+pub(crate) fn read_channels(layout: &JobLayout) -> Result<Option<Channels>, JobError> {
     let path = &layout.input_data_config;
     let Some(text) = read_optional(path)? else {
         return Ok(None);
@@ -225,23 +243,23 @@ pub fn read_channels(layout: &JobLayout) -> Result<Option<Channels>, JobError> {
 
 /// `resourceconfig.json`: the hosts of the job.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ResourceConfig {
+pub(crate) struct ResourceConfig {
     /// This container's host name, e.g. `algo-1`.
-    pub current_host: String,
+    pub(crate) current_host: String,
     /// Every host, sorted; the first is the leader.
-    pub hosts: Vec<String>,
+    pub(crate) hosts: Vec<String>,
 }
 
 impl ResourceConfig {
     /// Whether this host writes the model (the only host, or `hosts[0]`).
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.hosts.first().is_none_or(|h| *h == self.current_host)
     }
 }
 
 /// Reads `resourceconfig.json`; a missing or empty file (the scikit example's test_dir ships an
 /// empty one) means a single host.
-pub fn read_resources(layout: &JobLayout) -> Result<Option<ResourceConfig>, JobError> {
+pub(crate) fn read_resources(layout: &JobLayout) -> Result<Option<ResourceConfig>, JobError> {
     let path = &layout.resource_config;
     match read_optional(path)? {
         Some(text) if !text.trim().is_empty() => {
@@ -257,7 +275,7 @@ pub fn read_resources(layout: &JobLayout) -> Result<Option<ResourceConfig>, JobE
 }
 
 /// The file's text, or `None` if it does not exist.
-pub fn read_optional(path: &Path) -> Result<Option<String>, JobError> {
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, JobError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(cause) if cause.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -9,7 +9,7 @@ use candle_nn::optim::{Optimizer, ParamsAdamW};
 
 /// AdamW (Loshchilov & Hutter) over a fixed list of variables.
 #[derive(Debug)]
-pub struct AdamW {
+pub(crate) struct AdamW {
     vars: Vec<Var>,
     first_moments: Vec<Var>,
     second_moments: Vec<Var>,
@@ -76,18 +76,18 @@ impl Optimizer for AdamW {
 
 /// The optimizer's state: steps taken and both moments of every variable, in variable order.
 #[derive(Debug, Clone)]
-pub struct AdamState {
+pub(crate) struct AdamState {
     /// Steps taken (bias correction depends on it).
-    pub step: usize,
+    pub(crate) step: usize,
     /// First moments.
-    pub first_moments: Vec<Tensor>,
+    pub(crate) first_moments: Vec<Tensor>,
     /// Second moments.
-    pub second_moments: Vec<Tensor>,
+    pub(crate) second_moments: Vec<Tensor>,
 }
 
 impl AdamW {
     /// A copy of the state.
-    pub fn state(&self) -> candle_core::Result<AdamState> {
+    pub(crate) fn state(&self) -> candle_core::Result<AdamState> {
         let copy = |vars: &[Var]| {
             vars.iter()
                 .map(|v| v.as_tensor().copy())
@@ -101,7 +101,7 @@ impl AdamW {
     }
 
     /// Continues from a saved state (moments must match the variables' shapes).
-    pub fn restore(&mut self, state: &AdamState) -> candle_core::Result<()> {
+    pub(crate) fn restore(&mut self, state: &AdamState) -> candle_core::Result<()> {
         if state.first_moments.len() != self.vars.len()
             || state.second_moments.len() != self.vars.len()
         {

@@ -1,6 +1,8 @@
-//! Progress of the long passes (the backbone over every image): a bar redrawn in place when
-//! stderr is a terminal, plain log lines every tenth otherwise, since CloudWatch keeps every
-//! line and a redrawn bar would flood it.
+//! What a job shows while it runs. The long passes (a backbone or an encoder over every image):
+//! a bar redrawn in place when stderr is a terminal, plain log lines every tenth otherwise,
+//! since CloudWatch keeps every line and a redrawn bar would flood it. Each epoch: one metric
+//! line on stdout, in the one format both trainers use ([`format_metric_line`]), which
+//! SageMaker's `MetricDefinitions` regexes read (README "Training").
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -9,7 +11,7 @@ use std::time::Instant;
 const BAR_WIDTH: usize = 30;
 
 /// One pass being reported.
-pub struct Progress {
+pub(crate) struct Progress {
     label: &'static str,
     total: usize,
     done: usize,
@@ -21,7 +23,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts reporting a pass over `total` images of which `done` are already done (resumed).
-    pub fn new(label: &'static str, total: usize, done: usize) -> Self {
+    pub(crate) fn new(label: &'static str, total: usize, done: usize) -> Self {
         let total = total.max(1);
         Progress {
             label,
@@ -35,12 +37,12 @@ impl Progress {
     }
 
     /// Images per second since the pass (re)started.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         (self.done - self.started_at) as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 
     /// Records `n` more images.
-    pub fn advance(&mut self, n: usize) {
+    pub(crate) fn advance(&mut self, n: usize) {
         self.done = (self.done + n).min(self.total);
         if self.is_terminal {
             let filled = self.done * BAR_WIDTH / self.total;
@@ -69,9 +71,27 @@ impl Progress {
     }
 
     /// Ends the bar's line.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.is_terminal {
             let _ = writeln!(std::io::stderr().lock());
         }
     }
+}
+
+/// `epoch=N; key=value; ...;` with four decimals: the one metric line format of `wick train`,
+/// whatever the task.
+pub(crate) fn format_metric_line(epoch: usize, pairs: &[(&str, f64)]) -> String {
+    let mut line = format!("epoch={epoch};");
+    for (key, value) in pairs {
+        line.push_str(&format!(" {key}={value:.4};"));
+    }
+    line
+}
+
+/// Prints a metric line to stdout and flushes it.
+pub(crate) fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not fail the job; the checkpoint and metrics.json keep the numbers.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

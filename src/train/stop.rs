@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 /// Set once a stop was requested.
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub(crate) struct StopFlag(Arc<AtomicBool>);
 
 impl StopFlag {
     /// A flag raised by SIGTERM and SIGINT.
-    pub fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         let flag = StopFlag::default();
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(signal, Arc::clone(&flag.0))?;
@@ -20,12 +20,7 @@ impl StopFlag {
     }
 
     /// Whether a stop was requested.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)
-    }
-
-    /// Requests a stop (tests).
-    pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
     }
 }

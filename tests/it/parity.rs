@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
-use wick::model::arch::{self, BuildArgs};
+use wick::model::classify::{self as arch, BuildArgs};
 use wick::model::weights::{synthesize, Weights};
 
 #[derive(Deserialize)]

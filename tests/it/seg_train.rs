@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use wick::train::segmentation::annotation;
+use wick::train::segment::annotation;
 
 use crate::seg_dataset::{Photos, SEG_CLASSES};
 use crate::train::{describe, metric, ml_root, run_train};

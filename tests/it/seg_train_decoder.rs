@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use wick::model::arch::segmentation::Trainable;
+use wick::model::segment::Trainable;
 use wick::model::Segmenter;
-use wick::train::segmentation::base::{verify_package, BaseModel};
-use wick::train::segmentation::decoder::{FeatureBatch, TrainableDecoder};
-use wick::train::segmentation::features::{normalise, InputSpec};
+use wick::train::segment::base::{verify_package, BaseModel};
+use wick::train::segment::decoder::{FeatureBatch, TrainableDecoder};
+use wick::train::segment::features::{normalise, InputSpec};
 
 use crate::seg_dataset::{Photos, SEG_CLASSES};
 use crate::seg_train_jobs::{same, seg_base_job, synthetic_package, tensors};

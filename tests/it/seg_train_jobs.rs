@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use image::{GrayImage, Luma, RgbImage};
-use wick::model::arch::segmentation::Trainable;
+use wick::model::segment::Trainable;
 use wick::model::weights::{synthesize, Weights};
 use wick::model::Segmenter;
-use wick::train::segmentation::data::{SegDataSpec, SegDataset};
+use wick::train::segment::dataset::{Dataset as SegDataset, DatasetSpec as SegDataSpec};
 
 use crate::seg_dataset::{Photos, SEG_CLASSES};
 use crate::train::{describe, epoch_losses, ml_root, run_train, train_command};
@@ -309,7 +309,7 @@ fn binary_masks_in_0_255_count_255_as_the_foreground_unless_a_1_appears() -> Res
     assert!(!data.values.foreground_255);
     assert_eq!(
         data.values.target(255),
-        wick::train::segmentation::data::IGNORED
+        wick::train::segment::dataset::IGNORED
     );
     // One annotation with a 1: 255 is the ignore value everywhere.
     pair(
@@ -322,7 +322,7 @@ fn binary_masks_in_0_255_count_255_as_the_foreground_unless_a_1_appears() -> Res
     assert!(!data.values.foreground_255);
     assert_eq!(
         [1, 255].map(|v| data.values.target(v)),
-        [1, wick::train::segmentation::data::IGNORED]
+        [1, wick::train::segment::dataset::IGNORED]
     );
     Ok(())
 }
@@ -331,9 +331,9 @@ fn binary_masks_in_0_255_count_255_as_the_foreground_unless_a_1_appears() -> Res
 /// before reporting success), and the check catches a package that does not.
 #[test]
 fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference() -> Result<()> {
-    use wick::train::segmentation::base::{verify_package, BaseModel};
-    use wick::train::segmentation::decoder::TrainableDecoder;
-    use wick::train::segmentation::features::{normalise, InputSpec};
+    use wick::train::segment::base::{verify_package, BaseModel};
+    use wick::train::segment::decoder::TrainableDecoder;
+    use wick::train::segment::features::{normalise, InputSpec};
 
     let dir = tempfile::tempdir()?;
     // `trainable=head` needs a trained decoder, which a classification base does not have.
@@ -374,7 +374,7 @@ fn the_written_package_reproduces_the_trainer_and_the_check_catches_a_difference
     )?;
     let network = base.network(&tensors, 3)?;
     let features = network.frozen_features(&nhwc)?;
-    let batch = wick::train::segmentation::decoder::FeatureBatch::from_nhwc(&features)?;
+    let batch = wick::train::segment::decoder::FeatureBatch::from_nhwc(&features)?;
     let expected = decoder.forward(&batch, size)?;
     let nchw = nhwc.permute((0, 3, 1, 2))?.contiguous()?;
     verify_package(dir.path(), &nchw, &expected)?;

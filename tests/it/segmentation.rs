@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
-use wick::model::arch::segmentation::{self, SegmentationArgs};
 use wick::model::layers::to_nhwc;
+use wick::model::segment::{self as segmentation, SegmentationArgs};
 use wick::model::weights::{synthesize, Weights};
 
 #[derive(Deserialize)]

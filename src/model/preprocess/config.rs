@@ -4,11 +4,11 @@
 use fast_image_resize::FilterType;
 use serde::{Deserialize, Serialize};
 
-use super::PreprocessError;
+use super::error::PreprocessError;
 
 /// Largest accepted `input_height` / `input_width`. Generous (models take 224..1024) but keeps a
 /// typo in a config from allocating gigabytes per request.
-pub const MAX_INPUT_SIDE: usize = 8192;
+pub(crate) const MAX_INPUT_SIDE: usize = 8192;
 
 /// The resampling filter of the resize step, named as in timm's `pretrained_cfg`
 /// (`"bilinear"`, `"bicubic"`).
@@ -46,7 +46,7 @@ impl Interpolation {
     }
 
     /// The config name of this filter (`"bilinear"` or `"bicubic"`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Interpolation::Bilinear => "bilinear",
             Interpolation::Bicubic => "bicubic",
@@ -80,14 +80,14 @@ impl std::str::FromStr for Interpolation {
 /// Smallest accepted `crop_pct`: below it the resize target (`input / crop_pct`) is over ten
 /// times the input for a crop of a tenth of it, which no model does; the bound also keeps the
 /// size arithmetic far from overflow.
-pub const MIN_CROP_PCT: f32 = 0.1;
+pub(crate) const MIN_CROP_PCT: f32 = 0.1;
 /// Largest accepted `crop_pct` (above 1.0 the crop is zero-padded).
-pub const MAX_CROP_PCT: f32 = 4.0;
+pub(crate) const MAX_CROP_PCT: f32 = 4.0;
 
 /// ImageNet channel means (RGB), timm's `IMAGENET_DEFAULT_MEAN`.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub(crate) const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB), timm's `IMAGENET_DEFAULT_STD`.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub(crate) const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The evaluation transform's parameters, as in a timm `pretrained_cfg`.
 ///
@@ -95,20 +95,20 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessConfig {
     /// Model input height in pixels (`input_size[1]` in timm).
-    pub input_height: usize,
+    pub(crate) input_height: usize,
     /// Model input width in pixels (`input_size[2]` in timm).
-    pub input_width: usize,
+    pub(crate) input_width: usize,
     /// Fraction of the resized image the centre crop keeps: the image is first resized to
     /// `floor(input / crop_pct)`. Above 1.0 the crop is larger than the resized image and the
     /// border is zero-padded, as torchvision's `CenterCrop` does. Accepted range:
     /// [`MIN_CROP_PCT`] to [`MAX_CROP_PCT`].
-    pub crop_pct: f32,
+    pub(crate) crop_pct: f32,
     /// Resampling filter of the resize step.
-    pub interpolation: Interpolation,
+    pub(crate) interpolation: Interpolation,
     /// Per-channel (RGB) mean subtracted after scaling pixels to `[0, 1]`.
-    pub mean: [f32; 3],
+    pub(crate) mean: [f32; 3],
     /// Per-channel (RGB) standard deviation the result is divided by.
-    pub std: [f32; 3],
+    pub(crate) std: [f32; 3],
 }
 
 impl Default for PreprocessConfig {
@@ -126,12 +126,12 @@ impl Default for PreprocessConfig {
 
 impl PreprocessConfig {
     /// Number of `f32` values in one preprocessed image: `3 * input_height * input_width`.
-    pub fn tensor_len(&self) -> usize {
+    pub(crate) fn tensor_len(&self) -> usize {
         3 * self.input_height * self.input_width
     }
 
     /// Checks every field; [`preprocess`](super::preprocess) calls this too, so a loader can fail early at start-up.
-    pub fn validate(&self) -> Result<(), PreprocessError> {
+    pub(crate) fn validate(&self) -> Result<(), PreprocessError> {
         for (field, value) in [
             ("input_height", self.input_height),
             ("input_width", self.input_width),

@@ -17,7 +17,7 @@ use image::error::{DecodingError, ImageFormatHint};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
-use super::PreprocessError;
+use super::error::PreprocessError;
 
 /// Limits applied while decoding untrusted images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,16 +25,16 @@ pub struct DecodeLimits {
     /// Largest accepted `width * height`, checked against the header before any pixel buffer
     /// is allocated. The default, 40 megapixels, admits any common camera photo; an 8-bit RGB
     /// image at the limit takes 120 MB.
-    pub max_pixels: u64,
+    pub(crate) max_pixels: u64,
 }
 
 impl DecodeLimits {
     /// Default for [`DecodeLimits::max_pixels`].
-    pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+    pub(crate) const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 
     /// Fails with [`PreprocessError::TooManyPixels`] if a `width x height` image is over the
     /// limit.
-    pub fn check(&self, width: u32, height: u32) -> Result<(), PreprocessError> {
+    pub(crate) fn check(&self, width: u32, height: u32) -> Result<(), PreprocessError> {
         let pixels = u64::from(width) * u64::from(height);
         if pixels > self.max_pixels {
             return Err(PreprocessError::TooManyPixels {

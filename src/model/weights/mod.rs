@@ -143,7 +143,7 @@ impl Weights {
     /// Loads a checkpoint: safetensors, or a PyTorch state dict (`.pth`,
     /// `.pt`, `.bin`) in the zip or the legacy format. The format is read
     /// from the file's first bytes; the extension is ignored.
-    pub fn load(path: &Path) -> Result<Self, WeightsError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, WeightsError> {
         let io = |source| WeightsError::Io {
             path: path.to_owned(),
             source,
@@ -225,38 +225,40 @@ impl Weights {
     }
 
     /// Class names stored in the checkpoint itself (a pickled ultralytics model's `names`).
-    pub fn class_names(&self) -> Option<&[String]> {
+    pub(crate) fn class_names(&self) -> Option<&[String]> {
         self.class_names.as_deref()
     }
 
     /// Whether a tensor of this name was really loaded (never true for names
     /// that would only be synthesized).
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
     /// The names of the present tensors, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
     /// The shape of a present tensor.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+    pub(crate) fn shape(&self, name: &str) -> Option<&[usize]> {
         self.tensors.get(name).map(Tensor::dims)
     }
 
     /// Number of present tensors.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tensors.len()
     }
 
     /// Whether no tensor is present (true for [`Weights::synthetic`]).
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
 
     /// Whether absent names are synthesized rather than reported missing.
-    pub fn synthesizes_missing(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn synthesizes_missing(&self) -> bool {
         self.synthesize_missing
     }
 
@@ -264,7 +266,7 @@ impl Weights {
     /// `shape`. A present tensor of another shape is an error even for
     /// synthetic weights; an absent one is synthesized or an error with a
     /// "did you mean" hint.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
         let Some(t) = self.tensors.get(name) else {
             if self.synthesize_missing {
                 return Ok(synthesize(name, shape));
@@ -311,26 +313,19 @@ impl Weights {
         for (name, t) in &self.tensors {
             out.insert(name, normalised(name, t)?);
         }
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-        if let Err(source) = candle_core::safetensors::save(&out, &tmp) {
-            // Best effort: the write already failed, the temp file is litter.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(WeightsError::Save {
+        crate::model::atomic_file::write(
+            path,
+            |tmp| {
+                candle_core::safetensors::save(&out, tmp).map_err(|source| WeightsError::Save {
+                    path: path.to_owned(),
+                    source,
+                })
+            },
+            |source| WeightsError::Io {
                 path: path.to_owned(),
                 source,
-            });
-        }
-        std::fs::rename(&tmp, path).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            WeightsError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        })
+            },
+        )
     }
 }
 

@@ -9,11 +9,11 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::error::WeightsError;
 use super::gather::{self, Dtype, GatherError};
 use super::module_tree;
 use super::pickle::{self, PickleError, Unpickled, Value};
 use super::state_dict::{self, Entry, StorageRef, TensorRef};
-use super::WeightsError;
 
 /// `torch.serialization.MAGIC_NUMBER` (0x1950a86a20f9469cfc6c), as the
 /// little-endian bytes of the `LONG1` that opens a legacy file.

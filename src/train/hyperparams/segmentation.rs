@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{Field, HyperparameterError, TrainTask};
-use crate::model::arch::segmentation::Trainable;
+use crate::model::segment::Trainable;
 
 impl Field {
     pub(super) fn task(&self) -> Result<TrainTask, HyperparameterError> {

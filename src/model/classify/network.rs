@@ -1,0 +1,63 @@
+//! What a classification network is: a [`Backbone`] (normalised images to pooled features)
+//! and a [`Linear`] head, and what its builder gets ([`BuildArgs`]). The architectures are in
+//! this folder, one file each, listed in `registry.rs`.
+
+use candle_core::{Module, Tensor};
+
+use super::linear::Linear;
+use crate::model::error::ModelError;
+use crate::model::layers::to_nhwc;
+use crate::model::pools::per_image;
+use crate::model::weights::Weights;
+
+/// A network without its classifier: normalised images in, pooled features out.
+pub trait Backbone: Send + Sync {
+    /// `(n, h, w, 3)` NHWC, normalised -> `(n, num_features)`.
+    fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// A classification network: a backbone and a linear head.
+pub struct Network {
+    /// Feature extractor.
+    pub(crate) backbone: Box<dyn Backbone>,
+    /// `num_features -> num_classes`.
+    pub(crate) classifier: Linear,
+    /// Checkpoint prefix of `classifier` (`fc`, `classifier`, `_fc`, `classifier.1`): its
+    /// tensors are `{key}.weight` and `{key}.bias`. `wick train` writes a new head under it.
+    pub(crate) classifier_key: &'static str,
+}
+
+impl Network {
+    /// `(n, 3, h, w)` normalised images -> `(n, num_features)` pooled features.
+    ///
+    /// A batch runs image by image on the per-image pools (`crate::model::pools`), or whole on
+    /// the global pool when there is one image or one core.
+    pub(crate) fn features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let per_image = per_image(xs.dim(0)?, |i| {
+            self.backbone
+                .forward_features(&to_nhwc(&xs.narrow(0, i, 1)?)?)
+        });
+        match per_image {
+            Some(features) => features,
+            None => self.backbone.forward_features(&to_nhwc(xs)?),
+        }
+    }
+
+    /// `(n, 3, h, w)` normalised images -> `(n, num_classes)` logits.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.classifier.forward(&self.features(xs)?)
+    }
+}
+
+/// What a builder gets: the architecture name as configured, the checkpoint, the head size.
+pub struct BuildArgs<'a> {
+    /// e.g. `resnet50`, `efficientnet_lite0`.
+    pub name: &'a str,
+    /// The checkpoint's tensors.
+    pub weights: &'a Weights,
+    /// Outputs of the classifier.
+    pub num_classes: usize,
+}
+
+/// How a classification architecture is built.
+pub(crate) type Builder = fn(&BuildArgs<'_>) -> Result<Network, ModelError>;

@@ -1,0 +1,115 @@
+//! The `segmentation` section of a package's `config.json`: how an image is sized and tiled
+//! for the network and the default binary threshold. See `docs/model-package.md`.
+
+use serde::Deserialize;
+
+use crate::model::package::{Package, PackageError};
+
+/// Default tile side in pixels: the size the building-footprint models are trained on and
+/// small enough that ResNet-50 activations stay around 1 GB at most.
+pub(crate) const DEFAULT_TILE_SIZE: usize = 512;
+/// Default overlap between neighbouring tiles, in pixels.
+pub(crate) const DEFAULT_TILE_OVERLAP: usize = 128;
+/// Default binary threshold on the sigmoid probability.
+pub(crate) const DEFAULT_THRESHOLD: f32 = 0.5;
+/// Smallest tile side accepted: below it dilated backbones see mostly padding.
+pub(crate) const MIN_TILE_SIZE: usize = 64;
+/// Largest tile side accepted (activations grow with its square).
+pub(crate) const MAX_TILE_SIZE: usize = 2048;
+
+/// The raw JSON section, every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegmentationConfig {
+    resize_shorter_side: Option<usize>,
+    tile_size: Option<usize>,
+    tile_overlap: Option<usize>,
+    threshold: Option<f32>,
+}
+
+/// How [`Segmenter::segment`](super::segmenter::Segmenter::segment) prepares an image,
+/// validated.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SegmentationConfig {
+    /// Resize the image so its shorter side has this many pixels before the network (the
+    /// torchvision presets use 520); `None` runs at the image's own resolution.
+    pub(crate) resize_shorter_side: Option<usize>,
+    /// Largest square the network runs on at once; bigger images are tiled.
+    pub(crate) tile_size: usize,
+    /// Pixels shared by neighbouring tiles, blended with linear weights.
+    pub(crate) tile_overlap: usize,
+    /// Default sigmoid threshold of a binary model.
+    pub(crate) threshold: f32,
+    /// Per-channel mean of the `/255` pixels (`pretrained_cfg.mean`, ImageNet by default).
+    pub(crate) mean: [f32; 3],
+    /// Per-channel standard deviation (`pretrained_cfg.std`).
+    pub(crate) std: [f32; 3],
+}
+
+/// A threshold must be a probability strictly between 0 and 1.
+pub(crate) fn check_threshold(field: &'static str, t: f32) -> Result<f32, PackageError> {
+    if t.is_finite() && t > 0.0 && t < 1.0 {
+        Ok(t)
+    } else {
+        Err(PackageError::InvalidField {
+            field,
+            message: "must be a probability strictly between 0 and 1".into(),
+            value: t.to_string(),
+        })
+    }
+}
+
+impl SegmentationConfig {
+    /// Reads `config.json`'s `segmentation` section (absent = defaults) and the normalisation
+    /// of `pretrained_cfg`.
+    pub(crate) fn from_package(package: &Package) -> Result<Self, PackageError> {
+        let raw: RawSegmentationConfig = match package.config.extra.get("segmentation") {
+            None => RawSegmentationConfig::default(),
+            Some(value) => {
+                serde_json::from_value(value.clone()).map_err(|e| PackageError::InvalidField {
+                    field: "segmentation",
+                    message: e.to_string(),
+                    value: value.to_string(),
+                })?
+            }
+        };
+        let preprocess = package.preprocess_config()?;
+        let tile_size = raw.tile_size.unwrap_or(DEFAULT_TILE_SIZE);
+        if !(MIN_TILE_SIZE..=MAX_TILE_SIZE).contains(&tile_size) {
+            return Err(PackageError::InvalidField {
+                field: "segmentation.tile_size",
+                message: format!("must be between {MIN_TILE_SIZE} and {MAX_TILE_SIZE} pixels"),
+                value: tile_size.to_string(),
+            });
+        }
+        let tile_overlap = raw.tile_overlap.unwrap_or(DEFAULT_TILE_OVERLAP);
+        if tile_overlap * 2 > tile_size {
+            return Err(PackageError::InvalidField {
+                field: "segmentation.tile_overlap",
+                message: format!("must be at most half the tile size ({tile_size})"),
+                value: tile_overlap.to_string(),
+            });
+        }
+        if let Some(side) = raw.resize_shorter_side {
+            if !(1..=MAX_TILE_SIZE * 4).contains(&side) {
+                return Err(PackageError::InvalidField {
+                    field: "segmentation.resize_shorter_side",
+                    message: format!("must be between 1 and {} pixels", MAX_TILE_SIZE * 4),
+                    value: side.to_string(),
+                });
+            }
+        }
+        let threshold = check_threshold(
+            "segmentation.threshold",
+            raw.threshold.unwrap_or(DEFAULT_THRESHOLD),
+        )?;
+        Ok(SegmentationConfig {
+            resize_shorter_side: raw.resize_shorter_side,
+            tile_size,
+            tile_overlap,
+            threshold,
+            mean: preprocess.mean,
+            std: preprocess.std,
+        })
+    }
+}

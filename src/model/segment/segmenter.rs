@@ -1,0 +1,255 @@
+//! A loaded semantic segmentation model: network, labels and sizing settings from one package,
+//! and the whole path from an RGB image to a label map at the image's own size (resize or
+//! tile, normalise, run, blend tiles, upsample logits bilinearly, argmax or threshold).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use fast_image_resize::{self as fr, FilterType, ResizeAlg, ResizeOptions};
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::config::{self, SegmentationConfig};
+use super::network::{SegmentationArgs, SegmentationNetwork};
+use super::registry;
+use super::tiling::{run_tiled, TileSettings};
+use crate::model::error::ModelError;
+use crate::model::kernels::ResizeAxis;
+use crate::model::layers::to_nhwc;
+use crate::model::output::LabelMap;
+use crate::model::package::{Package, PackageError, Task};
+use crate::model::preprocess::PreprocessError;
+use crate::model::weights::Weights;
+
+/// Most classes a label map can hold (one byte per pixel).
+pub(crate) const MAX_CLASSES: usize = 256;
+
+/// A segmentation model ready to run.
+pub struct Segmenter {
+    network: Box<dyn SegmentationNetwork>,
+    labels: Vec<String>,
+    config: SegmentationConfig,
+    architecture: String,
+}
+
+impl Segmenter {
+    /// Loads the package in `dir` (see `docs/model-package.md`).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let started = Instant::now();
+        let package = Package::open(dir)?;
+        let weights = Weights::load(&package.weights_path)?;
+        let segmenter = Self::from_package(&package, &weights)?;
+        tracing::info!(
+            architecture = %segmenter.architecture,
+            weights = %package.weights_path.display(),
+            classes = segmenter.labels.len(),
+            binary = segmenter.is_binary(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(segmenter)
+    }
+
+    /// Builds the segmenter a package describes from already loaded weights. The network has
+    /// `num_classes` outputs (or as many as labels); exactly 1 makes a binary model, whose
+    /// labels become `[background, <the one label>]` unless two are given.
+    pub fn from_package(package: &Package, weights: &Weights) -> Result<Self, ModelError> {
+        if package.config.task != Task::Segmentation {
+            return Err(ModelError::Unsupported(format!(
+                "config.json `task` is {:?}; a segmenter needs \"segmentation\"",
+                package.config.task
+            )));
+        }
+        let out_channels = package.num_classes();
+        if out_channels == 0 || out_channels > MAX_CLASSES {
+            return Err(PackageError::InvalidField {
+                field: "num_classes",
+                message: format!("a segmentation model has 1 to {MAX_CLASSES} classes"),
+                value: out_channels.to_string(),
+            }
+            .into());
+        }
+        let config = SegmentationConfig::from_package(package)?;
+        let network = registry::build(&SegmentationArgs {
+            name: &package.config.architecture,
+            weights,
+            out_channels,
+        })?;
+        let labels = match package.labels.as_slice() {
+            [foreground] if out_channels == 1 => vec!["background".to_string(), foreground.clone()],
+            labels => labels.to_vec(),
+        };
+        Ok(Segmenter {
+            network,
+            labels,
+            config,
+            architecture: package.config.architecture.clone(),
+        })
+    }
+
+    /// Class id -> name; a binary model has 2: `[background, <foreground>]`.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Whether the network has a single output channel (sigmoid + threshold).
+    pub fn is_binary(&self) -> bool {
+        self.network.out_channels() == 1
+    }
+
+    /// The configured architecture name.
+    pub(crate) fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// The binary threshold from the package (`segmentation.threshold`, default 0.5).
+    pub fn default_threshold(&self) -> f32 {
+        self.config.threshold
+    }
+
+    /// `(n, 3, h, w)` normalised NCHW -> `(n, out_channels, h, w)` logits at the input
+    /// resolution, what PyTorch's `model(x)["out"]` (torchvision) / `model(x)` (smp) gives.
+    pub fn logits(&self, batch: &Tensor) -> Result<Tensor, ModelError> {
+        let (_, _, h, w) = batch.dims4()?;
+        let multiple = self.network.size_multiple();
+        if h % multiple != 0 || w % multiple != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "`{}` needs input height and width divisible by {multiple}; got {h}x{w}",
+                self.architecture
+            )));
+        }
+        let logits = self.network.forward(&to_nhwc(batch)?)?;
+        Ok(logits.permute((0, 3, 1, 2))?.contiguous()?)
+    }
+
+    /// The whole pipeline for one image: resize (`segmentation.resize_shorter_side`) or tile,
+    /// normalise, run, upsample the logits bilinearly to the ORIGINAL size, then argmax (or
+    /// sigmoid > threshold for a binary model: 0/1). `threshold` overrides the package's.
+    pub fn segment(
+        &self,
+        image: &RgbImage,
+        threshold: Option<f32>,
+    ) -> Result<LabelMap, ModelError> {
+        let threshold = match threshold {
+            Some(t) => config::check_threshold("threshold", t)?,
+            None => self.config.threshold,
+        };
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(PreprocessError::NoPixels { width, height }.into());
+        }
+        let working = self.working_image(image)?;
+        let channels = self.network.out_channels();
+        // sigmoid(x) > t  <=>  x > ln(t / (1 - t)): no exp per pixel.
+        let logit_threshold = (threshold / (1.0 - threshold)).ln();
+        let label = |px: &[f32]| -> u8 {
+            if channels == 1 {
+                u8::from(px[0] > logit_threshold)
+            } else {
+                argmax(px) as u8
+            }
+        };
+        let settings = TileSettings {
+            tile_size: self.config.tile_size,
+            tile_overlap: self.config.tile_overlap,
+            mean: self.config.mean,
+            std: self.config.std,
+        };
+        let (w, h) = (width as usize, height as usize);
+        let mut classes = vec![0u8; w * h];
+        if working.dimensions() == image.dimensions() {
+            run_tiled(self.network.as_ref(), &working, &settings, &mut |y, row| {
+                for (x, px) in row.chunks_exact(channels).enumerate() {
+                    classes[y * w + x] = label(px);
+                }
+            })?;
+        } else {
+            // The working image is small by construction (its shorter side is configured), so
+            // its logits fit in memory; the full-size logits never exist: each output pixel
+            // interpolates its four neighbours and is labelled at once.
+            let (ww, wh) = (working.width() as usize, working.height() as usize);
+            let mut logits = vec![0.0f32; ww * wh * channels];
+            run_tiled(self.network.as_ref(), &working, &settings, &mut |y, row| {
+                logits[y * ww * channels..][..ww * channels].copy_from_slice(row);
+            })?;
+            let rows = ResizeAxis::plan(wh, h, false);
+            let cols = ResizeAxis::plan(ww, w, false);
+            classes
+                .par_chunks_mut(w)
+                .zip(rows.par_iter())
+                .for_each(|(out, ry)| {
+                    let mut px = vec![0.0f32; channels];
+                    let top = &logits[ry.i0 * ww * channels..][..ww * channels];
+                    let bottom = &logits[ry.i1 * ww * channels..][..ww * channels];
+                    for (o, rx) in out.iter_mut().zip(&cols) {
+                        for (k, v) in px.iter_mut().enumerate() {
+                            let upper = rx.w0 * top[rx.i0 * channels + k]
+                                + rx.w1 * top[rx.i1 * channels + k];
+                            let lower = rx.w0 * bottom[rx.i0 * channels + k]
+                                + rx.w1 * bottom[rx.i1 * channels + k];
+                            *v = ry.w0 * upper + ry.w1 * lower;
+                        }
+                        *o = label(&px);
+                    }
+                });
+        }
+        Ok(LabelMap {
+            width,
+            height,
+            classes,
+        })
+    }
+
+    /// The image the network sees: the original, or resized (bilinear, antialiased like PIL)
+    /// so its shorter side is `resize_shorter_side`.
+    fn working_image<'a>(&self, image: &'a RgbImage) -> Result<Cow<'a, RgbImage>, ModelError> {
+        let Some(side) = self.config.resize_shorter_side else {
+            return Ok(Cow::Borrowed(image));
+        };
+        let (w, h) = (u64::from(image.width()), u64::from(image.height()));
+        let short = w.min(h);
+        if short == side as u64 {
+            return Ok(Cow::Borrowed(image));
+        }
+        // torchvision `Resize(int)`: the longer side is truncated, as in classification.
+        let long = ((side as u64 * w.max(h)) as f64 / short as f64).max(1.0) as u32;
+        let (new_w, new_h) = if w <= h {
+            (side as u32, long)
+        } else {
+            (long, side as u32)
+        };
+        let mut dst = fr::images::Image::new(new_w, new_h, fr::PixelType::U8x3);
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        fr::Resizer::new()
+            .resize(image, &mut dst, &options)
+            .map_err(PreprocessError::from)?;
+        let resized = RgbImage::from_raw(new_w, new_h, dst.into_vec())
+            .ok_or_else(|| ModelError::Unsupported("resized image buffer size".into()))?;
+        Ok(Cow::Owned(resized))
+    }
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax`), NaN never wins.
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] || values[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.1, 0.3, 0.3, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.0]), 1);
+        assert_eq!(argmax(&[2.0]), 0);
+    }
+}

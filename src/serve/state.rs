@@ -1,0 +1,83 @@
+//! The server's shared state: the resolved configuration and, once loaded and warmed up, the
+//! model with the engine in front of it. Handlers read it; `run` fills it.
+
+use std::sync::{Arc, OnceLock};
+
+use super::config::ServeConfig;
+use super::engine::{Engine, EngineConfig, Predictor};
+
+/// A model that has loaded and passed its warm-up inference.
+pub struct Ready {
+    /// The queue in front of the worker threads.
+    pub(crate) engine: Engine,
+    /// The model, shared with the workers (handlers prepare images with it).
+    pub(crate) predictor: Arc<dyn Predictor>,
+}
+
+/// Shared server state: the configuration and, once loaded, the model.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: ServeConfig,
+    ready: OnceLock<Ready>,
+    /// One decoding job per core: more would only take CPU time from the inference threads.
+    decode_permits: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    /// State with no model yet: `/ping` answers 503 until [`AppState::set_ready`].
+    pub fn new(config: ServeConfig) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let decode_permits = tokio::sync::Semaphore::new(cores);
+        AppState {
+            inner: Arc::new(Shared {
+                config,
+                ready: OnceLock::new(),
+                decode_permits,
+            }),
+        }
+    }
+
+    /// The resolved configuration.
+    pub(crate) fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    /// The loaded model, if any.
+    pub(crate) fn ready(&self) -> Option<&Ready> {
+        self.inner.ready.get()
+    }
+
+    /// Limits concurrent decoding to one job per core.
+    pub(crate) fn decode_permits(&self) -> &tokio::sync::Semaphore {
+        &self.inner.decode_permits
+    }
+
+    /// Publishes the loaded, warmed-up model; a second call is ignored.
+    pub(crate) fn set_ready(&self, ready: Ready) {
+        let _ = self.inner.ready.set(ready);
+    }
+
+    /// Starts the engine for `predictor` with this state's settings and publishes it.
+    pub fn start_engine(&self, predictor: Arc<dyn Predictor>) -> std::io::Result<()> {
+        let config = self.config();
+        let engine = Engine::start(
+            &predictor,
+            &EngineConfig {
+                workers: config.workers,
+                queue_capacity: config.queue_capacity,
+                max_batch_size: config.max_batch_size,
+                stuck_after: config.timeout.saturating_mul(2),
+                fault_delay: config.fault_inference_delay,
+                fault_worker_exit_after: config.fault_worker_exit_after,
+            },
+        )?;
+        self.set_ready(Ready { engine, predictor });
+        Ok(())
+    }
+}
