@@ -9,8 +9,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 
 use super::error::ModelError;
 use super::kernels::{
-    self, dense_conv, depthwise_conv, Activation, ConvGeometry, ConvOutput, DenseParams,
-    DepthwiseParams, Nhwc, Padding,
+    self, dense_conv, dense_conv_new, depthwise_conv_new, Activation, ConvGeometry, ConvOutput,
+    DenseParams, DepthwiseParams, Nhwc, PackedWeights, Padding,
 };
 use super::weights::Weights;
 
@@ -124,6 +124,9 @@ pub(crate) struct Conv {
     bias: Vec<f32>,
     c_in: usize,
     activation: Activation,
+    /// Dense: `weight` packed for this CPU's vector kernel, when it has one.
+    /// Boxed: layers sit in enums next to smaller variants.
+    packed: Option<Box<PackedWeights>>,
 }
 
 impl Conv {
@@ -198,6 +201,10 @@ impl Conv {
             dilation: (spec.dilation, spec.dilation),
             padding: spec.padding,
         };
+        let packed = match kind {
+            ConvKind::Dense => PackedWeights::pack(taps * c_in, c_out, &weight).map(Box::new),
+            ConvKind::Depthwise => None,
+        };
         Ok(Conv {
             geometry,
             kind,
@@ -205,6 +212,7 @@ impl Conv {
             bias,
             c_in,
             activation: spec.activation,
+            packed,
         })
     }
 
@@ -264,6 +272,7 @@ impl Conv {
             weight: &self.weight,
             bias: &self.bias,
             activation: self.activation,
+            packed: self.packed.as_deref(),
         };
         dense_conv(input, shape, &params, out);
         Ok(out_shape)
@@ -301,15 +310,25 @@ impl Conv {
         residual: Option<&[f32]>,
     ) -> candle_core::Result<(Vec<f32>, Shape)> {
         let out_shape = self.output_shape(shape)?;
-        let mut out = vec![0.0f32; out_shape.len()];
-        match self.kind {
+        if input.len() < shape.len() {
+            candle_core::bail!(
+                "convolution input holds {} values for {shape:?}",
+                input.len()
+            )
+        }
+        let out = match self.kind {
             ConvKind::Dense => {
-                let target = ConvOutput {
-                    data: &mut out,
-                    row_stride: out_shape.c,
-                    residual,
+                if residual.is_some_and(|r| r.len() < out_shape.len()) {
+                    candle_core::bail!("residual too small for {out_shape:?}")
+                }
+                let params = DenseParams {
+                    geometry: &self.geometry,
+                    weight: &self.weight,
+                    bias: &self.bias,
+                    activation: self.activation,
+                    packed: self.packed.as_deref(),
                 };
-                self.run_into(input, shape, target)?;
+                dense_conv_new(input, shape, &params, residual)
             }
             ConvKind::Depthwise => {
                 if residual.is_some() {
@@ -321,9 +340,9 @@ impl Conv {
                     bias: &self.bias,
                     activation: self.activation,
                 };
-                depthwise_conv(input, shape, &params, &mut out);
+                depthwise_conv_new(input, shape, &params)
             }
-        }
+        };
         Ok((out, nhwc_shape(out_shape)))
     }
 }

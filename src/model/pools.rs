@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::kernels::team;
 use candle_core::Tensor;
 
 /// `forward(i)` for every image `i` of an `n`-image batch, the images dealt round-robin to the
@@ -31,11 +32,15 @@ where
             .enumerate()
             .map(|(worker, pool)| {
                 scope.spawn(move || {
+                    // Each image owns its core: the kernels' parallel loops run inline, not on
+                    // the shared team.
                     pool.install(|| {
-                        (worker..n)
-                            .step_by(workers)
-                            .map(forward)
-                            .collect::<candle_core::Result<Vec<Tensor>>>()
+                        team::run_inline(|| {
+                            (worker..n)
+                                .step_by(workers)
+                                .map(forward)
+                                .collect::<candle_core::Result<Vec<Tensor>>>()
+                        })
                     })
                 })
             })

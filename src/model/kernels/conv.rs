@@ -6,7 +6,12 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{rows_per_task, Activation, MatMul, Nhwc};
+use super::dense::{self, PackedWeights, Rows, Target};
+use super::{rows_per_task, Activation, Fresh, MatMul, Nhwc};
+
+fn rows_count(shape: Nhwc, res: &Resolved) -> usize {
+    shape.n * res.out_h * res.out_w
+}
 
 /// How a convolution pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +134,8 @@ pub struct DenseParams<'a> {
     pub bias: &'a [f32],
     /// Activation applied after bias and residual.
     pub activation: Activation,
+    /// `weight` packed for this CPU's vector kernel, when it has one.
+    pub(crate) packed: Option<&'a PackedWeights>,
 }
 
 /// Where a dense convolution writes: `rows` of `c_out` values `row_stride` apart, optionally
@@ -168,6 +175,27 @@ pub fn dense_conv(input: &[f32], shape: Nhwc, params: &DenseParams<'_>, out: Con
         && res.out_w == shape.w;
     let per_task = rows_per_task(rows, 2 * k * c_out);
     let is_single_task = per_task >= rows;
+    if let Some(packed) = params.packed {
+        let rows = Rows::new(input, shape, *geometry, res);
+        let target = Target {
+            data: out.data.as_mut_ptr(),
+            row_stride: out.row_stride,
+            bias: params.bias,
+            residual: out.residual,
+            activation: params.activation,
+        };
+        assert!(
+            out.data.len() >= (rows_count(shape, &res) - 1) * out.row_stride + c_out,
+            "output too short"
+        );
+        // SAFETY: `out.data` is borrowed mutably for the rows checked above, so nothing else
+        // aliases it; `Rows::new` and `gemm::run` check the input, residual and weights.
+        #[allow(unsafe_code)]
+        unsafe {
+            dense::run(&rows, packed, &target)
+        };
+        return;
+    }
     let ConvOutput {
         data,
         row_stride,
@@ -220,6 +248,53 @@ pub fn dense_conv(input: &[f32], shape: Nhwc, params: &DenseParams<'_>, out: Con
                     .apply(&mut chunk[i * row_stride..i * row_stride + c_out]);
             }
         });
+}
+
+/// [`dense_conv`] into a new contiguous `(rows, c_out)` buffer. With packed weights every value
+/// is written by the vector kernel and the buffer is never zero-filled; the portable path
+/// starts from zeros.
+pub(crate) fn dense_conv_new(
+    input: &[f32],
+    shape: Nhwc,
+    params: &DenseParams<'_>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let Some(res) = params.geometry.resolve(shape.h, shape.w) else {
+        return Vec::new();
+    };
+    let c_out = params.bias.len();
+    let len = rows_count(shape, &res) * c_out;
+    let Some(packed) = params.packed else {
+        let mut out = vec![0.0; len];
+        let target = ConvOutput {
+            data: &mut out,
+            row_stride: c_out,
+            residual,
+        };
+        dense_conv(input, shape, params, target);
+        return out;
+    };
+    let mut out = Fresh::new(len);
+    if len == 0 {
+        // SAFETY: nothing to initialise.
+        #[allow(unsafe_code)]
+        return unsafe { out.assume_init() };
+    }
+    let rows = Rows::new(input, shape, *params.geometry, res);
+    let target = Target {
+        data: out.as_mut_ptr(),
+        row_stride: c_out,
+        bias: params.bias,
+        residual,
+        activation: params.activation,
+    };
+    // SAFETY: `out` is a new buffer of every output row, owned here; `dense::run` writes each
+    // of its values (every tile of every panel) and checks the input, residual and weights.
+    #[allow(unsafe_code)]
+    unsafe {
+        dense::run(&rows, packed, &target);
+        out.assume_init()
+    }
 }
 
 /// Gathers the receptive fields of output rows `first_row..` into `cols`, one row of
@@ -361,6 +436,7 @@ mod tests {
                 weight: &weight,
                 bias: &bias,
                 activation: Activation::Identity,
+                packed: None,
             };
             let mut out = vec![f32::NAN; shape.n * res.out_h * res.out_w * c_out];
             dense_conv(
@@ -420,6 +496,7 @@ mod tests {
             weight: &weight,
             bias: &bias,
             activation: Activation::Relu,
+            packed: None,
         };
         let mut out = vec![-1.0; 4 * 3];
         dense_conv(

@@ -1,20 +1,27 @@
-//! Depthwise convolution (groups = channels) on NHWC slices, one parallel task per output row.
+//! Depthwise convolution (groups = channels) on NHWC slices.
 //!
-//! Inside the image, a tile of output pixels keeps its accumulators in vector registers across
-//! every tap of the window: the per-pixel loop it replaces loaded and stored each accumulator
-//! once per tap and ran at 16-25 GFLOP/s on EfficientNet-Lite0's wide early layers
-//! (`docs/performance.md`). Taps that fall into the padding are skipped, which is what zero
-//! padding computes without materialising it; channels past the last 8-lane vector take a
-//! scalar loop.
+//! Work is cut into blocks of one vector of channels (16 lanes on AVX-512, 8 on AVX2) over a
+//! range of output rows. A block's input columns are first copied into a small zero-padded
+//! scratch (`rows x cols x lanes`, in L1 or L2), so the compute loop has no bounds checks and
+//! no border cases: at 14x14 a 5x5 window crosses the border for half of the pixels, and the
+//! previous kernel's clipped single-pixel path there ran at 6 GB/s. The window's weights stay
+//! in registers for the whole block (25 vectors for 5x5), and four output pixels are computed
+//! at once for independent multiply-add chains. Measured in `docs/performance.md`.
 //!
-//! The same code is compiled twice: for the crate's baseline (AVX2 + FMA) and, chosen at run time,
-//! for AVX-512. Both accumulate in the same order with fused multiply-adds, so they give the same
-//! bits.
+//! The kernel is written once against [`Simd`]; every instruction set, the portable loop
+//! included, adds the taps in the same order with fused multiply-adds, so all give the same
+//! bits (a test checks it).
 
-use rayon::prelude::*;
+// Index loops over the window and pixel counts are constants LLVM unrolls into registers.
+#![allow(unsafe_code, unsafe_op_in_unsafe_fn, clippy::needless_range_loop)]
+
+use std::cell::RefCell;
 
 use super::conv::Resolved;
-use super::{Activation, ConvGeometry, Nhwc};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
+use super::simd::{Isa, Simd};
+use super::{team, Activation, ConvGeometry, Fresh, Nhwc};
 
 /// Weights of a depthwise convolution (groups = channels) with batch norm folded in.
 pub struct DepthwiseParams<'a> {
@@ -28,250 +35,455 @@ pub struct DepthwiseParams<'a> {
     pub activation: Activation,
 }
 
-/// Output pixels per register tile: 4 accumulators of 16 lanes fit AVX2's 16 registers with
-/// room for the weights, and AVX-512's 32 with room to spare.
-const TILE_PIXELS: usize = 4;
+/// Output pixels computed together: four independent accumulator chains hide the
+/// multiply-add latency, and 4 + 25 weight vectors fit AVX-512's 32 registers.
+const PIXELS: usize = 4;
 
 /// Depthwise convolution over an NHWC input into a contiguous `(n, out_h, out_w, c)` output.
 pub fn depthwise_conv(input: &[f32], shape: Nhwc, params: &DepthwiseParams<'_>, out: &mut [f32]) {
+    run_with(Isa::detect(), input, shape, params, out);
+}
+
+/// The same into a new buffer, which every output value is written into (no zero fill
+/// first: at batch 1 that fill was a tenth of EfficientNet-Lite0's time, on one core).
+pub(crate) fn depthwise_conv_new(
+    input: &[f32],
+    shape: Nhwc,
+    params: &DepthwiseParams<'_>,
+) -> Vec<f32> {
+    let Some(res) = params.geometry.resolve(shape.h, shape.w) else {
+        return Vec::new();
+    };
+    let mut out = Fresh::new(shape.n * res.out_h * res.out_w * shape.c);
+    // SAFETY: `run_raw` writes every value of an output of this size (each channel block of
+    // each output pixel, `fill`-free), so the buffer is initialised afterwards.
+    unsafe {
+        run_raw(
+            Isa::detect(),
+            input,
+            shape,
+            params,
+            out.as_mut_ptr(),
+            out.len(),
+        );
+        out.assume_init()
+    }
+}
+
+fn run_with(isa: Isa, input: &[f32], shape: Nhwc, params: &DepthwiseParams<'_>, out: &mut [f32]) {
+    // SAFETY: `out` is a live, exclusively borrowed buffer of `out.len()` values.
+    unsafe { run_raw(isa, input, shape, params, out.as_mut_ptr(), out.len()) }
+}
+
+/// # Safety
+/// `out` must be valid for writes of `out_len` values and not overlap `input`.
+unsafe fn run_raw(
+    isa: Isa,
+    input: &[f32],
+    shape: Nhwc,
+    params: &DepthwiseParams<'_>,
+    out: *mut f32,
+    out_len: usize,
+) {
     let Some(res) = params.geometry.resolve(shape.h, shape.w) else {
         return;
     };
-    let row_len = res.out_w * shape.c;
-    if row_len == 0 {
+    let (kh, kw) = params.geometry.kernel;
+    assert!(input.len() >= shape.len(), "depthwise input too short");
+    assert_eq!(
+        params.weight.len(),
+        kh * kw * shape.c,
+        "one weight per tap and channel"
+    );
+    assert_eq!(params.bias.len(), shape.c, "one bias per channel");
+    assert!(
+        out_len >= shape.n * res.out_h * res.out_w * shape.c,
+        "depthwise output too short"
+    );
+    if shape.is_empty() || res.out_h * res.out_w == 0 {
         return;
     }
-    let plan = RowPlan::new(input, shape, params, res);
-    let compute_row = select_row_kernel();
-    out.par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(row, out_row)| {
-            compute_row(&plan, row, out_row);
-            params.activation.apply(out_row);
-        });
+    let lanes = match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Portable => 8,
+    };
+    let plan = Plan {
+        input,
+        shape,
+        params,
+        res,
+        lanes,
+        out: SendPtr(out),
+    };
+    // Units are (image, channel block); each is cut into row ranges until there are about
+    // three parts per thread, so a core the hypervisor slows down takes fewer of them.
+    let units = shape.n * shape.c.div_ceil(lanes);
+    let wanted = 3 * team::threads();
+    let splits = wanted.div_ceil(units).clamp(1, res.out_h);
+    team::parallel_for(units * splits, |part| {
+        let (unit, split) = (part / splits, part % splits);
+        let rows = (split * res.out_h / splits, (split + 1) * res.out_h / splits);
+        let block = Block {
+            n: unit / shape.c.div_ceil(lanes),
+            c0: unit % shape.c.div_ceil(lanes) * lanes,
+            rows,
+        };
+        // SAFETY (both arms): `Isa::detect` (or the test) saw the instruction set; blocks
+        // write disjoint channel ranges and rows of `out`, whose size is checked above.
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { block_avx512(&plan, &block) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { block_avx2(&plan, &block) },
+            _ => unsafe { run_block::<Portable>(&plan, &block) },
+        }
+    });
 }
 
-type RowKernel = fn(&RowPlan<'_>, usize, &mut [f32]);
+/// Everything a part needs, shared by all parts of one call.
+struct Plan<'a> {
+    input: &'a [f32],
+    shape: Nhwc,
+    params: &'a DepthwiseParams<'a>,
+    res: Resolved,
+    lanes: usize,
+    out: SendPtr,
+}
 
-/// The widest instruction set this CPU has for [`compute_row`].
-fn select_row_kernel() -> RowKernel {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F, checked on the line above.
-        #[allow(unsafe_code)]
-        return |plan, row, out_row| unsafe { compute_row_avx512(plan, row, out_row) };
-    }
-    compute_row
+/// One part: image `n`, channels `c0..c0 + lanes`, output rows `rows.0..rows.1`.
+struct Block {
+    n: usize,
+    c0: usize,
+    rows: (usize, usize),
+}
+
+/// The output pointer, shared by parts that write disjoint channel blocks and rows.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: see `run_with`: each part writes its own block only.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+thread_local! {
+    /// The padded input of one block, reused across calls on the same thread.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn compute_row_avx512(plan: &RowPlan<'_>, row: usize, out_row: &mut [f32]) {
-    compute_row(plan, row, out_row);
+unsafe fn block_avx512(plan: &Plan<'_>, block: &Block) {
+    run_block::<Avx512>(plan, block)
 }
 
-/// Everything a row task needs, resolved once per call.
-struct RowPlan<'a> {
-    input: &'a [f32],
-    shape: Nhwc,
-    weight: &'a [f32],
-    bias: &'a [f32],
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    dilation: (usize, usize),
-    res: Resolved,
-    /// Output columns `interior.0..interior.1` see no horizontal padding.
-    interior: (usize, usize),
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(plan: &Plan<'_>, block: &Block) {
+    run_block::<Avx2>(plan, block)
 }
 
-impl<'a> RowPlan<'a> {
-    fn new(input: &'a [f32], shape: Nhwc, params: &DepthwiseParams<'a>, res: Resolved) -> Self {
-        let geometry = params.geometry;
-        let (sw, dw, kw) = (
-            geometry.stride.1.max(1),
-            geometry.dilation.1,
-            geometry.kernel.1,
-        );
-        // First column whose window starts inside the image, and one past the last whose window
-        // ends inside it.
-        let first = res.pad_left.div_ceil(sw);
-        let span = (kw.max(1) - 1) * dw;
-        let end = match (shape.w + res.pad_left).checked_sub(span + 1) {
-            Some(last_start) => last_start / sw + 1,
-            None => 0,
-        };
-        let end = end.min(res.out_w);
-        RowPlan {
-            input,
-            shape,
-            weight: params.weight,
-            bias: params.bias,
-            kernel: geometry.kernel,
-            stride: geometry.stride,
-            dilation: geometry.dilation,
-            res,
-            interior: (first.min(end), end),
-        }
-    }
-
-    /// Input row index of tap row `ky` for output row `oy`, if it lies inside the image.
-    #[inline(always)]
-    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        let iy = (oy * self.stride.0 + ky * self.dilation.0).checked_sub(self.res.pad_top)?;
-        (iy < self.shape.h).then_some(iy)
-    }
-
-    /// Input column of tap column `kx` for output column `ox`, if it lies inside the image.
-    #[inline(always)]
-    fn input_col(&self, ox: usize, kx: usize) -> Option<usize> {
-        let ix = (ox * self.stride.1 + kx * self.dilation.1).checked_sub(self.res.pad_left)?;
-        (ix < self.shape.w).then_some(ix)
-    }
-}
-
-/// One output row: register tiles of `TILE_PIXELS` across the interior, single-pixel tiles
-/// with clipped windows at the borders, a bounds-checked loop for channels past the last vector.
+/// Copies the block's input into the padded scratch, then runs the window over it.
 #[inline(always)]
-fn compute_row(plan: &RowPlan<'_>, row: usize, out_row: &mut [f32]) {
-    let (n, oy) = (row / plan.res.out_h, row % plan.res.out_h);
-    let c = plan.shape.c;
-    let (first, end) = plan.interior;
-    let wide = c / 16 * 16;
-    let narrow = c / 8 * 8;
-    let mut ox = 0;
-    while ox < plan.res.out_w {
-        let pixels = if ox < first || ox >= end {
-            compute_tiles::<1, true>(plan, n, oy, ox, wide, narrow, out_row);
-            1
-        } else if end - ox >= TILE_PIXELS {
-            compute_tiles::<TILE_PIXELS, false>(plan, n, oy, ox, wide, narrow, out_row);
-            TILE_PIXELS
-        } else {
-            compute_tiles::<1, false>(plan, n, oy, ox, wide, narrow, out_row);
-            1
-        };
-        if narrow < c {
-            for x in ox..ox + pixels {
-                compute_pixel(
-                    plan,
-                    n,
-                    oy,
-                    x,
-                    narrow,
-                    &mut out_row[x * c + narrow..][..c - narrow],
+unsafe fn run_block<S: Simd>(plan: &Plan<'_>, block: &Block) {
+    let geometry = plan.params.geometry;
+    let (kh, kw) = geometry.kernel;
+    let (sh, sw) = geometry.stride;
+    let (dh, dw) = geometry.dilation;
+    let res = plan.res;
+    let out_rows = block.rows.1 - block.rows.0;
+    if out_rows == 0 {
+        return;
+    }
+    // Padded extent the block reads: rows from the first output row's window top.
+    let rows = (out_rows - 1) * sh + (kh - 1) * dh + 1;
+    let cols = (res.out_w - 1) * sw + (kw - 1) * dw + 1;
+    let lanes = plan.lanes;
+    debug_assert_eq!(lanes, S::LANES);
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if scratch.len() < rows * cols * lanes {
+        scratch.resize(rows * cols * lanes, 0.0);
+    }
+    fill_scratch::<S>(plan, block, rows, cols, scratch.as_mut_ptr());
+    let view = Scratch {
+        data: scratch.as_ptr(),
+        cols,
+        lanes,
+    };
+    match (kh, kw) {
+        (3, 3) => rows_const::<S, 3, 3>(plan, block, &view),
+        (5, 5) => rows_const::<S, 5, 5>(plan, block, &view),
+        _ => rows_any::<S>(plan, block, &view),
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
+}
+
+/// The padded input: `cols` pixels of `lanes` channels per row.
+struct Scratch {
+    data: *const f32,
+    cols: usize,
+    lanes: usize,
+}
+
+impl Scratch {
+    #[inline(always)]
+    unsafe fn at(&self, y: usize, x: usize) -> *const f32 {
+        self.data.add((y * self.cols + x) * self.lanes)
+    }
+}
+
+/// Zero padding around the image, zeros past the last channel, the input in between: every
+/// value of the `rows x cols x lanes` scratch is written.
+#[inline(always)]
+unsafe fn fill_scratch<S: Simd>(
+    plan: &Plan<'_>,
+    block: &Block,
+    rows: usize,
+    cols: usize,
+    scratch: *mut f32,
+) {
+    let shape = plan.shape;
+    let sh = plan.params.geometry.stride.0;
+    let width = (shape.c - block.c0).min(S::LANES);
+    let top = (block.rows.0 * sh) as isize - plan.res.pad_top as isize;
+    let left = plan.res.pad_left.min(cols);
+    let inside = shape.w.min(cols - left);
+    let zero = S::zero();
+    for y in 0..rows {
+        let dst = scratch.add(y * cols * S::LANES);
+        let iy = top + y as isize;
+        if iy < 0 || iy as usize >= shape.h {
+            for x in 0..cols {
+                S::store(dst.add(x * S::LANES), zero);
+            }
+            continue;
+        }
+        for x in 0..left {
+            S::store(dst.add(x * S::LANES), zero);
+        }
+        let line = (block.n * shape.h + iy as usize) * shape.w;
+        let src = plan.input.as_ptr().add(line * shape.c + block.c0);
+        if width == S::LANES {
+            for x in 0..inside {
+                S::store(
+                    dst.add((left + x) * S::LANES),
+                    S::load(src.add(x * shape.c)),
                 );
             }
-        }
-        ox += pixels;
-    }
-}
-
-/// Channels `0..narrow` of output pixels `ox..ox + P`: 16-lane blocks up to `wide`, then one
-/// 8-lane block if `narrow > wide`. `CLIPPED` windows may cross the left or right border.
-#[inline(always)]
-fn compute_tiles<const P: usize, const CLIPPED: bool>(
-    plan: &RowPlan<'_>,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    wide: usize,
-    narrow: usize,
-    out_row: &mut [f32],
-) {
-    for c0 in (0..wide).step_by(16) {
-        compute_tile::<P, 16, CLIPPED>(plan, n, oy, ox, c0, out_row);
-    }
-    if narrow > wide {
-        compute_tile::<P, 8, CLIPPED>(plan, n, oy, ox, wide, out_row);
-    }
-}
-
-/// Channels `c0..c0 + L` of output pixels `ox..ox + P`, with the `P x L` accumulators held in
-/// registers over the whole window. Unless `CLIPPED`, every window lies inside the image
-/// horizontally (the plan's interior columns).
-#[inline(always)]
-fn compute_tile<const P: usize, const L: usize, const CLIPPED: bool>(
-    plan: &RowPlan<'_>,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    c0: usize,
-    out_row: &mut [f32],
-) {
-    let c = plan.shape.c;
-    let (kh, kw) = plan.kernel;
-    let (sw, dw) = (plan.stride.1, plan.dilation.1);
-    let bias: &[f32; L] = lanes(plan.bias, c0);
-    let mut acc = [*bias; P];
-    for ky in 0..kh {
-        let Some(iy) = plan.input_row(oy, ky) else {
-            continue;
-        };
-        let line = (n * plan.shape.h + iy) * plan.shape.w;
-        let input_row = &plan.input[line * c..][..plan.shape.w * c];
-        let weight_row = &plan.weight[ky * kw * c..][..kw * c];
-        if CLIPPED {
-            for kx in 0..kw {
-                let w: &[f32; L] = lanes(weight_row, kx * c + c0);
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let Some(ix) = plan.input_col(ox + p, kx) else {
-                        continue;
-                    };
-                    let x: &[f32; L] = lanes(input_row, ix * c + c0);
-                    for l in 0..L {
-                        acc[l] = x[l].mul_add(w[l], acc[l]);
-                    }
-                }
-            }
         } else {
-            // Interior columns: every window of the tile lies inside the row.
-            let first = (ox * sw - plan.res.pad_left) * c + c0;
-            for kx in 0..kw {
-                let w: &[f32; L] = lanes(weight_row, kx * c + c0);
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let x: &[f32; L] = lanes(input_row, first + (p * sw + kx * dw) * c);
-                    for l in 0..L {
-                        acc[l] = x[l].mul_add(w[l], acc[l]);
+            for x in 0..inside {
+                let v = S::load_partial(src.add(x * shape.c), width);
+                S::store(dst.add((left + x) * S::LANES), v);
+            }
+        }
+        for x in left + inside..cols {
+            S::store(dst.add(x * S::LANES), zero);
+        }
+    }
+}
+
+/// Where one output row's pixels go, and what happens on the way.
+struct RowOut {
+    /// Output pixel 0 of the row at channel `c0`.
+    dst: *mut f32,
+    /// Channels between output pixels.
+    stride: usize,
+    /// Valid lanes of the block.
+    width: usize,
+}
+
+impl RowOut {
+    unsafe fn new(plan: &Plan<'_>, block: &Block, oy: usize) -> Self {
+        let c = plan.shape.c;
+        let pixel = (block.n * plan.res.out_h + oy) * plan.res.out_w;
+        RowOut {
+            dst: plan.out.0.add(pixel * c + block.c0),
+            stride: c,
+            width: (c - block.c0).min(plan.lanes),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store<S: Simd>(&self, ox: usize, x: S::V) {
+        let p = self.dst.add(ox * self.stride);
+        if self.width == S::LANES {
+            S::store(p, x);
+        } else {
+            S::store_partial(p, x, self.width);
+        }
+    }
+
+    /// The activations that need the exponential, applied to the stored row.
+    unsafe fn finish(&self, out_w: usize, activation: Activation) {
+        for ox in 0..out_w {
+            let pixel = std::slice::from_raw_parts_mut(self.dst.add(ox * self.stride), self.width);
+            super::simd::activate_slice(activation, pixel);
+        }
+    }
+}
+
+/// The activation's cheap part, a clamp to [lo, hi], and whether anything is left for
+/// [`RowOut::finish`]: keeping the exponential's constants out of the loop keeps the weights
+/// in registers.
+fn clamp_of(activation: Activation) -> (f32, f32, bool) {
+    match activation {
+        Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY, false),
+        Activation::Relu => (0.0, f32::INFINITY, false),
+        Activation::Relu6 => (0.0, 6.0, false),
+        _ => (f32::NEG_INFINITY, f32::INFINITY, true),
+    }
+}
+
+/// Square 3x3 and 5x5 windows, the weights unrolled into registers.
+#[inline(always)]
+unsafe fn rows_const<S: Simd, const KH: usize, const KW: usize>(
+    plan: &Plan<'_>,
+    block: &Block,
+    scratch: &Scratch,
+) {
+    let geometry = plan.params.geometry;
+    let (sh, sw) = geometry.stride;
+    let (dh, dw) = geometry.dilation;
+    let c = plan.shape.c;
+    let width = (c - block.c0).min(S::LANES);
+    let mut w = [[S::zero(); KW]; KH];
+    for (ky, row) in w.iter_mut().enumerate() {
+        for (kx, slot) in row.iter_mut().enumerate() {
+            *slot = S::load_partial(
+                plan.params.weight[(ky * KW + kx) * c + block.c0..].as_ptr(),
+                width,
+            );
+        }
+    }
+    let bias = S::load_partial(plan.params.bias[block.c0..].as_ptr(), width);
+    let (lo, hi, finish) = clamp_of(plan.params.activation);
+    let (lo, hi) = (S::splat(lo), S::splat(hi));
+    let out_w = plan.res.out_w;
+    for oy in block.rows.0..block.rows.1 {
+        let y0 = (oy - block.rows.0) * sh;
+        let out = RowOut::new(plan, block, oy);
+        let mut ox = 0;
+        while ox + PIXELS <= out_w {
+            let mut acc = [bias; PIXELS];
+            for ky in 0..KH {
+                for kx in 0..KW {
+                    let wv = w[ky][kx];
+                    for p in 0..PIXELS {
+                        let x = S::load(scratch.at(y0 + ky * dh, (ox + p) * sw + kx * dw));
+                        acc[p] = S::fma(x, wv, acc[p]);
                     }
                 }
             }
-        }
-    }
-    for (p, acc) in acc.iter().enumerate() {
-        out_row[(ox + p) * c + c0..][..L].copy_from_slice(acc);
-    }
-}
-
-/// `L` consecutive values of `xs` from `start`, as an array the compiler keeps in registers.
-#[inline(always)]
-fn lanes<const L: usize>(xs: &[f32], start: usize) -> &[f32; L] {
-    xs[start..start + L]
-        .try_into()
-        .expect("slice of exactly L values")
-}
-
-/// Channels `c0..` of one output pixel with every tap bounds-checked: the channels past the
-/// last 8-lane block.
-#[inline(always)]
-fn compute_pixel(plan: &RowPlan<'_>, n: usize, oy: usize, ox: usize, c0: usize, acc: &mut [f32]) {
-    let c = plan.shape.c;
-    let (kh, kw) = plan.kernel;
-    acc.copy_from_slice(&plan.bias[c0..]);
-    for ky in 0..kh {
-        let Some(iy) = plan.input_row(oy, ky) else {
-            continue;
-        };
-        let line = (n * plan.shape.h + iy) * plan.shape.w;
-        for kx in 0..kw {
-            let Some(ix) = plan.input_col(ox, kx) else {
-                continue;
-            };
-            let x = &plan.input[(line + ix) * c + c0..(line + ix + 1) * c];
-            let w = &plan.weight[(ky * kw + kx) * c + c0..(ky * kw + kx + 1) * c];
-            for ((a, &x), &w) in acc.iter_mut().zip(x).zip(w) {
-                *a = x.mul_add(w, *a);
+            for p in 0..PIXELS {
+                out.store::<S>(ox + p, S::min(S::max(acc[p], lo), hi));
             }
+            ox += PIXELS;
         }
+        while ox < out_w {
+            let mut acc = bias;
+            for ky in 0..KH {
+                for kx in 0..KW {
+                    let x = S::load(scratch.at(y0 + ky * dh, ox * sw + kx * dw));
+                    acc = S::fma(x, w[ky][kx], acc);
+                }
+            }
+            out.store::<S>(ox, S::min(S::max(acc, lo), hi));
+            ox += 1;
+        }
+        if finish {
+            out.finish(out_w, plan.params.activation);
+        }
+    }
+}
+
+/// Any other window: the same order of operations, weights read from memory.
+#[inline(always)]
+unsafe fn rows_any<S: Simd>(plan: &Plan<'_>, block: &Block, scratch: &Scratch) {
+    let geometry = plan.params.geometry;
+    let (kh, kw) = geometry.kernel;
+    let (sh, sw) = geometry.stride;
+    let (dh, dw) = geometry.dilation;
+    let c = plan.shape.c;
+    let width = (c - block.c0).min(S::LANES);
+    let weights: Vec<S::V> = (0..kh * kw)
+        .map(|t| S::load_partial(plan.params.weight[t * c + block.c0..].as_ptr(), width))
+        .collect();
+    let bias = S::load_partial(plan.params.bias[block.c0..].as_ptr(), width);
+    let (lo, hi, finish) = clamp_of(plan.params.activation);
+    let (lo, hi) = (S::splat(lo), S::splat(hi));
+    for oy in block.rows.0..block.rows.1 {
+        let y0 = (oy - block.rows.0) * sh;
+        let out = RowOut::new(plan, block, oy);
+        for ox in 0..plan.res.out_w {
+            let mut acc = bias;
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let x = S::load(scratch.at(y0 + ky * dh, ox * sw + kx * dw));
+                    acc = S::fma(x, weights[ky * kw + kx], acc);
+                }
+            }
+            out.store::<S>(ox, S::min(S::max(acc, lo), hi));
+        }
+        if finish {
+            out.finish(plan.res.out_w, plan.params.activation);
+        }
+    }
+}
+
+/// Eight scalar lanes for CPUs without AVX2: the same operations, one lane at a time.
+#[derive(Debug, Clone, Copy)]
+struct Portable;
+
+impl Simd for Portable {
+    const LANES: usize = 8;
+    type V = [f32; 8];
+
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    unsafe fn splat(x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        std::ptr::read_unaligned(p.cast::<[f32; 8]>())
+    }
+    unsafe fn load_partial(p: *const f32, n: usize) -> [f32; 8] {
+        let mut v = [0.0; 8];
+        std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n.min(8));
+        v
+    }
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        std::ptr::write_unaligned(p.cast::<[f32; 8]>(), v)
+    }
+    unsafe fn store_partial(p: *mut f32, v: [f32; 8], n: usize) {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), p, n.min(8));
+    }
+    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    unsafe fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    unsafe fn div(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] / b[i])
+    }
+    unsafe fn max(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i].max(b[i]))
+    }
+    unsafe fn min(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i].min(b[i]))
+    }
+    unsafe fn select_non_negative(x: [f32; 8], y: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| if x[i] >= 0.0 { x[i] } else { y[i] })
+    }
+    unsafe fn round(x: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| x[i].round_ties_even())
+    }
+    unsafe fn ldexp(x: [f32; 8], n: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| x[i] * 2f32.powi(n[i] as i32))
     }
 }
 
@@ -371,10 +583,10 @@ mod tests {
         }
     }
 
-    /// The AVX-512 build of the row kernel gives the same bits as the baseline build.
+    /// The AVX-512 and AVX2 builds give the same bits (same multiply-add order per lane).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn both_instruction_sets_give_identical_rows() {
+    fn both_instruction_sets_give_identical_outputs() {
         if !std::arch::is_x86_feature_detected!("avx512f") {
             return;
         }
@@ -385,24 +597,26 @@ mod tests {
             c: 40,
         };
         let input = pseudo_random(shape.len(), 5);
-        let geometry = ConvGeometry::square(5, 1, 2);
-        let weight = pseudo_random(25 * shape.c, 6);
-        let bias = pseudo_random(shape.c, 8);
-        let params = DepthwiseParams {
-            geometry: &geometry,
-            weight: &weight,
-            bias: &bias,
-            activation: Activation::Identity,
-        };
-        let res = geometry.resolve(shape.h, shape.w).expect("valid geometry");
-        let plan = RowPlan::new(&input, shape, &params, res);
-        let row_len = res.out_w * shape.c;
-        for row in 0..res.out_h {
-            let mut baseline = vec![f32::NAN; row_len];
-            let mut wide = vec![f32::NAN; row_len];
-            compute_row(&plan, row, &mut baseline);
-            select_row_kernel()(&plan, row, &mut wide);
-            assert_eq!(baseline, wide, "row {row}");
+        for geometry in geometries() {
+            let taps = geometry.kernel.0 * geometry.kernel.1;
+            let weight = pseudo_random(taps * shape.c, 6);
+            let bias = pseudo_random(shape.c, 8);
+            let params = DepthwiseParams {
+                geometry: &geometry,
+                weight: &weight,
+                bias: &bias,
+                activation: Activation::Relu6,
+            };
+            let res = geometry.resolve(shape.h, shape.w).expect("valid geometry");
+            let len = res.out_h * res.out_w * shape.c;
+            let mut wide = vec![f32::NAN; len];
+            let mut narrow = vec![f32::NAN; len];
+            let mut portable = vec![f32::NAN; len];
+            run_with(Isa::Avx512, &input, shape, &params, &mut wide);
+            run_with(Isa::Avx2, &input, shape, &params, &mut narrow);
+            run_with(Isa::Portable, &input, shape, &params, &mut portable);
+            assert_eq!(wide, narrow, "{geometry:?}");
+            assert_eq!(wide, portable, "{geometry:?}");
         }
     }
 }

@@ -1,0 +1,774 @@
+//! Dense convolutions as one register-tiled matrix product with weights packed once at load.
+//!
+//! Every dense convolution (1x1, kxk, strided, dilated, TF "same") is the product of its
+//! input rows and a `(kh * kw * c_in) x c_out` weight matrix. The rows are never gathered into
+//! an im2col buffer: for each tile of output pixels and each tap of the window the kernel holds
+//! one pointer per pixel into the input (or into a row of zeros where the window leaves the
+//! image) and broadcasts from there ("indirect convolution"). The weights are laid out once, at
+//! load, in panels of `nv` vectors of columns, so the inner loop reads them contiguously; the
+//! `gemm` crate re-packed them on every call. Bias, a residual and the activation are applied
+//! to the accumulators before the single store, so outputs may start uninitialised.
+//!
+//! The tile is `MR` pixels x `nv` vectors of output channels, kept in registers over the whole
+//! reduction; the widths per instruction set are in [`Shape`]. Work is split over the
+//! [`team`](super::team): by pixel rows when there are many, by column panels when a layer has
+//! few pixels (7x7 maps). Measured in `docs/performance.md`.
+
+// Index loops over the tile's constant dimensions are what LLVM unrolls into registers.
+#![allow(
+    unsafe_code,
+    unsafe_op_in_unsafe_fn,
+    clippy::too_many_arguments,
+    clippy::needless_range_loop
+)]
+
+use super::conv::Resolved;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512};
+use super::simd::{Isa, Simd};
+use super::{team, Activation, ConvGeometry, Nhwc};
+
+/// 64 bytes of weights: packed panels start on a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWeights")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `k x n` weight matrix in column panels of `nr = nv * lanes` values, each panel `k`
+/// contiguous rows of `nr`, zero past column `n`.
+pub(crate) struct PackedWeights {
+    k: usize,
+    n: usize,
+    shape: Shape,
+    lines: Vec<Line>,
+}
+
+/// Register tile of one kernel instantiation: `mr` output pixels x `nv` vectors of channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    isa: Isa,
+    lanes: usize,
+    nv: usize,
+    mr: usize,
+}
+
+impl Shape {
+    /// The tile for `n` output channels: the panel width that wastes the fewest padded
+    /// columns, preferring wider panels (fewer loads per multiply-add) on a tie.
+    fn choose(isa: Isa, n: usize) -> Shape {
+        let (lanes, widths): (usize, &[(usize, usize)]) = match isa {
+            // (nv, mr): 24-28 accumulators of 32 registers; 16 lanes.
+            Isa::Avx512 => (16, &[(4, 6), (3, 8), (2, 8), (1, 8)]),
+            // 12 accumulators of 16 registers, one for the broadcast; 8 lanes.
+            _ => (8, &[(3, 4), (2, 6), (1, 8)]),
+        };
+        let waste = |nv: usize| n.div_ceil(nv * lanes) * nv * lanes - n;
+        let &(nv, mr) = widths
+            .iter()
+            .min_by_key(|(nv, _)| waste(*nv))
+            .expect("at least one width");
+        Shape { isa, lanes, nv, mr }
+    }
+
+    fn nr(&self) -> usize {
+        self.nv * self.lanes
+    }
+}
+
+impl PackedWeights {
+    /// Packs a row-major `k x n` matrix for this CPU, or `None` where no vector kernel runs
+    /// (the caller keeps its portable path).
+    pub(crate) fn pack(k: usize, n: usize, weight: &[f32]) -> Option<Self> {
+        let isa = Isa::detect();
+        if isa == Isa::Portable || k == 0 || n == 0 {
+            return None;
+        }
+        assert_eq!(weight.len(), k * n, "weight is k x n");
+        let shape = Shape::choose(isa, n);
+        let nr = shape.nr();
+        let panels = n.div_ceil(nr);
+        let mut lines = vec![Line::default(); (panels * k * nr).div_ceil(16)];
+        let flat: &mut [f32] = bytemuck_lines(&mut lines);
+        for p in 0..panels {
+            let cols = (n - p * nr).min(nr);
+            for row in 0..k {
+                let dst = &mut flat[(p * k + row) * nr..][..cols];
+                dst.copy_from_slice(&weight[row * n + p * nr..][..cols]);
+            }
+        }
+        Some(PackedWeights { k, n, shape, lines })
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(self.shape.nr())
+    }
+
+    /// Start of panel `p` at reduction row `k0`.
+    fn panel(&self, p: usize, k0: usize) -> *const f32 {
+        let flat: &[f32] = bytemuck_lines_ref(&self.lines);
+        flat[(p * self.k + k0) * self.shape.nr()..].as_ptr()
+    }
+}
+
+fn bytemuck_lines(lines: &mut [Line]) -> &mut [f32] {
+    // SAFETY: `Line` is `repr(C)` of 16 f32 with no padding (64 bytes, align 64).
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
+}
+
+fn bytemuck_lines_ref(lines: &[Line]) -> &[f32] {
+    // SAFETY: as in `bytemuck_lines`.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
+}
+
+/// The input of a convolution seen as the rows of the product: for output pixel `m` and tap
+/// `t` of the window, where its `c` channels start.
+pub(crate) struct Rows<'a> {
+    input: &'a [f32],
+    shape: Nhwc,
+    geometry: ConvGeometry,
+    res: Resolved,
+    /// `c` zeros: padding taps and pixels past the end read these.
+    zeros: Vec<f32>,
+}
+
+impl<'a> Rows<'a> {
+    /// `input` must hold `shape.len()` values and `res` be `geometry` resolved for it.
+    pub(crate) fn new(
+        input: &'a [f32],
+        shape: Nhwc,
+        geometry: ConvGeometry,
+        res: Resolved,
+    ) -> Self {
+        assert!(input.len() >= shape.len(), "input holds the whole shape");
+        Rows {
+            input,
+            shape,
+            geometry,
+            res,
+            zeros: vec![0.0; shape.c],
+        }
+    }
+
+    fn taps(&self) -> usize {
+        self.geometry.kernel.0 * self.geometry.kernel.1
+    }
+
+    fn count(&self) -> usize {
+        self.shape.n * self.res.out_h * self.res.out_w
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.geometry.kernel == (1, 1)
+            && self.geometry.stride == (1, 1)
+            && self.res.pad_top == 0
+            && self.res.pad_left == 0
+            && self.res.out_h == self.shape.h
+            && self.res.out_w == self.shape.w
+    }
+
+    /// Fills `out[t * mr + i]` with the start of tap `t` for output row `m0 + i`.
+    fn fill(&self, m0: usize, mr: usize, out: &mut [*const f32]) {
+        let count = self.count();
+        let c = self.shape.c;
+        if self.is_pointwise() {
+            for (i, p) in out[..mr].iter_mut().enumerate() {
+                let m = m0 + i;
+                *p = if m < count {
+                    self.input[m * c..].as_ptr()
+                } else {
+                    self.zeros.as_ptr()
+                };
+            }
+            return;
+        }
+        let (kh, kw) = self.geometry.kernel;
+        let (sh, sw) = self.geometry.stride;
+        let (dh, dw) = self.geometry.dilation;
+        let plane = self.res.out_h * self.res.out_w;
+        for i in 0..mr {
+            let m = m0 + i;
+            let (n, rem) = (m / plane, m % plane);
+            let (oy, ox) = (rem / self.res.out_w, rem % self.res.out_w);
+            for ky in 0..kh {
+                let iy = (oy * sh + ky * dh).checked_sub(self.res.pad_top);
+                for kx in 0..kw {
+                    let ix = (ox * sw + kx * dw).checked_sub(self.res.pad_left);
+                    let slot = &mut out[(ky * kw + kx) * mr + i];
+                    *slot = match (iy, ix) {
+                        (Some(iy), Some(ix))
+                            if m < count && iy < self.shape.h && ix < self.shape.w =>
+                        {
+                            self.input[((n * self.shape.h + iy) * self.shape.w + ix) * c..].as_ptr()
+                        }
+                        _ => self.zeros.as_ptr(),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Where the product goes and what happens to it on the way.
+pub(crate) struct Target<'a> {
+    /// First output channel of the first row; rows are `row_stride` apart and may be
+    /// uninitialised (every one of the first `c_out` values of each row is written).
+    pub(crate) data: *mut f32,
+    /// Distance between output rows.
+    pub(crate) row_stride: usize,
+    /// `c_out` values.
+    pub(crate) bias: &'a [f32],
+    /// Contiguous `rows x c_out`, added before the activation.
+    pub(crate) residual: Option<&'a [f32]>,
+    /// Applied last.
+    pub(crate) activation: Activation,
+}
+
+// SAFETY: the raw pointers are only written through in disjoint tiles by `run`'s parts (see
+// `Target::data`); the slices are shared reads.
+unsafe impl Sync for Target<'_> {}
+
+/// The raw output pointer crosses to team workers, which write disjoint rows or columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: see `Target`: parts write disjoint tiles of one buffer the caller owns mutably.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// `target = activation(rows * weights + bias (+ residual))` for every output pixel of `rows`.
+///
+/// # Safety
+/// `target.data` must be valid for writes of `rows.count()` rows of `weights.n` values
+/// `row_stride` apart, not aliased by `rows.input` or the residual, which must hold
+/// `rows.count() * weights.n` values; `weights.k` must be `taps * c_in` of `rows`.
+pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Target<'_>) {
+    assert_eq!(
+        weights.k,
+        rows.taps() * rows.shape.c,
+        "weights match the window"
+    );
+    assert_eq!(target.bias.len(), weights.n, "one bias per output channel");
+    if let Some(residual) = target.residual {
+        assert!(
+            residual.len() >= rows.count() * weights.n,
+            "residual too short"
+        );
+    }
+    let s = weights.shape;
+    let m = rows.count();
+    let tiles = m.div_ceil(s.mr);
+    let panels = weights.panels();
+    let threads = team::threads();
+    let flops = 2 * m * weights.k * weights.n;
+    let out = SendPtr(target.data);
+    // Below ~0.3 MFLOP a layer is faster on one core than with a hand-over.
+    if threads == 1 || flops < 300_000 {
+        run_block(rows, weights, target, out, (0, tiles), (0, panels));
+    } else if tiles >= 4 * threads {
+        // By rows: 3 parts per thread lets a slowed core fall behind by a third of its share.
+        let parts = (3 * threads).min(tiles);
+        team::parallel_for(parts, |part| {
+            let span = (part * tiles / parts, (part + 1) * tiles / parts);
+            run_block(rows, weights, target, out, span, (0, panels));
+        });
+    } else {
+        let parts = panels.min(2 * threads);
+        if parts <= 1 {
+            let parts = tiles.min(threads);
+            team::parallel_for(parts, |part| {
+                let span = (part * tiles / parts, (part + 1) * tiles / parts);
+                run_block(rows, weights, target, out, span, (0, panels));
+            });
+        } else {
+            team::parallel_for(parts, |part| {
+                let span = (part * panels / parts, (part + 1) * panels / parts);
+                run_block(rows, weights, target, out, (0, tiles), span);
+            });
+        }
+    }
+}
+
+/// Row tiles `tiles.0..tiles.1` x column panels `panels.0..panels.1`, on this thread.
+fn run_block(
+    rows: &Rows<'_>,
+    weights: &PackedWeights,
+    target: &Target<'_>,
+    out: SendPtr,
+    tiles: (usize, usize),
+    panels: (usize, usize),
+) {
+    let s = weights.shape;
+    // SAFETY (all arms): `PackedWeights::pack` chose the shape for the ISA `Isa::detect` saw
+    // on this CPU; the caller of `run` vouched for the buffers.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match (s.isa, s.nv, s.mr) {
+            (Isa::Avx512, 4, 6) => block_avx512::<6, 4>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx512, 3, 8) => block_avx512::<8, 3>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx512, 2, 8) => block_avx512::<8, 2>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx512, 1, 8) => block_avx512::<8, 1>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx2, 3, 4) => block_avx2::<4, 3>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx2, 2, 6) => block_avx2::<6, 2>(rows, weights, target, out, tiles, panels),
+            (Isa::Avx2, 1, 8) => block_avx2::<8, 1>(rows, weights, target, out, tiles, panels),
+            other => unreachable!("no kernel for tile {other:?}"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, target, out, tiles, panels, s);
+        unreachable!("packed weights exist only on x86_64");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512<const MR: usize, const NV: usize>(
+    rows: &Rows<'_>,
+    weights: &PackedWeights,
+    target: &Target<'_>,
+    out: SendPtr,
+    tiles: (usize, usize),
+    panels: (usize, usize),
+) {
+    block::<Avx512, MR, NV>(rows, weights, target, out, tiles, panels)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2<const MR: usize, const NV: usize>(
+    rows: &Rows<'_>,
+    weights: &PackedWeights,
+    target: &Target<'_>,
+    out: SendPtr,
+    tiles: (usize, usize),
+    panels: (usize, usize),
+) {
+    block::<Avx2, MR, NV>(rows, weights, target, out, tiles, panels)
+}
+
+/// Pixel tiles per group whose input rows for one reduction block (`k` values each) stay in
+/// L2 while every panel's slice passes over them from L1. Sizing by the block, not the whole
+/// reduction, is what keeps big layers (3x3 over 512 channels) from re-reading their weights
+/// from memory every couple of tiles.
+fn tiles_per_group(k: usize, mr: usize) -> usize {
+    const L2_SHARE_BYTES: usize = 256 * 1024;
+    (L2_SHARE_BYTES / (mr * k * 4).max(1)).max(1)
+}
+
+#[inline(always)]
+unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
+    rows: &Rows<'_>,
+    weights: &PackedWeights,
+    target: &Target<'_>,
+    out: SendPtr,
+    tiles: (usize, usize),
+    panels: (usize, usize),
+) {
+    let taps = rows.taps();
+    let c = rows.shape.c;
+    let m = rows.count();
+    let n = weights.n;
+    let nr = NV * S::LANES;
+    let blocks = reduction_blocks(taps, c, nr);
+    let block_k = blocks
+        .iter()
+        .map(|b| (b.taps.1 - b.taps.0) * (b.channels.1 - b.channels.0))
+        .max()
+        .unwrap_or(1);
+    let group = tiles_per_group(block_k, MR);
+    let mut pointers = vec![std::ptr::null::<f32>(); group * taps * MR];
+    let mut first = tiles.0;
+    while first < tiles.1 {
+        let last = (first + group).min(tiles.1);
+        for tile in first..last {
+            let slot = &mut pointers[(tile - first) * taps * MR..][..taps * MR];
+            rows.fill(tile * MR, MR, slot);
+        }
+        for (bi, block) in blocks.iter().enumerate() {
+            let pass = Pass {
+                channels: block.channels,
+                first: bi == 0,
+                last: bi + 1 == blocks.len(),
+            };
+            for p in panels.0..panels.1 {
+                let col0 = p * nr;
+                let cols = (n - col0).min(nr);
+                let b = weights.panel(p, block.taps.0 * c + block.channels.0);
+                for t in first..last {
+                    let m0 = t * MR;
+                    let tap_rows = &pointers[(t - first) * taps * MR..][..taps * MR];
+                    let tap_rows = &tap_rows[block.taps.0 * MR..block.taps.1 * MR];
+                    let epilogue = Epilogue {
+                        out: out.0.add(m0 * target.row_stride + col0),
+                        row_stride: target.row_stride,
+                        rows: (m - m0).min(MR),
+                        cols,
+                        bias: target.bias[col0..].as_ptr(),
+                        residual: target.residual.map(|r| r[m0 * n + col0..].as_ptr()),
+                        residual_stride: n,
+                        activation: target.activation,
+                    };
+                    tile::<S, MR, NV>(tap_rows, b, &pass, &epilogue);
+                }
+            }
+        }
+        first = last;
+    }
+}
+
+/// A part of the reduction: taps `taps.0..taps.1`, channels `channels.0..channels.1` of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    taps: (usize, usize),
+    channels: (usize, usize),
+}
+
+/// Splits a reduction of `taps x c` into blocks whose slice of a weight panel (`nr` wide)
+/// stays in L1 while every tile of a group passes over it. A short reduction is one block:
+/// splitting costs a store and a reload of the tile per block.
+fn reduction_blocks(taps: usize, c: usize, nr: usize) -> Vec<Block> {
+    let k = taps * c;
+    let k_max = (REDUCTION_BLOCK_BYTES / (nr * 4)).max(8);
+    if k <= 2 * k_max {
+        return vec![Block {
+            taps: (0, taps),
+            channels: (0, c),
+        }];
+    }
+    let mut blocks = Vec::new();
+    if c >= k_max {
+        let parts = c.div_ceil(k_max);
+        for t in 0..taps {
+            for i in 0..parts {
+                blocks.push(Block {
+                    taps: (t, t + 1),
+                    channels: (i * c / parts, (i + 1) * c / parts),
+                });
+            }
+        }
+    } else {
+        let per_block = k_max / c;
+        let parts = taps.div_ceil(per_block);
+        for i in 0..parts {
+            blocks.push(Block {
+                taps: (i * taps / parts, (i + 1) * taps / parts),
+                channels: (0, c),
+            });
+        }
+    }
+    blocks
+}
+
+/// Bytes of a weight panel one reduction block reads. More than L1 holds, yet measured best
+/// (32, 64, 128 KB swept with the group's L2 share at 128-2048 KB on 3x3 and 1x1 layers of
+/// 256-2048 channels): each weight vector feeds `MR` multiply-adds, so streaming it from L2
+/// costs less than storing and reloading the tile's sums twice as often.
+const REDUCTION_BLOCK_BYTES: usize = 64 * 1024;
+
+/// What one call of [`tile`] reduces and where its sums start and end.
+struct Pass {
+    channels: (usize, usize),
+    /// Start from the bias (else from the partial sums already stored).
+    first: bool,
+    /// Finish: activation and residual (else store the partial sums).
+    last: bool,
+}
+
+/// One tile: the sums of `MR` pixels x `NV` vectors of channels over every tap and channel,
+/// kept in registers, then the epilogue and the store.
+#[inline(always)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    tap_rows: &[*const f32],
+    mut b: *const f32,
+    pass: &Pass,
+    e: &Epilogue,
+) {
+    // SAFETY: `[*const f32; MR]` has the layout of MR consecutive pointers.
+    let taps = std::slice::from_raw_parts(
+        tap_rows.as_ptr().cast::<[*const f32; MR]>(),
+        tap_rows.len() / MR,
+    );
+    // The sums start from the bias, so the epilogue only stores: anything live across the
+    // reduction beyond the accumulators and the weight vectors pushes accumulators to memory
+    // (measured: stores in the hot loop, half the speed).
+    let mut valid = [0usize; NV];
+    let mut bias = [S::zero(); NV];
+    for v in 0..NV {
+        valid[v] = e.cols.saturating_sub(v * S::LANES).min(S::LANES);
+        bias[v] = S::load_partial(e.bias.add(v * S::LANES), valid[v]);
+    }
+    let mut acc = [bias; MR];
+    if !pass.first {
+        for r in 0..MR {
+            let src = e.out.wrapping_add(r * e.row_stride);
+            for v in 0..NV {
+                let n = if r < e.rows { valid[v] } else { 0 };
+                acc[r][v] = S::load_partial(src.wrapping_add(v * S::LANES), n);
+            }
+        }
+    }
+    let (c0, c1) = pass.channels;
+    for tap in taps {
+        let a = *tap;
+        let mut k = c0;
+        while k < c1 {
+            let mut bv = [S::zero(); NV];
+            for v in 0..NV {
+                bv[v] = S::load(b.add(v * S::LANES));
+            }
+            for r in 0..MR {
+                let x = S::splat(*a[r].add(k));
+                for v in 0..NV {
+                    acc[r][v] = S::fma(x, bv[v], acc[r][v]);
+                }
+            }
+            b = b.add(NV * S::LANES);
+            k += 1;
+        }
+    }
+    // Straight-line over constant indices with a small body, for the same reason: if LLVM
+    // does not unroll this loop fully, the accumulators are indexed at run time and live in
+    // memory. The cheap activations are one clamp: [lo, hi].
+    let (lo, hi, in_registers) = match (e.residual, e.activation) {
+        _ if !pass.last => (f32::NEG_INFINITY, f32::INFINITY, true),
+        (None, Activation::Identity) => (f32::NEG_INFINITY, f32::INFINITY, true),
+        (None, Activation::Relu) => (0.0, f32::INFINITY, true),
+        (None, Activation::Relu6) => (0.0, 6.0, true),
+        _ => (f32::NEG_INFINITY, f32::INFINITY, false),
+    };
+    let (lo, hi) = (S::splat(lo), S::splat(hi));
+    for r in 0..MR {
+        let dst = e.out.wrapping_add(r * e.row_stride);
+        for v in 0..NV {
+            let n = if r < e.rows { valid[v] } else { 0 };
+            let x = S::min(S::max(acc[r][v], lo), hi);
+            S::store_partial(dst.wrapping_add(v * S::LANES), x, n);
+        }
+    }
+    if !in_registers {
+        finish_rows(e, MR);
+    }
+}
+
+/// Adds the residual and applies the activation over a stored tile (still in L1), out of
+/// line (see [`tile`]).
+#[inline(never)]
+unsafe fn finish_rows(e: &Epilogue, mr: usize) {
+    for r in 0..e.rows.min(mr) {
+        let row = std::slice::from_raw_parts_mut(e.out.add(r * e.row_stride), e.cols);
+        if let Some(residual) = e.residual {
+            let src = std::slice::from_raw_parts(residual.add(r * e.residual_stride), e.cols);
+            row.iter_mut().zip(src).for_each(|(x, r)| *x += r);
+        }
+        super::simd::activate_slice(e.activation, row);
+    }
+}
+
+/// What happens to a tile's sums on the way out.
+struct Epilogue {
+    out: *mut f32,
+    row_stride: usize,
+    rows: usize,
+    cols: usize,
+    bias: *const f32,
+    residual: Option<*const f32>,
+    residual_stride: usize,
+    activation: Activation,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{
+        dense_conv, pseudo_random, reference_conv, ConvOutput, DenseParams, Padding,
+    };
+
+    /// `(ky, kx, c_in) x c_out` from PyTorch's `(c_out, c_in, kh, kw)`.
+    fn to_rows(w_oihw: &[f32], c_out: usize, c_in: usize, (kh, kw): (usize, usize)) -> Vec<f32> {
+        let mut weight = vec![0.0; w_oihw.len()];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..kh * kw {
+                    weight[(t * c_in + ci) * c_out + co] = w_oihw[(co * c_in + ci) * kh * kw + t];
+                }
+            }
+        }
+        weight
+    }
+
+    /// Packed product vs the definition, with bias, residual and activation applied as the
+    /// unpacked path does, for one layer.
+    fn check(shape: Nhwc, geometry: ConvGeometry, c_out: usize, residual: bool, act: Activation) {
+        let input = pseudo_random(shape.len(), 7);
+        let (kh, kw) = geometry.kernel;
+        let w_oihw = pseudo_random(c_out * shape.c * kh * kw, 8);
+        let (plain, res) = reference_conv(&input, shape, &geometry, &w_oihw, (c_out, 1));
+        let bias = pseudo_random(c_out, 9);
+        let rows = shape.n * res.out_h * res.out_w;
+        let extra = pseudo_random(rows * c_out, 10);
+        let expected: Vec<f32> = plain
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let r = if residual { extra[i] } else { 0.0 };
+                act.apply_scalar(x + bias[i % c_out] + r)
+            })
+            .collect();
+        let weight = to_rows(&w_oihw, c_out, shape.c, geometry.kernel);
+        let Some(packed) = PackedWeights::pack(kh * kw * shape.c, c_out, &weight) else {
+            return; // no vector unit: the portable path is the one tested in conv.rs
+        };
+        let params = DenseParams {
+            geometry: &geometry,
+            weight: &weight,
+            bias: &bias,
+            activation: act,
+            packed: Some(&packed),
+        };
+        // A row stride wider than c_out: the gap must stay untouched.
+        let stride = c_out + 3;
+        let mut out = vec![f32::NAN; rows * stride];
+        dense_conv(
+            &input,
+            shape,
+            &params,
+            ConvOutput {
+                data: &mut out,
+                row_stride: stride,
+                residual: residual.then_some(&extra[..]),
+            },
+        );
+        let scale = (kh * kw * shape.c) as f32;
+        for r in 0..rows {
+            for c in 0..c_out {
+                let (got, want) = (out[r * stride + c], expected[r * c_out + c]);
+                assert!(
+                    (got - want).abs() <= 2e-6 * scale + 1e-5,
+                    "{shape:?} {geometry:?} c_out {c_out}: row {r} col {c}: {got} vs {want}"
+                );
+            }
+            assert!(out[r * stride + c_out..][..3].iter().all(|x| x.is_nan()));
+        }
+    }
+
+    #[test]
+    fn packed_convolutions_match_the_definition_over_tile_widths_and_geometries() {
+        let shape = Nhwc {
+            n: 2,
+            h: 9,
+            w: 7,
+            c: 5,
+        };
+        let geometries = [
+            ConvGeometry::square(1, 1, 0),
+            ConvGeometry::square(3, 1, 1),
+            ConvGeometry::square(3, 2, 1),
+            ConvGeometry::square(5, 1, 2),
+            ConvGeometry {
+                kernel: (3, 3),
+                stride: (2, 2),
+                dilation: (1, 1),
+                padding: Padding::TfSame,
+            },
+            ConvGeometry {
+                kernel: (3, 3),
+                stride: (1, 1),
+                dilation: (2, 2),
+                padding: Padding::symmetric(2),
+            },
+        ];
+        // Output widths that pick every panel width and leave partial vectors and tiles.
+        for c_out in [1, 7, 16, 24, 40, 64, 100] {
+            for geometry in geometries {
+                check(shape, geometry, c_out, false, Activation::Relu6);
+            }
+        }
+    }
+
+    #[test]
+    fn long_reductions_split_into_blocks_and_still_add_up() {
+        // 3x3 over 300 channels splits each tap's channels; over 130 groups taps.
+        for c in [130, 300] {
+            let shape = Nhwc {
+                n: 1,
+                h: 6,
+                w: 5,
+                c,
+            };
+            check(
+                shape,
+                ConvGeometry::square(3, 1, 1),
+                70,
+                true,
+                Activation::Silu,
+            );
+        }
+        let pointwise = Nhwc {
+            n: 1,
+            h: 11,
+            w: 3,
+            c: 1100,
+        };
+        check(
+            pointwise,
+            ConvGeometry::square(1, 1, 0),
+            33,
+            false,
+            Activation::Relu,
+        );
+    }
+
+    #[test]
+    fn residual_and_every_activation_are_applied_after_the_sum() {
+        let shape = Nhwc {
+            n: 3,
+            h: 4,
+            w: 4,
+            c: 8,
+        };
+        for act in [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Silu,
+            Activation::Hardswish,
+            Activation::Hardsigmoid,
+            Activation::LeakyRelu(0.1),
+            Activation::Sigmoid,
+        ] {
+            for residual in [false, true] {
+                check(shape, ConvGeometry::square(1, 1, 0), 48, residual, act);
+            }
+        }
+    }
+
+    #[test]
+    fn reduction_blocks_cover_every_tap_and_channel_once() {
+        for (taps, c, nr) in [
+            (9, 300, 64),
+            (9, 130, 64),
+            (1, 2048, 48),
+            (1, 100, 16),
+            (25, 7, 32),
+        ] {
+            let mut seen = vec![0u8; taps * c];
+            for b in reduction_blocks(taps, c, nr) {
+                for t in b.taps.0..b.taps.1 {
+                    for ch in b.channels.0..b.channels.1 {
+                        seen[t * c + ch] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "taps {taps} c {c} nr {nr}");
+        }
+    }
+}
