@@ -267,15 +267,18 @@ impl Conv {
         if out.residual.is_some_and(|r| r.len() < rows * c_out) {
             candle_core::bail!("residual too small for {out_shape:?}")
         }
-        let params = DenseParams {
+        dense_conv(input, shape, &self.dense_params(), out);
+        Ok(out_shape)
+    }
+
+    fn dense_params(&self) -> DenseParams<'_> {
+        DenseParams {
             geometry: &self.geometry,
             weight: &self.weight,
             bias: &self.bias,
             activation: self.activation,
             packed: self.packed.as_deref(),
-        };
-        dense_conv(input, shape, &params, out);
-        Ok(out_shape)
+        }
     }
 
     fn output_shape(&self, shape: Nhwc) -> candle_core::Result<Nhwc> {
@@ -321,14 +324,7 @@ impl Conv {
                 if residual.is_some_and(|r| r.len() < out_shape.len()) {
                     candle_core::bail!("residual too small for {out_shape:?}")
                 }
-                let params = DenseParams {
-                    geometry: &self.geometry,
-                    weight: &self.weight,
-                    bias: &self.bias,
-                    activation: self.activation,
-                    packed: self.packed.as_deref(),
-                };
-                dense_conv_new(input, shape, &params, residual)
+                dense_conv_new(input, shape, &self.dense_params(), residual)
             }
             ConvKind::Depthwise => {
                 if residual.is_some() {

@@ -173,29 +173,30 @@ pub fn dense_conv(input: &[f32], shape: Nhwc, params: &DenseParams<'_>, out: Con
         && res.pad_left == 0
         && res.out_h == shape.h
         && res.out_w == shape.w;
-    let per_task = rows_per_task(rows, 2 * k * c_out);
-    let is_single_task = per_task >= rows;
     if let Some(packed) = params.packed {
-        let rows = Rows::new(input, shape, *geometry, res);
-        let target = Target {
-            data: out.data.as_mut_ptr(),
-            row_stride: out.row_stride,
-            bias: params.bias,
-            residual: out.residual,
-            activation: params.activation,
-        };
         assert!(
             out.data.len() >= (rows_count(shape, &res) - 1) * out.row_stride + c_out,
             "output too short"
         );
         // SAFETY: `out.data` is borrowed mutably for the rows checked above, so nothing else
-        // aliases it; `Rows::new` and `gemm::run` check the input, residual and weights.
+        // aliases it.
         #[allow(unsafe_code)]
         unsafe {
-            dense::run(&rows, packed, &target)
+            run_packed(
+                input,
+                shape,
+                res,
+                params,
+                packed,
+                out.data.as_mut_ptr(),
+                out.row_stride,
+                out.residual,
+            )
         };
         return;
     }
+    let per_task = rows_per_task(rows, 2 * k * c_out);
+    let is_single_task = per_task >= rows;
     let ConvOutput {
         data,
         row_stride,
@@ -280,21 +281,51 @@ pub(crate) fn dense_conv_new(
         #[allow(unsafe_code)]
         return unsafe { out.assume_init() };
     }
+    // SAFETY: `out` is a new buffer of every output row, owned here; `dense::run` writes each
+    // of its values (every tile of every panel).
+    #[allow(unsafe_code)]
+    unsafe {
+        run_packed(
+            input,
+            shape,
+            res,
+            params,
+            packed,
+            out.as_mut_ptr(),
+            c_out,
+            residual,
+        );
+        out.assume_init()
+    }
+}
+
+/// The packed-weight kernel over `out`'s rows; `dense::run` checks the input, residual and
+/// weights.
+///
+/// # Safety
+/// `data` must be valid for writes of every output row `row_stride` apart and alias nothing
+/// else; it may be uninitialised.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+unsafe fn run_packed(
+    input: &[f32],
+    shape: Nhwc,
+    res: Resolved,
+    params: &DenseParams<'_>,
+    packed: &PackedWeights,
+    data: *mut f32,
+    row_stride: usize,
+    residual: Option<&[f32]>,
+) {
     let rows = Rows::new(input, shape, *params.geometry, res);
     let target = Target {
-        data: out.as_mut_ptr(),
-        row_stride: c_out,
+        data,
+        row_stride,
         bias: params.bias,
         residual,
         activation: params.activation,
     };
-    // SAFETY: `out` is a new buffer of every output row, owned here; `dense::run` writes each
-    // of its values (every tile of every panel) and checks the input, residual and weights.
-    #[allow(unsafe_code)]
-    unsafe {
-        dense::run(&rows, packed, &target);
-        out.assume_init()
-    }
+    // SAFETY: the caller vouches for `data`.
+    unsafe { dense::run(&rows, packed, &target) }
 }
 
 /// Gathers the receptive fields of output rows `first_row..` into `cols`, one row of
@@ -376,7 +407,7 @@ pub fn scale_shift_act(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::{pseudo_random, reference_conv};
+    use crate::model::kernels::{oihw_to_rows, pseudo_random, reference_conv};
 
     fn assert_close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
@@ -418,18 +449,7 @@ mod tests {
             let (kh, kw) = geometry.kernel;
             let w_oihw = pseudo_random(c_out * shape.c * kh * kw, 2);
             let (expected, res) = reference_conv(&input, shape, &geometry, &w_oihw, (c_out, 1));
-            // Lay the weight out as (ky, kx, c_in) x c_out.
-            let mut weight = vec![0.0; w_oihw.len()];
-            for co in 0..c_out {
-                for ci in 0..shape.c {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            weight[((ky * kw + kx) * shape.c + ci) * c_out + co] =
-                                w_oihw[((co * shape.c + ci) * kh + ky) * kw + kx];
-                        }
-                    }
-                }
-            }
+            let weight = oihw_to_rows(&w_oihw, c_out, shape.c, kh * kw);
             let bias = vec![0.0; c_out];
             let params = DenseParams {
                 geometry: &geometry,

@@ -589,21 +589,8 @@ struct Epilogue {
 mod tests {
     use super::*;
     use crate::model::kernels::{
-        dense_conv, pseudo_random, reference_conv, ConvOutput, DenseParams, Padding,
+        dense_conv, oihw_to_rows, pseudo_random, reference_conv, ConvOutput, DenseParams, Padding,
     };
-
-    /// `(ky, kx, c_in) x c_out` from PyTorch's `(c_out, c_in, kh, kw)`.
-    fn to_rows(w_oihw: &[f32], c_out: usize, c_in: usize, (kh, kw): (usize, usize)) -> Vec<f32> {
-        let mut weight = vec![0.0; w_oihw.len()];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                for t in 0..kh * kw {
-                    weight[(t * c_in + ci) * c_out + co] = w_oihw[(co * c_in + ci) * kh * kw + t];
-                }
-            }
-        }
-        weight
-    }
 
     /// Packed product vs the definition, with bias, residual and activation applied as the
     /// unpacked path does, for one layer.
@@ -623,7 +610,7 @@ mod tests {
                 act.apply_scalar(x + bias[i % c_out] + r)
             })
             .collect();
-        let weight = to_rows(&w_oihw, c_out, shape.c, geometry.kernel);
+        let weight = oihw_to_rows(&w_oihw, c_out, shape.c, kh * kw);
         let Some(packed) = PackedWeights::pack(kh * kw * shape.c, c_out, &weight) else {
             return; // no vector unit: the portable path is the one tested in conv.rs
         };

@@ -248,6 +248,21 @@ pub(crate) fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// A PyTorch `(c_out, c_in, kh, kw)` weight laid out as the dense kernels take it:
+/// `(ky, kx, c_in) x c_out`.
+#[cfg(test)]
+pub(crate) fn oihw_to_rows(w_oihw: &[f32], c_out: usize, c_in: usize, taps: usize) -> Vec<f32> {
+    let mut weight = vec![0.0; w_oihw.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..taps {
+                weight[(t * c_in + ci) * c_out + co] = w_oihw[(co * c_in + ci) * taps + t];
+            }
+        }
+    }
+    weight
+}
+
 /// Direct definition of a grouped 2-D convolution on NHWC data, for checking the kernels.
 #[cfg(test)]
 pub(crate) fn reference_conv(
