@@ -479,6 +479,29 @@ pub(crate) fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
     })
 }
 
+/// `xs * gate`, where `gate` is `(n, 1, 1, c)`: one factor per image and channel
+/// (squeeze-excitation, LR-ASPP's scale branch).
+pub(crate) fn scale_channels(xs: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, _, _, c) = xs.dims4()?;
+    let gate = gate.flatten_all()?.to_vec1::<f32>()?;
+    if gate.len() != n * c {
+        candle_core::bail!(
+            "channel gate has {} values for {n} images of {c} channels",
+            gate.len()
+        )
+    }
+    map_nhwc(xs, "wick-scale-channels", |input, shape| {
+        let plane = shape.h * shape.w * shape.c;
+        let mut out = input.to_vec();
+        for (image, factors) in out.chunks_exact_mut(plane).zip(gate.chunks_exact(c)) {
+            for px in image.chunks_exact_mut(c) {
+                px.iter_mut().zip(factors).for_each(|(x, f)| *x *= f);
+            }
+        }
+        Ok((out, nhwc_shape(shape)))
+    })
+}
+
 /// `(n, c, h, w)` -> contiguous `(n, h, w, c)` f32.
 pub fn to_nhwc(xs: &Tensor) -> candle_core::Result<Tensor> {
     xs.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()

@@ -107,6 +107,8 @@ parity_tests!(
     timm_resnet50,
     torchvision_densenet121,
     torchvision_mobilenet_v2,
+    torchvision_mobilenet_v3_large,
+    torchvision_mobilenet_v3_small,
     timm_efficientnet_lite0,
     timm_efficientnet_lite1,
     timm_efficientnet_lite2,

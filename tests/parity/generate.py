@@ -150,6 +150,8 @@ def registry():
         models.append((f"torchvision_{a}", a, "torchvision", _tv(a), TV_INPUT, "fc"))
     models.append(("torchvision_densenet121", "densenet121", "torchvision", _tv("densenet121"), TV_INPUT, "classifier"))
     models.append(("torchvision_mobilenet_v2", "mobilenet_v2", "torchvision", _tv("mobilenet_v2"), TV_INPUT, "classifier.1"))
+    for a in ["mobilenet_v3_large", "mobilenet_v3_small"]:
+        models.append((f"torchvision_{a}", a, "torchvision", _tv(a), TV_INPUT, "classifier.3"))
     models.append(("timm_resnet50", "resnet50", "timm", _timm("resnet50"), TV_INPUT, "fc"))
     for pre in ["", "tf_"]:
         a = f"{pre}efficientnet_lite0"

@@ -2,7 +2,7 @@
 //! file (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{BuildArgs, Builder, Network};
-use super::{densenet, efficientnet_lite, mobilenet_v2, resnet};
+use super::{densenet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
@@ -10,6 +10,7 @@ const REGISTRY: &[Family<Builder>] = &[
     resnet::FAMILY,
     efficientnet_lite::FAMILY,
     mobilenet_v2::FAMILY,
+    mobilenet_v3::FAMILY,
     densenet::FAMILY,
 ];
 
@@ -35,6 +36,8 @@ mod tests {
         for (name, key) in [
             ("resnet18", "fc"),
             ("mobilenet_v2", "classifier.1"),
+            ("mobilenet_v3_large", "classifier.3"),
+            ("mobilenet_v3_small", "classifier.3"),
             ("densenet121", "classifier"),
             // Synthetic weights have no `_conv_stem.weight`, so this is the timm flavour.
             ("efficientnet_lite0", "classifier"),

@@ -10,9 +10,9 @@
 use candle_core::Tensor;
 
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
-use super::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS};
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
 use super::ops::resize;
+use crate::model::classify::mobilenet_v3::{MobileNetV3, Size, HIGH_CHANNELS};
 use crate::model::classify::resnet::{Dilation, ResNetTrunk};
 use crate::model::error::ModelError;
 use crate::model::layers::{Conv, ConvSpec};
@@ -42,7 +42,7 @@ pub(super) const FAMILY: Family<Builder> = Family {
 
 enum Backbone {
     ResNet(ResNetTrunk),
-    MobileNet(MobileNetV3Large),
+    MobileNet(MobileNetV3),
 }
 
 struct DeepLabV3 {
@@ -60,7 +60,7 @@ pub(super) fn build(
     let w = args.weights;
     let (backbone, channels) = match args.name {
         "deeplabv3_mobilenet_v3_large" => (
-            Backbone::MobileNet(MobileNetV3Large::load(w, "backbone.", true)?),
+            Backbone::MobileNet(MobileNetV3::load(w, "backbone.", Size::Large, true)?),
             HIGH_CHANNELS,
         ),
         name => {

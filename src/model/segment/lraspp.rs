@@ -19,12 +19,13 @@
 
 use candle_core::Tensor;
 
-use super::mobilenet_v3::{MobileNetV3Large, HIGH_CHANNELS, LOW_CHANNELS};
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
-use super::ops::{resize, scale_channels};
+use super::ops::resize;
 use crate::model::classify::efficientnet_lite::LiteTrunk;
+use crate::model::classify::mobilenet_v3::{MobileNetV3, Size, HIGH_CHANNELS, LOW_CHANNELS};
 use crate::model::error::ModelError;
 use crate::model::kernels::Activation;
+use crate::model::layers::scale_channels;
 use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
 use crate::model::registry::Family;
 
@@ -64,7 +65,7 @@ pub(crate) const HIGH_CLASSIFIER_KEY: &str = "classifier.high_classifier";
 const LITE_LOW_STAGE: usize = 2;
 
 enum Trunk {
-    MobileNet(MobileNetV3Large),
+    MobileNet(MobileNetV3),
     Lite(LiteTrunk),
 }
 
@@ -99,7 +100,7 @@ pub(super) fn build(
 ) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
     let w = args.weights;
     let (trunk, low_channels, high_channels) = if args.name == "lraspp_mobilenet_v3_large" {
-        let net = MobileNetV3Large::load(w, "backbone.", true)?;
+        let net = MobileNetV3::load(w, "backbone.", Size::Large, true)?;
         (Trunk::MobileNet(net), LOW_CHANNELS, HIGH_CHANNELS)
     } else {
         let trunk = LiteTrunk::load_prefixed(w, "backbone.", args.name)?;

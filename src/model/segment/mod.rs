@@ -13,7 +13,6 @@ pub(crate) mod config;
 pub(crate) mod deeplabv3;
 pub(crate) mod deeplabv3plus;
 pub(crate) mod lraspp;
-pub(crate) mod mobilenet_v3;
 pub(crate) mod network;
 pub(crate) mod ops;
 pub(crate) mod registry;

@@ -1,18 +1,37 @@
-//! MobileNetV3-Large (width 1.0) feature extractor with torchvision key names, as the
-//! segmentation models use it (`mobilenet_v3_large(dilated=True).features` under a prefix):
-//! `{p}0` stem (3x3 s2, hardswish), `{p}1..15` inverted residual blocks (`block.{j}` = optional
-//! 1x1 expand, depthwise, optional squeeze-excitation `fc1`/`fc2`, 1x1 projection), `{p}16`
-//! the 1x1 conv to 960 channels. BatchNorm eps is 0.001 (not PyTorch's default 1e-5).
-//! With `dilated`, the last stage (C4) trades its stride for dilation 2: output stride 16.
+//! MobileNetV3 Large and Small (width 1.0) with torchvision key names: the classifiers
+//! `mobilenet_v3_large` / `mobilenet_v3_small`, and the trunk the segmentation models use
+//! (`mobilenet_v3_large(dilated=True).features` under a prefix).
+//!
+//! `features.0` stem (3x3 s2, hardswish), `features.1..` inverted residual blocks (`block.{j}` =
+//! optional 1x1 expand, depthwise, optional squeeze-excitation `fc1`/`fc2`, 1x1 projection),
+//! then the 1x1 conv to 6x the last block's channels (960 Large, 576 Small). BatchNorm eps is
+//! 0.001 (not PyTorch's default 1e-5). The classifier pools, runs `classifier.0` (a linear layer
+//! to 1280 / 1024 features) with hardswish, and `classifier.3` is the head (`classifier.2` is
+//! dropout). With `dilated`, the last stage (C4) trades its stride for dilation 2: output
+//! stride 16.
 // Based on torchvision 0.29 `torchvision/models/mobilenetv3.py` (read, not copied).
 
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
 
-use super::ops::scale_channels;
+use super::linear::Linear;
+use super::network::{Backbone, BuildArgs, Builder, Network};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
+use crate::model::layers::{global_avg_pool, scale_channels, BatchNorm, Conv, ConvSpec};
+use crate::model::registry::Family;
 use crate::model::weights::Weights;
+
+pub(super) const NAMES: &[&str] = &["mobilenet_v3_large", "mobilenet_v3_small"];
+
+/// This file's architectures, for the classification registry (`registry.rs`).
+pub(super) const FAMILY: Family<Builder> = Family {
+    names: NAMES,
+    build,
+};
+
+/// Checkpoint prefix of the final linear layer (`classifier.0` is the hidden linear layer,
+/// `classifier.1` hardswish, `classifier.2` dropout).
+const CLASSIFIER_KEY: &str = "classifier.3";
 
 const BN_EPS: f64 = 0.001;
 
@@ -54,7 +73,7 @@ const fn b(
 }
 
 /// torchvision's `mobilenet_v3_large` table.
-const LARGE: [BlockSetting; 15] = [
+const LARGE: &[BlockSetting] = &[
     b(16, 3, 16, 16, false, false, 1, false),
     b(16, 3, 64, 24, false, false, 2, false), // C1
     b(24, 3, 72, 24, false, false, 1, false),
@@ -71,7 +90,52 @@ const LARGE: [BlockSetting; 15] = [
     b(160, 5, 960, 160, true, true, 1, true),
     b(160, 5, 960, 160, true, true, 1, true),
 ];
-/// Output channels of the final 1x1 convolution (`features.16`).
+
+/// torchvision's `mobilenet_v3_small` table.
+const SMALL: &[BlockSetting] = &[
+    b(16, 3, 16, 16, true, false, 2, false),  // C1
+    b(16, 3, 72, 24, false, false, 2, false), // C2
+    b(24, 3, 88, 24, false, false, 1, false),
+    b(24, 5, 96, 40, true, true, 2, false), // C3
+    b(40, 5, 240, 40, true, true, 1, false),
+    b(40, 5, 240, 40, true, true, 1, false),
+    b(40, 5, 120, 48, true, true, 1, false),
+    b(48, 5, 144, 48, true, true, 1, false),
+    b(48, 5, 288, 96, true, true, 2, true), // C4
+    b(96, 5, 576, 96, true, true, 1, true),
+    b(96, 5, 576, 96, true, true, 1, true),
+];
+
+/// Which of the two published networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Size {
+    Large,
+    Small,
+}
+
+impl Size {
+    fn blocks(self) -> &'static [BlockSetting] {
+        match self {
+            Size::Large => LARGE,
+            Size::Small => SMALL,
+        }
+    }
+
+    /// Channels of the final 1x1 convolution: six times the last block's.
+    fn head_channels(self) -> usize {
+        6 * self.blocks().last().map_or(0, |s| s.c_out)
+    }
+
+    /// Features of the classifier's hidden linear layer (torchvision's `last_channel`).
+    fn hidden_features(self) -> usize {
+        match self {
+            Size::Large => 1280,
+            Size::Small => 1024,
+        }
+    }
+}
+
+/// Output channels of MobileNetV3-Large's final 1x1 convolution (`features.16`).
 pub(crate) const HIGH_CHANNELS: usize = 960;
 /// Channels of `features.4`, the stride-8 "low" features LR-ASPP taps.
 pub(crate) const LOW_CHANNELS: usize = 40;
@@ -101,8 +165,8 @@ struct InvertedResidual {
     has_skip: bool,
 }
 
-/// The 17 modules of `features`, ready to run.
-pub(crate) struct MobileNetV3Large {
+/// The modules of `features`, ready to run.
+pub(crate) struct MobileNetV3 {
     stem: Conv,
     blocks: Vec<InvertedResidual>,
     head: Conv,
@@ -114,9 +178,15 @@ pub(crate) struct MobileNetFeatures {
     pub(crate) high: Tensor,
 }
 
-impl MobileNetV3Large {
-    /// Loads `{prefix}{0..16}.*`; `prefix` is e.g. `backbone.` and ends with a dot.
-    pub(crate) fn load(w: &Weights, prefix: &str, dilated: bool) -> Result<Self, ModelError> {
+impl MobileNetV3 {
+    /// Loads `{prefix}0.*` .. `{prefix}{blocks + 1}.*`; `prefix` is e.g. `backbone.` and ends
+    /// with a dot.
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        size: Size,
+        dilated: bool,
+    ) -> Result<Self, ModelError> {
         let conv_bn = |name: String, spec: ConvSpec| {
             let bn = format!("{name}.1");
             Conv::load(
@@ -133,8 +203,9 @@ impl MobileNetV3Large {
             format!("{prefix}0"),
             ConvSpec::new(3, 16, 3, 2).act(Activation::Hardswish),
         )?;
-        let mut blocks = Vec::with_capacity(LARGE.len());
-        for (i, s) in LARGE.iter().enumerate() {
+        let settings = size.blocks();
+        let mut blocks = Vec::with_capacity(settings.len());
+        for (i, s) in settings.iter().enumerate() {
             let p = format!("{prefix}{}.block", i + 1);
             let act = if s.hardswish {
                 Activation::Hardswish
@@ -203,11 +274,12 @@ impl MobileNetV3Large {
                 has_skip: s.stride == 1 && s.c_in == s.c_out,
             });
         }
+        let last = settings.last().map_or(16, |s| s.c_out);
         let head = conv_bn(
-            format!("{prefix}16"),
-            ConvSpec::new(160, HIGH_CHANNELS, 1, 1).act(Activation::Hardswish),
+            format!("{prefix}{}", settings.len() + 1),
+            ConvSpec::new(last, size.head_channels(), 1, 1).act(Activation::Hardswish),
         )?;
-        Ok(MobileNetV3Large { stem, blocks, head })
+        Ok(MobileNetV3 { stem, blocks, head })
     }
 
     /// `(n, h, w, 3)` NHWC -> low and high features.
@@ -243,9 +315,65 @@ impl MobileNetV3Large {
     }
 }
 
+pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
+    let size = match args.name {
+        "mobilenet_v3_small" => Size::Small,
+        _ => Size::Large,
+    };
+    let w = args.weights;
+    let trunk = MobileNetV3::load(w, "features.", size, false)?;
+    let hidden = size.hidden_features();
+    let pre_logits = Linear::load(w, "classifier.0", (size.head_channels(), hidden))?;
+    let classifier = Linear::load(w, CLASSIFIER_KEY, (hidden, args.num_classes))?;
+    Ok(Network {
+        backbone: Box::new(Classification { trunk, pre_logits }),
+        classifier,
+        classifier_key: CLASSIFIER_KEY,
+    })
+}
+
+/// The classifier's backbone: the trunk, pooling, and the hidden linear layer with its
+/// hardswish (what `classifier.3` reads).
+struct Classification {
+    trunk: MobileNetV3,
+    pre_logits: Linear,
+}
+
+impl Backbone for Classification {
+    fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let pooled = global_avg_pool(&self.trunk.forward(xs)?.high)?;
+        hardswish(&self.pre_logits.forward(&pooled)?)
+    }
+}
+
+/// PyTorch's `x * relu6(x + 3) / 6`.
+fn hardswish(xs: &Tensor) -> candle_core::Result<Tensor> {
+    xs.mul(&((xs + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_channels_are_six_times_the_last_block() {
+        assert_eq!(Size::Large.head_channels(), HIGH_CHANNELS);
+        assert_eq!(Size::Small.head_channels(), 576);
+    }
+
+    #[test]
+    fn hardswish_matches_pytorch_at_its_corners() -> candle_core::Result<()> {
+        let xs = Tensor::new(
+            &[-4f32, -3.0, -1.5, 0.0, 1.5, 3.0, 4.0],
+            &candle_core::Device::Cpu,
+        )?;
+        let got = hardswish(&xs)?.to_vec1::<f32>()?;
+        let want = [0.0, 0.0, -0.375, 0.0, 1.125, 3.0, 4.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn squeeze_channels_follow_torchvision_rounding() {
