@@ -25,10 +25,12 @@
 # Usage: local_test/container_test.sh
 #   WICK_BIN            binary to package (default: target/release/wick, or $CARGO_TARGET_DIR's)
 #   WICK_TEST_PORT      host port for the server (default: a free one; host networking)
+#   WICK_EXAMPLES_DIR   where the built examples synthetic_package and s3_server are (default:
+#                       cargo builds them, debug profile, into $CARGO_TARGET_DIR or target/)
 #   WICK_MAX_IMAGE_MB   the image must be smaller, in MB of 10^6 bytes (default 30; see
 #                       docs/performance.md "Container image")
 #   WICK_PODMAN_DIR, WICK_PODMAN_STORAGE_DRIVER: see local_test/podman.sh
-# Needs root, podman, runc, debootstrap, curl, python3 and cargo (it builds the two examples);
+# Needs root, podman, runc, debootstrap, curl, python3 and cargo (unless WICK_EXAMPLES_DIR);
 # .ci/container installs the system packages.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -49,7 +51,6 @@ fail() {
 
 podman_configure
 binary=$(wick_bin) || fail "no wick binary (cargo build --release, or set WICK_BIN)"
-command -v cargo >/dev/null || fail "cargo is needed to build examples/synthetic_package.rs and examples/s3_server.rs"
 
 # What this run creates, so that cleanup removes exactly that.
 build_copy="$repo_dir/dist/wick-$tag"
@@ -88,9 +89,17 @@ lite0=$(bounded 600 "$repo_dir/scripts/fetch-efficientnet-lite0.sh") ||
     fail "scripts/fetch-efficientnet-lite0.sh could not build the EfficientNet-Lite0 package"
 payload="$local_test_dir/payload.jpg"
 [[ -f "$payload" ]] || payload="$local_test_dir/payload.png"
-(cd "$repo_dir" && bounded 1800 cargo build --quiet --locked --example synthetic_package --example s3_server) >&2 ||
-    fail "cargo build --example synthetic_package --example s3_server failed"
-examples="${CARGO_TARGET_DIR:-$repo_dir/target}/debug/examples"
+if [[ -n "${WICK_EXAMPLES_DIR:-}" ]]; then
+    examples=$WICK_EXAMPLES_DIR
+else
+    command -v cargo >/dev/null || fail "cargo is needed to build examples/synthetic_package.rs and examples/s3_server.rs"
+    (cd "$repo_dir" && bounded 1800 cargo build --quiet --locked --example synthetic_package --example s3_server) >&2 ||
+        fail "cargo build --example synthetic_package --example s3_server failed"
+    examples="${CARGO_TARGET_DIR:-$repo_dir/target}/debug/examples"
+fi
+for example in synthetic_package s3_server; do
+    [[ -x "$examples/$example" ]] || fail "no $example in $examples"
+done
 
 podman_debian_base
 step "engine check: podman run --network host $debian_base ($driver storage, runc)"
@@ -222,6 +231,8 @@ deeplab="$work/deeplabv3plus-resnet34"
 bounded 300 "$examples/synthetic_package" \
     "$repo_dir/tests/fixtures/segmentation/smp_deeplabv3plus_resnet34.json" "$deeplab" >/dev/null ||
     fail "examples/synthetic_package could not write the DeepLabV3+ ResNet-34 package"
+# safetensors writes its file 0600; the server runs as another user than the writer here.
+chmod -R a+rX "$deeplab"
 start_server "wick-deeplab-$tag" -v "$deeplab:/opt/ml/model:ro" --
 photo="$test_dir/input/data/training/cat/chelsea.png"
 bounded 120 curl -sS --fail-with-body -H 'Content-Type: image/png' -H 'Accept: image/png' \
