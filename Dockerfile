@@ -1,8 +1,13 @@
 # syntax=docker/dockerfile:1
 # wick: one Rust binary serving and training image models under SageMaker's container contract.
 #
+# The image is FROM scratch: the wick binary, the dynamic loader and the shared libraries it
+# links (found with ldd by container/make-rootfs), the CA bundle, `serve` and `train` as links
+# to wick, an empty /tmp. No shell, no package manager. It runs with a read-only root, as any
+# user id (it writes only under $TMPDIR and /opt/ml).
+#
 # Targets:
-#   runtime   (default) builds wick from source in a Rust image, then copies it into a slim image
+#   runtime   (default) builds wick from source in a Rust image, then copies it into the image
 #             docker build -t wick .
 #   prebuilt  takes a binary built outside Docker (for machines that cannot pull a Rust image);
 #             the binary must be built for glibc <= bookworm's (e.g. on Debian 12):
@@ -14,12 +19,17 @@
 #   docker build \
 #     --build-arg RUST_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
+#     --build-arg IMAGE_BASE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
 #     --build-arg CARGO_FEATURES=cuda --build-arg INSTALL_RUST=1 -t wick:cuda .
 # (A CUDA devel image has no Rust toolchain: INSTALL_RUST=1 installs it with rustup, at the
-# version rust-toolchain.toml pins.)
+# version rust-toolchain.toml pins. IMAGE_BASE: the CUDA libraries are loaded at run time, not
+# linked, so ldd cannot find them; the image keeps the whole CUDA runtime image under wick.)
 
 ARG RUST_IMAGE=rust:1.95-bookworm
+# Where the loader, the libraries and the CA bundle come from (the glibc wick runs on).
 ARG RUNTIME_IMAGE=debian:bookworm-slim
+# What the image starts from: nothing, or a CUDA runtime image for the CUDA variant.
+ARG IMAGE_BASE=scratch
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
@@ -64,12 +74,24 @@ RUN apt-get update \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------------------------------------
-# The runtime image without the binary.
-FROM ${RUNTIME_IMAGE} AS base
+# The image's files, collected next to the binary they serve (make-rootfs runs the binary, so a
+# binary that needs a newer glibc fails the build here). Two stages, one per binary source.
+FROM ${RUNTIME_IMAGE} AS rootfs-prebuilt
+ARG WICK_BINARY=target/release/wick
 COPY --from=certs /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-# `serve` and `train` on PATH: SageMaker and its init may run them directly (see container/).
-# --chmod, not a RUN chmod: a chmod layer would hold a second copy of each file.
-COPY --chmod=0755 container/serve container/train /usr/local/bin/
+COPY --chmod=0755 container/make-rootfs /usr/local/sbin/make-rootfs
+COPY --chmod=0755 ${WICK_BINARY} /usr/local/bin/wick
+RUN ["/usr/local/sbin/make-rootfs", "/usr/local/bin/wick", "/rootfs"]
+
+FROM ${RUNTIME_IMAGE} AS rootfs-runtime
+COPY --from=certs /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --chmod=0755 container/make-rootfs /usr/local/sbin/make-rootfs
+COPY --from=builder --chmod=0755 /usr/local/bin/wick /usr/local/bin/wick
+RUN ["/usr/local/sbin/make-rootfs", "/usr/local/bin/wick", "/rootfs"]
+
+# ---------------------------------------------------------------------------------------------
+# The image without its files.
+FROM ${IMAGE_BASE} AS base
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="wick" \
@@ -79,23 +101,28 @@ LABEL org.opencontainers.image.title="wick" \
       org.opencontainers.image.licenses="Apache-2.0" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # SageMaker runs containers as root and mounts /opt/ml at run time: no USER, nothing under
-# /opt/ml. Logs go straight to stderr/stdout (no buffering to configure).
-ENV RUST_LOG=info
+# /opt/ml. Logs go straight to stderr/stdout (no buffering to configure). Temporary files
+# (S3 downloads, unpacked archives) go to $TMPDIR. PATH: the engine's default, which has
+# /usr/local/bin.
+ENV RUST_LOG=info \
+    TMPDIR=/tmp
 EXPOSE 8080
 # Exec form: wick is PID 1 and receives SIGTERM itself (it drains and exits 0).
-# `docker run IMAGE serve` / `docker run IMAGE train` pass the command as argv[1].
+# `docker run IMAGE serve` / `docker run IMAGE train` pass the command as argv[1]; run as
+# `serve` or `train` (the links on PATH), wick takes the command from its own name.
 ENTRYPOINT ["/usr/local/bin/wick"]
 CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------
 # A binary built outside (docker build --target prebuilt --build-arg WICK_BINARY=path).
+# Two layers: the loader, libraries, CA bundle and links (the same from build to build), then
+# the binary.
 FROM base AS prebuilt
-ARG WICK_BINARY=target/release/wick
-COPY --chmod=0755 ${WICK_BINARY} /usr/local/bin/wick
-# Fails the build early if the binary does not run on this base (e.g. a newer glibc).
-RUN /usr/local/bin/wick --version
+COPY --from=rootfs-prebuilt /rootfs/ /
+COPY --from=rootfs-prebuilt /usr/local/bin/wick /usr/local/bin/wick
 
 # ---------------------------------------------------------------------------------------------
 # Default target: the binary from the builder stage.
 FROM base AS runtime
-COPY --from=builder --chmod=0755 /usr/local/bin/wick /usr/local/bin/wick
+COPY --from=rootfs-runtime /rootfs/ /
+COPY --from=rootfs-runtime /usr/local/bin/wick /usr/local/bin/wick

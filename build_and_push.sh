@@ -3,8 +3,9 @@
 # (AWS's scikit_bring_your_own build_and_push.sh, made robust). Prints the image URI.
 #
 # Usage: ./build_and_push.sh [--dry-run] IMAGE_NAME [-- DOCKER_BUILD_ARGS...]
-#   --dry-run   print the commands instead of running them (the account is still asked of AWS;
-#               ACCOUNT is printed when that fails)
+#   --dry-run   print the commands instead of running them (needs neither aws nor docker;
+#               ACCOUNT stands for the account when AWS cannot be asked)
+#   Account: $AWS_ACCOUNT_ID, else `aws sts get-caller-identity`.
 #   Region: $AWS_REGION, else `aws configure get region`, else us-west-2.
 #   Tags: latest and the git commit (with -dirty when the work tree has changes).
 #   Extra arguments after `--` go to `docker build`, e.g.
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 1
 }
 
@@ -46,7 +47,9 @@ run() {
     fi
 }
 
-if ! account=$(aws sts get-caller-identity --query Account --output text); then
+if [[ -n "${AWS_ACCOUNT_ID:-}" ]]; then
+    account=$AWS_ACCOUNT_ID
+elif ! account=$(aws sts get-caller-identity --query Account --output text); then
     if [[ $dry_run == 1 ]]; then
         echo "warning: no AWS account (aws sts get-caller-identity failed); printing ACCOUNT" >&2
         account=ACCOUNT

@@ -1,37 +1,46 @@
 #!/usr/bin/env bash
-# End-to-end test of the runtime image the way SageMaker runs it, with podman instead of a
-# Docker engine (recipe: ../shared/docs/infra.md §2: root, runc, explicit ulimits, host
-# networking only, a Debian base made with debootstrap because no registry can be reached).
-# Builds the `prebuilt` target from a wick binary, checks the image (root user, nothing under
-# /opt/ml, serve/train executable on PATH, the SageMaker label, an unknown command fails, size),
-# then with local_test/test_dir mounted at /opt/ml: `IMAGE train` writes a model and prints the
-# metric lines, `IMAGE serve` answers /ping 200 and predict.sh classifies a cat photo as "cat",
-# and `podman stop` ends the server through SIGTERM promptly with exit code 0.
-# Removes the containers, images, build copy and test_dir outputs it created; keeps the
-# Debian base (image and tarball) in the scratch dir for the next run.
+# End-to-end test of the image the way locked-down platforms run it, with podman instead of a
+# Docker engine (local_test/podman.sh). Builds the Dockerfile's `prebuilt` target from a wick
+# binary and checks the image: under the size limit (printed, with each layer), holding only
+# wick, its loader and libraries, the CA bundle and the `serve`/`train` links (no shell),
+# nothing under /opt/ml, root as SageMaker expects, the SageMaker label, `--entrypoint serve`
+# runs `wick serve`, an unknown command fails. Then each case runs the image locked down:
+# read-only root, a tmpfs on /tmp, user 65534:65534, 1 GB of memory (nothing can be written
+# outside $TMPDIR and /opt/ml, so a write elsewhere fails the case):
+#   train          `IMAGE train` on a copy of local_test/test_dir at /opt/ml, owned by that user:
+#                  a model package, metrics.json and the metric lines on stdout
+#   serve-trained  `IMAGE serve` of that model (read-only mount): predict.sh answers "cat"
+#   serve-lite0    the ImageNet EfficientNet-Lite0 package (scripts/fetch-efficientnet-lite0.sh)
+#                  at /opt/ml/model: the cat photo is an ImageNet cat
+#   serve-deeplab  a DeepLabV3+ ResNet-34 package, synthetic weights (examples/synthetic_package.rs):
+#                  a PNG label map of the photo's size
+#   s3             `serve --model-uri s3://models/lite0/model.tar.gz` from a real S3 server on
+#                  127.0.0.1 (s3s-fs, examples/s3_server.rs; SigV4 checked): unpacked under /tmp,
+#                  answers the cat photo
+# Every serve case ends with `podman stop`: SIGTERM, exit code 0 within seconds.
+# Removes the containers, images and files it created; keeps the Debian base (image and
+# tarball) in the scratch dir for the next run.
 # The last line on stdout is the result: "container test: passed ..." or "... FAILED: reason".
 #
 # Usage: local_test/container_test.sh
-#   WICK_BIN                  binary to package (default: target/release/wick, or
-#                             $CARGO_TARGET_DIR's)
-#   WICK_PODMAN_DIR           scratch dir for podman's config, storage and the Debian base
-#                             (default /var/tmp/wick-podman)
-#   WICK_PODMAN_STORAGE_DRIVER overlay or vfs (default: overlay when this kernel can mount it
-#                             here, else vfs)
-#   WICK_TEST_PORT            host port for the server (default: a free one; host networking)
-#   WICK_MAX_IMAGE_MB         the image must be smaller, in MB of 10^6 bytes (default 100, the
-#                             target; it is 96.5 MB, see docs/performance.md "Container image")
-# Needs root, podman, runc, debootstrap, curl (apt-get install -y podman buildah runc
-# debootstrap curl); .ci/container installs them.
+#   WICK_BIN            binary to package (default: target/release/wick, or $CARGO_TARGET_DIR's)
+#   WICK_TEST_PORT      host port for the server (default: a free one; host networking)
+#   WICK_EXAMPLES_DIR   where the built examples synthetic_package and s3_server are (default:
+#                       cargo builds them, debug profile, into $CARGO_TARGET_DIR or target/)
+#   WICK_MAX_IMAGE_MB   the image must be smaller, in MB of 10^6 bytes (default 30; see
+#                       docs/performance.md "Container image")
+#   WICK_PODMAN_DIR, WICK_PODMAN_STORAGE_DRIVER: see local_test/podman.sh
+# Needs root, podman, runc, debootstrap, curl, python3 and cargo (unless WICK_EXAMPLES_DIR);
+# .ci/container installs the system packages.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR
+source "$local_test_dir/podman.sh"
 
-scratch=${WICK_PODMAN_DIR:-/var/tmp/wick-podman}
-max_image_mb=${WICK_MAX_IMAGE_MB:-100}
+max_image_mb=${WICK_MAX_IMAGE_MB:-30}
 tag="container-test-$$"
 image="localhost/wick:$tag"
-base=docker.io/library/debian:bookworm-slim
 started=$SECONDS
 
 step() { printf '\n== [%ss] %s\n' "$((SECONDS - started))" "$*" >&2; }
@@ -39,69 +48,16 @@ fail() {
     echo "container test: FAILED: $*"
     exit 1
 }
-# Runs a command with a deadline so a hung engine fails the test instead of the CI job.
-bounded() { # SECONDS COMMAND...
-    local secs=$1
-    shift
-    timeout --kill-after=10 "$secs" "$@"
-}
 
-[[ $EUID == 0 ]] || fail "needs root (podman runs the image as SageMaker does, as root; debootstrap)"
-for tool in podman runc debootstrap curl timeout mount tar; do
-    command -v "$tool" >/dev/null || fail "$tool is not installed (apt-get install -y podman buildah runc debootstrap curl)"
-done
+podman_configure
 binary=$(wick_bin) || fail "no wick binary (cargo build --release, or set WICK_BIN)"
-
-# Overlay needs kernel support and a backing filesystem that can carry an upper dir (not
-# overlayfs itself on older kernels, as when /var/tmp is a container's root). Probe exactly
-# that here; vfs always works, it only copies layers instead of sharing them.
-storage_driver() {
-    local probe="$scratch/overlay-probe"
-    rm -rf "$probe"
-    mkdir -p "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
-    if mount -t overlay overlay \
-        -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" 2>/dev/null; then
-        umount "$probe/merged"
-        echo overlay
-    else
-        echo vfs
-    fi
-    rm -rf "$probe"
-}
-mkdir -p "$scratch"
-driver=${WICK_PODMAN_STORAGE_DRIVER:-$(storage_driver)}
-
-# podman with runc (crun refuses hybrid cgroup hierarchies), cgroupfs (no systemd needed; runc
-# drives cgroups v1, hybrid and v2 alike), explicit ulimits (podman's defaults need
-# CAP_SYS_RESOURCE) and all state in the scratch dir; one graph root per driver, as a storage
-# cannot change driver.
-mkdir -p "$scratch/tmp" "$scratch/networks" "$scratch/run-$driver" "$scratch/root-$driver"
-cat >"$scratch/containers.conf" <<CONF
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$scratch/events.log"
-runtime = "runc"
-tmp_dir = "$scratch/tmp"
-[network]
-network_config_dir = "$scratch/networks"
-CONF
-cat >"$scratch/storage.conf" <<CONF
-[storage]
-driver = "$driver"
-runroot = "$scratch/run-$driver"
-graphroot = "$scratch/root-$driver"
-CONF
-export CONTAINERS_CONF="$scratch/containers.conf" CONTAINERS_STORAGE_CONF="$scratch/storage.conf"
 
 # What this run creates, so that cleanup removes exactly that.
 build_copy="$repo_dir/dist/wick-$tag"
-created_paths=()
-for sub in model output checkpoints input/data; do
-    [[ -e "$test_dir/$sub" ]] || created_paths+=("$test_dir/$sub")
-done
+work="$scratch/work-$tag"
+s3_pid=""
+created_paths=("$work")
+[[ -e "$test_dir/input/data" ]] || created_paths+=("$test_dir/input/data")
 for payload_file in "$local_test_dir/payload.jpg" "$local_test_dir/payload.png"; do
     [[ -e "$payload_file" ]] || created_paths+=("$payload_file")
 done
@@ -115,6 +71,7 @@ cleanup() {
     podman rmi -f "$image" >/dev/null 2>&1 || true
     # Intermediate stage images of this build (the scratch storage is this test's own).
     podman image prune -f >/dev/null 2>&1 || true
+    [[ -z "$s3_pid" ]] || kill "$s3_pid" 2>/dev/null || true
     rm -f "$build_copy" "$scratch/events.log"
     rmdir "$repo_dir/dist" 2>/dev/null || true
     rm -rf "${created_paths[@]}"
@@ -122,129 +79,196 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
+mkdir -p "$work"
 
-# No registry here: make the Debian base once, trimmed like the official slim image, and keep
-# it as a tarball so a new storage (or driver) only re-imports it.
-base_tar="$scratch/debian-bookworm-minbase.tar"
-if ! podman image exists "$base" 2>/dev/null; then
-    if [[ ! -s "$base_tar" ]]; then
-        step "making $base with debootstrap (once; cached as $base_tar)"
-        mirror=""
-        if grep -qs '^ID=debian' /etc/os-release; then
-            mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
-            [[ -n "$mirror" ]] || mirror=$(awk '$1 == "deb" && $3 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
-        fi
-        mirror=${mirror:-http://deb.debian.org/debian}
-        keyring=()
-        [[ -s /usr/share/keyrings/debian-archive-keyring.gpg ]] &&
-            keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
-        rootfs="$scratch/rootfs"
-        rm -rf "$rootfs"
-        bounded 1200 debootstrap ${keyring[@]+"${keyring[@]}"} --variant=minbase bookworm "$rootfs" "$mirror" \
-            >"$scratch/debootstrap.log" 2>&1 ||
-            { tail -n 20 "$scratch/debootstrap.log" >&2; fail "debootstrap bookworm from $mirror failed (log: $scratch/debootstrap.log)"; }
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/usr/share/doc/* \
-            "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/*
-        find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
-        tar -C "$rootfs" -cf "$base_tar.part" .
-        mv "$base_tar.part" "$base_tar"
-        rm -rf "$rootfs"
-    fi
-    step "importing $base ($driver storage)"
-    bounded 300 podman import "$base_tar" "$base" >/dev/null || fail "podman import of $base_tar failed"
+step "inputs: the training data, the EfficientNet-Lite0 package, the examples"
+if [[ ! -d "$test_dir/input/data/training" || ! -d "$test_dir/input/data/model" ]]; then
+    bounded 600 "$local_test_dir/make_test_dir.sh" >/dev/null || fail "make_test_dir.sh could not build the training data"
 fi
+lite0=$(bounded 600 "$repo_dir/scripts/fetch-efficientnet-lite0.sh") ||
+    fail "scripts/fetch-efficientnet-lite0.sh could not build the EfficientNet-Lite0 package"
+payload="$local_test_dir/payload.jpg"
+[[ -f "$payload" ]] || payload="$local_test_dir/payload.png"
+if [[ -n "${WICK_EXAMPLES_DIR:-}" ]]; then
+    examples=$WICK_EXAMPLES_DIR
+else
+    command -v cargo >/dev/null || fail "cargo is needed to build examples/synthetic_package.rs and examples/s3_server.rs"
+    (cd "$repo_dir" && bounded 1800 cargo build --quiet --locked --example synthetic_package --example s3_server) >&2 ||
+        fail "cargo build --example synthetic_package --example s3_server failed"
+    examples="${CARGO_TARGET_DIR:-$repo_dir/target}/debug/examples"
+fi
+for example in synthetic_package s3_server; do
+    [[ -x "$examples/$example" ]] || fail "no $example in $examples"
+done
 
-step "engine check: podman run --network host $base ($driver storage, runc)"
-engine_out=$(bounded 120 podman run --rm --network host --label "wick-container-test=$tag" "$base" true 2>&1) ||
+podman_debian_base
+step "engine check: podman run --network host $debian_base ($driver storage, runc)"
+engine_out=$(bounded 120 podman run --rm --network host --label "wick-container-test=$tag" "$debian_base" true 2>&1) ||
     fail "podman cannot run a container here (storage $driver, runtime runc, cgroupfs): $engine_out"
 
 step "building $image from $binary"
-mkdir -p "$repo_dir/dist"
-cp "$binary" "$build_copy"
-# The release profile strips already; this covers binaries built otherwise.
-if command -v strip >/dev/null; then strip "$build_copy"; fi
-bounded 900 podman build --pull=never --network host --target prebuilt \
-    --build-arg "WICK_BINARY=dist/$(basename "$build_copy")" --build-arg "REVISION=$tag" \
-    -t "$image" "$repo_dir" >&2 ||
-    fail "podman build failed (a binary built on a newer glibc than Debian 12's 2.36 cannot run in the image: build on Debian 12)"
-image_bytes=$(podman image inspect -f '{{.Size}}' "$image")
-image_mb=$(awk -v b="$image_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
+podman_build_prebuilt "$binary" "$image" "$build_copy" "$tag"
+image_mb=$(podman_image_mb "$image")
 binary_mb=$(awk -v b="$(stat -c %s "$build_copy")" 'BEGIN { printf "%.1f", b / 1e6 }')
-echo "image $image: $image_mb MB (binary $binary_mb MB)" >&2
+layers=$(podman_layer_sizes "$image")
+echo "image $image: $image_mb MB (binary $binary_mb MB); layers, MB:" >&2
+echo "$layers" >&2
 
 step "image checks"
+awk -v mb="$image_mb" -v max="$max_image_mb" 'BEGIN { exit !(mb < max) }' ||
+    fail "the image is $image_mb MB, not under $max_image_mb MB"
 user=$(podman image inspect -f '{{.Config.User}}' "$image")
 [[ -z "$user" || "$user" == root || "$user" == 0 ]] || fail "the image runs as user '$user', not root"
 label=$(podman image inspect -f '{{index .Config.Labels "com.amazonaws.sagemaker.capabilities.accept-bind-to-port"}}' "$image")
 [[ "$label" == true ]] || fail "accept-bind-to-port label is '$label', not true"
-awk -v mb="$image_mb" -v max="$max_image_mb" 'BEGIN { exit !(mb < max) }' ||
-    fail "the image is $image_mb MB, not under $max_image_mb MB"
-run_checked() { podman run --rm --network host --label "wick-container-test=$tag" "$@"; }
-opt_ml=$(run_checked --entrypoint sh "$image" -c 'ls -A /opt/ml 2>/dev/null || true')
-[[ -z "$opt_ml" ]] || fail "the image has files under /opt/ml: $opt_ml"
-run_checked --entrypoint sh "$image" -c \
-    'test -x /usr/local/bin/serve && test -x /usr/local/bin/train && command -v serve && command -v train' >&2 ||
-    fail "serve/train are not executables on PATH"
+# The image's files, read from outside (it has no shell to look from inside).
+container=$(podman create --label "wick-container-test=$tag" "$image") || fail "podman create failed"
+contents=$(podman export "$container" | python3 "$local_test_dir/image_contents.py") ||
+    fail "the image holds more than wick needs: $contents"
+podman rm "$container" >/dev/null
+echo "$contents" >&2
+run_checked() { bounded 60 podman run --rm --network host --label "wick-container-test=$tag" "$@"; }
 run_checked --entrypoint serve "$image" --help >/dev/null || fail "--entrypoint serve does not start wick serve"
+run_checked --entrypoint train "$image" --help >/dev/null || fail "--entrypoint train does not start wick train"
+if run_checked --entrypoint /bin/sh "$image" -c true >/dev/null 2>&1; then
+    fail "the image has a shell"
+fi
 if run_checked "$image" bogus >/dev/null 2>&1; then
     fail "an unknown command exited 0"
 fi
-echo "ok: root, label, under $max_image_mb MB, empty /opt/ml, serve/train on PATH and runnable, unknown command fails" >&2
+echo "ok: under $max_image_mb MB, root, label, only wick + loader + libraries + CA bundle, serve/train run wick by name, no shell, unknown command fails" >&2
 
-step "train: podman run -v test_dir:/opt/ml IMAGE train"
-if [[ ! -d "$test_dir/input/data/training" || ! -d "$test_dir/input/data/model" ]]; then
-    bounded 600 "$local_test_dir/make_test_dir.sh" >/dev/null || fail "make_test_dir.sh could not build the training data"
-fi
-rm -rf "$test_dir/model" "$test_dir/output" "$test_dir/checkpoints"
-mkdir -p "$test_dir/model" "$test_dir/output"
-train_log="$scratch/train-$tag.log"
-bounded 900 podman run --rm --network host --label "wick-container-test=$tag" \
-    -v "$test_dir:/opt/ml" "$image" train >"$train_log" ||
-    { cat "$train_log" >&2; rm -f "$train_log"; fail "train exited non-zero"; }
+# Every case runs like this: read-only root, writable /tmp only, an arbitrary user, 1 GB.
+locked=(--network host --read-only --tmpfs /tmp --user 65534:65534 --memory 1g
+    --label "wick-container-test=$tag")
+
+step "train: IMAGE train, /opt/ml a writable copy of test_dir owned by 65534 (locked down)"
+job="$work/opt-ml"
+cp -a "$test_dir" "$job"
+rm -rf "$job/model" "$job/output" "$job/checkpoints"
+mkdir -p "$job/model" "$job/output"
+chown -R 65534:65534 "$job"
+train_log="$work/train.log"
+bounded 900 podman run --rm "${locked[@]}" -v "$job:/opt/ml" "$image" train >"$train_log" ||
+    { cat "$train_log" >&2; fail "train exited non-zero"; }
 epoch_lines=$(grep -cE '^epoch=[0-9]+; train_loss=[0-9.]+; train_accuracy=[0-9.]+;' "$train_log" || true)
 tail -n 2 "$train_log" >&2
-rm -f "$train_log"
 ((epoch_lines > 0)) || fail "train printed no metric lines (epoch=N; train_loss=...) on stdout"
-[[ -s "$test_dir/model/config.json" && -s "$test_dir/model/model.safetensors" ]] ||
+[[ -s "$job/model/config.json" && -s "$job/model/model.safetensors" ]] ||
     fail "train wrote no model package (config.json + model.safetensors) to /opt/ml/model"
-[[ -s "$test_dir/output/data/metrics.json" ]] || fail "train wrote no output/data/metrics.json"
+[[ -s "$job/output/data/metrics.json" ]] || fail "train wrote no output/data/metrics.json"
 echo "ok: model written, $epoch_lines metric lines on stdout" >&2
 
 port=${WICK_TEST_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 18080)}
-name="wick-$tag"
-step "serve: podman run -v test_dir:/opt/ml IMAGE serve on 127.0.0.1:$port"
-podman run -d --name "$name" --network host --label "wick-container-test=$tag" \
-    -e "SAGEMAKER_BIND_TO_PORT=$port" -v "$test_dir:/opt/ml" "$image" serve >/dev/null ||
-    fail "podman run IMAGE serve failed"
-status=000
-for _ in $(seq 1 240); do
-    status=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ping" || true)
-    [[ "$status" == 200 ]] && break
-    if [[ "$(podman inspect -f '{{.State.Running}}' "$name")" != true ]]; then
-        podman logs "$name" >&2
-        fail "serve exited before /ping answered 200"
-    fi
-    sleep 0.5
-done
-[[ "$status" == 200 ]] || { podman logs "$name" >&2; fail "/ping never answered 200 in 120 s (last: $status)"; }
-echo "ok: /ping 200" >&2
-payload="$local_test_dir/payload.jpg"
-[[ -f "$payload" ]] || payload="$local_test_dir/payload.png"
+
+# Starts `IMAGE serve [SERVE_ARGS...]` locked down as container NAME and waits for /ping 200.
+start_server() { # NAME [PODMAN_RUN_ARGS...] -- [SERVE_ARGS...]
+    local name=$1 run_args=()
+    shift
+    while [[ $1 != -- ]]; do
+        run_args+=("$1")
+        shift
+    done
+    shift
+    podman run -d --name "$name" "${locked[@]}" -e "SAGEMAKER_BIND_TO_PORT=$port" \
+        "${run_args[@]}" "$image" serve "$@" >/dev/null || fail "$name: podman run IMAGE serve failed"
+    local status=000
+    for _ in $(seq 1 240); do
+        status=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ping" || true)
+        [[ "$status" == 200 ]] && break
+        if [[ "$(podman inspect -f '{{.State.Running}}' "$name")" != true ]]; then
+            podman logs "$name" >&2
+            fail "$name: serve exited before /ping answered 200"
+        fi
+        sleep 0.5
+    done
+    [[ "$status" == 200 ]] || { podman logs "$name" >&2; fail "$name: /ping never answered 200 in 120 s (last: $status)"; }
+    echo "ok: $name: /ping 200" >&2
+}
+
+# `podman stop` sends SIGTERM (SIGKILL after 30 s): wick must log its shutdown and exit 0
+# promptly. Sets stop_ms.
+stop_server() { # NAME
+    local name=$1 started_ns code logs
+    started_ns=$(date +%s%N)
+    bounded 60 podman stop -t 30 "$name" >/dev/null || fail "$name: podman stop failed"
+    stop_ms=$((($(date +%s%N) - started_ns) / 1000000))
+    code=$(podman inspect -f '{{.State.ExitCode}}' "$name")
+    logs=$(podman logs "$name" 2>&1)
+    [[ "$code" == 0 ]] || { echo "$logs" >&2; fail "$name: serve exited with code $code after SIGTERM"; }
+    grep -q 'shutting down' <<<"$logs" || { echo "$logs" >&2; fail "$name: serve did not log its SIGTERM shutdown"; }
+    ((stop_ms < 10000)) || fail "$name: stop took $stop_ms ms (no request in flight: expected well under 10 s)"
+    echo "ok: $name: exit code 0 after SIGTERM, $stop_ms ms" >&2
+}
+
+# The JSON answer to the cat photo must start with one of ImageNet's cats.
+expect_imagenet_cat() { # NAME
+    local answer
+    answer=$(SAGEMAKER_BIND_TO_PORT=$port bounded 60 "$local_test_dir/predict.sh" "$payload" image/jpeg) ||
+        fail "$1: predict.sh failed: $answer"
+    echo "${answer:0:200}" >&2
+    [[ "$answer" =~ ^\[\{\"label\":\"(Egyptian\ cat|tabby|tiger\ cat)\" ]] ||
+        fail "$1: the cat photo was not classified as an ImageNet cat: ${answer:0:300}"
+}
+
+step "serve-trained: IMAGE serve of the trained model, /opt/ml read-only (locked down)"
+start_server "wick-trained-$tag" -v "$job:/opt/ml:ro" --
 answer=$(SAGEMAKER_BIND_TO_PORT=$port bounded 60 "$local_test_dir/predict.sh" "$payload" image/jpeg) ||
     fail "predict.sh failed: $answer"
 echo "$answer" >&2
 [[ "$answer" == '[{"label":"cat"'* ]] || fail "the cat photo was not classified as cat: $answer"
 echo "ok: predict.sh answers cat" >&2
+stop_server "wick-trained-$tag"
+trained_stop_ms=$stop_ms
 
-step "stop: podman stop (SIGTERM, SIGKILL after 30 s)"
-stop_started=$(date +%s%N)
-bounded 60 podman stop -t 30 "$name" >/dev/null || fail "podman stop failed"
-stop_ms=$((($(date +%s%N) - stop_started) / 1000000))
-code=$(podman inspect -f '{{.State.ExitCode}}' "$name")
-logs=$(podman logs "$name" 2>&1)
-[[ "$code" == 0 ]] || { echo "$logs" >&2; fail "serve exited with code $code after SIGTERM"; }
-grep -q 'shutting down' <<<"$logs" || { echo "$logs" >&2; fail "serve did not log its SIGTERM shutdown"; }
-((stop_ms < 10000)) || fail "stop took $stop_ms ms (no request in flight: expected well under 10 s)"
-echo "ok: exit code 0 after SIGTERM, $stop_ms ms" >&2
+step "serve-lite0: the ImageNet EfficientNet-Lite0 package at /opt/ml/model (locked down)"
+start_server "wick-lite0-$tag" -v "$lite0:/opt/ml/model:ro" --
+expect_imagenet_cat "serve-lite0"
+stop_server "wick-lite0-$tag"
 
-echo "container test: passed in $((SECONDS - started)) s (image $image_mb MB, binary $binary_mb MB, $driver storage, SIGTERM stop $stop_ms ms)"
+step "serve-deeplab: DeepLabV3+ ResNet-34 (synthetic weights) at /opt/ml/model (locked down)"
+deeplab="$work/deeplabv3plus-resnet34"
+bounded 300 "$examples/synthetic_package" \
+    "$repo_dir/tests/fixtures/segmentation/smp_deeplabv3plus_resnet34.json" "$deeplab" >/dev/null ||
+    fail "examples/synthetic_package could not write the DeepLabV3+ ResNet-34 package"
+# safetensors writes its file 0600; the server runs as another user than the writer here.
+chmod -R a+rX "$deeplab"
+start_server "wick-deeplab-$tag" -v "$deeplab:/opt/ml/model:ro" --
+photo="$test_dir/input/data/training/cat/chelsea.png"
+bounded 120 curl -sS --fail-with-body -H 'Content-Type: image/png' -H 'Accept: image/png' \
+    --data-binary "@$photo" -o "$work/label-map.png" "http://127.0.0.1:$port/invocations" >&2 ||
+    fail "serve-deeplab: /invocations failed: $(head -c 300 "$work/label-map.png" 2>/dev/null)"
+# PNG: 8-byte signature, then the IHDR chunk whose first 8 data bytes are width and height.
+png_size() { python3 -c 'import struct, sys; d = open(sys.argv[1], "rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]) if d[:8] == b"\x89PNG\r\n\x1a\n" else "not a PNG")' "$1"; }
+map_size=$(png_size "$work/label-map.png")
+photo_size=$(png_size "$photo")
+[[ "$map_size" == "$photo_size" ]] || fail "serve-deeplab: the label map is $map_size, the photo $photo_size"
+echo "ok: serve-deeplab: a $map_size PNG label map" >&2
+stop_server "wick-deeplab-$tag"
+
+step "s3: serve --model-uri s3://models/lite0/model.tar.gz from s3s-fs on 127.0.0.1 (locked down)"
+s3_root="$work/s3"
+mkdir -p "$s3_root/models/lite0"
+bounded 300 "$binary" package "$lite0" "$s3_root/models/lite0/model.tar.gz" >&2 ||
+    fail "wick package could not archive the EfficientNet-Lite0 package"
+s3_key=wick-test s3_secret=wick-test-secret-1234
+"$examples/s3_server" "$s3_root" "$s3_key" "$s3_secret" >"$work/s3.url" 2>"$work/s3.log" &
+s3_pid=$!
+for _ in $(seq 1 100); do
+    [[ -s "$work/s3.url" ]] && break
+    sleep 0.1
+done
+s3_endpoint=$(head -n 1 "$work/s3.url")
+[[ "$s3_endpoint" == http://127.0.0.1:* ]] || fail "s3: the S3 server did not start: $(cat "$work/s3.log")"
+start_server "wick-s3-$tag" -e "AWS_ENDPOINT_URL_S3=$s3_endpoint" -e AWS_REGION=us-east-1 \
+    -e "AWS_ACCESS_KEY_ID=$s3_key" -e "AWS_SECRET_ACCESS_KEY=$s3_secret" -- \
+    --model-uri s3://models/lite0/model.tar.gz
+expect_imagenet_cat "s3"
+downloaded=$(podman logs "wick-s3-$tag" 2>&1 | grep 'model artifacts ready' || true)
+[[ "$downloaded" == *"dir=/tmp/wick-model-"* ]] ||
+    fail "s3: the model was not unpacked under /tmp (log: ${downloaded:-no 'model artifacts ready' line})"
+echo "ok: s3: downloaded and unpacked into /tmp" >&2
+stop_server "wick-s3-$tag"
+
+layer_summary=$(awk -F '\t' '{ printf "%s%s", sep, $1; sep = " + " }' <<<"$layers")
+echo "container test: passed in $((SECONDS - started)) s (image $image_mb MB = layers $layer_summary MB, binary $binary_mb MB, $driver storage, locked down: read-only, user 65534, 1 GB; SIGTERM stop $trained_stop_ms ms)"

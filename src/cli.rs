@@ -1,7 +1,8 @@
 //! Command-line interface: every subcommand, flag and environment variable, with the help
 //! text users see in `wick --help`. Raw values only; commands validate what they use.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -17,6 +18,25 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "WICK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The command line to parse, given the process's own (`std::env::args_os()`). Run through a
+/// link named `serve` or `train` (the image puts both on `PATH` as links to `wick`, and
+/// SageMaker or `--entrypoint serve` may run them by name), the name is the subcommand:
+/// `serve --help` parses as `wick serve --help`. Any other name leaves the arguments as given.
+pub fn args_for_invocation(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|program| Path::new(program).file_name())
+        .and_then(|name| name.to_str());
+    if let Some(command @ ("serve" | "train")) = invoked_as {
+        let command = OsString::from(command);
+        // Help and errors then read `wick serve ...`, the command that is really running.
+        args[0] = OsString::from("wick");
+        args.insert(1, command);
+    }
+    args
 }
 
 /// Log output format.
@@ -256,4 +276,47 @@ pub struct TrainArgs {
     /// warning.
     #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub extra_args: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocation(args: &[&str]) -> Vec<String> {
+        args_for_invocation(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|arg| arg.into_string().expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn a_link_named_serve_or_train_runs_that_subcommand() {
+        assert_eq!(
+            invocation(&["/usr/local/bin/serve", "--help"]),
+            ["wick", "serve", "--help"]
+        );
+        assert_eq!(invocation(&["train"]), ["wick", "train"]);
+        let cli = Cli::parse_from(args_for_invocation(
+            ["/usr/local/bin/train"].map(OsString::from),
+        ));
+        assert!(matches!(cli.command, Command::Train(_)));
+        let cli = Cli::parse_from(args_for_invocation(
+            ["serve", "--log-format", "json"].map(OsString::from),
+        ));
+        assert!(matches!(cli.command, Command::Serve(_)));
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn wick_under_its_own_or_any_other_name_keeps_its_arguments() {
+        for args in [
+            &["/usr/local/bin/wick", "serve"][..],
+            &["wick", "train", "--help"],
+            &["./server", "predict"],
+            &["serve.sh", "bench"],
+            &[],
+        ] {
+            assert_eq!(invocation(args), args);
+        }
+    }
 }

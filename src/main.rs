@@ -1,5 +1,5 @@
-//! The `wick` binary: parse the command line, start logging, run the command, turn its error
-//! into a message and a non-zero exit code.
+//! The `wick` binary: parse the command line (`serve` and `train` links run by that name),
+//! start logging, run the command, turn its error into a message and a non-zero exit code.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use clap::Parser;
 use wick::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(wick::cli::args_for_invocation(std::env::args_os()));
     wick::telemetry::init(cli.log_format, wick::telemetry::default_level());
     let result = match &cli.command {
         Command::Serve(args) => wick::serve::run(args),

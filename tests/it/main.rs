@@ -1,6 +1,7 @@
 //! The single integration-test binary: one link step for the whole suite.
 
 mod artifacts;
+mod build_and_push;
 mod detection;
 mod http;
 mod parity;
