@@ -166,9 +166,18 @@ pub struct ServeArgs {
     /// SAGEMAKER_BATCH=true; aliases MODEL_SERVER_TIMEOUT, SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS].
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT")]
     pub timeout_secs: Option<u64>,
-    /// Largest request body, in MiB.
+    /// Largest request body, in MiB (0: no cap, SageMaker's value for whole-file batch jobs).
     #[arg(long, env = "SAGEMAKER_MAX_PAYLOAD_IN_MB", default_value_t = 6)]
     pub max_payload_mb: u64,
+    /// Request bodies larger than this many MiB are spooled to a temporary file in $TMPDIR
+    /// instead of memory.
+    #[arg(long, env = "WICK_SPOOL_THRESHOLD_MB", default_value_t = 16)]
+    pub spool_threshold_mb: u64,
+    /// What a failed record (an undecodable image, a bad option) of a list, JSON lines or
+    /// `.npy` batch does: `continue` (an error object in its place) or `fail` (the whole
+    /// request fails). A request can choose with `on_record_error=` in Custom-Attributes.
+    #[arg(long, env = "WICK_ON_RECORD_ERROR", default_value = "continue")]
+    pub on_record_error: String,
     /// Response type when the request's Accept is missing or `*/*`.
     #[arg(
         long,

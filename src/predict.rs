@@ -109,15 +109,13 @@ fn encode(
     format: ResponseFormat,
 ) -> Result<Vec<u8>> {
     Ok(Answer {
-        outputs: std::slice::from_ref(output),
-        images: std::slice::from_ref(image),
-        is_list: false,
-        format,
+        output,
+        image: Some(image),
         options,
         labels: model.labels(),
         is_binary: model.is_binary(),
     }
-    .encode()?)
+    .encode(format)?)
 }
 
 /// `<stem>.png` in `dir`: the picture `wick serve` answers with `Accept: image/png`.

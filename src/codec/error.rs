@@ -5,7 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CodecError {
     /// The Content-Type is not one wick reads.
-    #[error("Content-Type `{0}` is not supported; send image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, application/x-image, application/octet-stream, application/json or application/x-npy")]
+    #[error("Content-Type `{0}` is not supported; send image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, application/x-image, application/octet-stream, file-path/raw-bytes, application/json, application/jsonlines or application/x-npy")]
     UnsupportedMediaType(String),
     /// No acceptable response type in Accept.
     #[error("Accept `{accept}` cannot be satisfied; this model answers {offered}")]
@@ -37,6 +37,17 @@ pub(crate) enum CodecError {
         /// What the decoder found.
         reason: String,
     },
+    /// One JSON line (a record) cannot be read; the other records still can.
+    #[error("record {index} is not a valid JSON line: {reason}; a line is {{\"inputs\": \"<base64 image>\", \"parameters\": {{...}}}} or \"<base64 image>\"")]
+    InvalidRecord {
+        /// Position among the records, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The spooled body could not be read back (a disk problem, not the client's).
+    #[error("reading the spooled request body: {0}")]
+    Spool(String),
     /// The `.npy` payload is malformed or has an unsupported dtype or shape.
     #[error("invalid application/x-npy body: {0}")]
     InvalidNpy(String),

@@ -11,8 +11,11 @@ use crate::model::package::Task;
 pub(crate) enum RequestFormat {
     /// One encoded image; the format is sniffed from its magic bytes.
     Image,
-    /// `{"inputs": ..., "parameters": ...}` with base64 images.
+    /// `{"inputs": ..., "parameters": ...}` with base64 images (several such lines are read
+    /// as JSON lines: SageMaker sends a `SplitType=Line` mini-batch with the job's type).
     Json,
+    /// One record per line: `{"inputs": "<base64>", "parameters": ...}` or a base64 string.
+    JsonLines,
     /// A NumPy `.npy` array (SageMaker Python SDK `NumpySerializer`).
     Npy,
 }
@@ -40,8 +43,13 @@ impl RequestFormat {
             | "application/x-image"
             | "image/x-image"
             | "application/octet-stream"
+            // The SageMaker SDK's `DataSerializer` (raw file bytes).
+            | "file-path/raw-bytes"
             | "" => Ok(RequestFormat::Image),
             "application/json" => Ok(RequestFormat::Json),
+            "application/jsonlines" | "application/jsonl" | "application/x-jsonlines" => {
+                Ok(RequestFormat::JsonLines)
+            }
             "application/x-npy" => Ok(RequestFormat::Npy),
             _ => Err(CodecError::UnsupportedMediaType(raw.to_string())),
         }
@@ -59,6 +67,10 @@ pub(crate) enum ResponseFormat {
     Png,
     /// A JPEG image: an overlay or drawn boxes (segmentation and detection).
     Jpeg,
+    /// A NumPy `.npy` array (the SageMaker SDK's `NumpyDeserializer`): classification scores
+    /// `(n, classes)` float32, a segmentation label map `(h, w)` uint8, detections `(k, 6)`
+    /// float32.
+    Npy,
 }
 
 impl ResponseFormat {
@@ -78,6 +90,7 @@ impl ResponseFormat {
             }
             "image/png" => Some(ResponseFormat::Png),
             "image/jpeg" | "image/jpg" => Some(ResponseFormat::Jpeg),
+            "application/x-npy" => Some(ResponseFormat::Npy),
             _ => None,
         }
     }
@@ -89,12 +102,25 @@ impl ResponseFormat {
             ResponseFormat::JsonLines => "application/jsonlines",
             ResponseFormat::Png => "image/png",
             ResponseFormat::Jpeg => "image/jpeg",
+            ResponseFormat::Npy => "application/x-npy",
         }
     }
 
     /// Whether the answer is an image.
     pub(crate) fn is_image(self) -> bool {
         matches!(self, ResponseFormat::Png | ResponseFormat::Jpeg)
+    }
+
+    /// Whether the answer describes one image only (a picture, or a segmentation or detection
+    /// array).
+    pub(crate) fn is_single_image(self, task: Task) -> bool {
+        self.is_image() || (self == ResponseFormat::Npy && task != Task::Classification)
+    }
+
+    /// Whether the answer can carry a failed record in its place (JSON does; arrays and
+    /// pictures cannot).
+    pub(crate) fn holds_record_errors(self) -> bool {
+        matches!(self, ResponseFormat::Json | ResponseFormat::JsonLines)
     }
 
     /// Whether a model doing `task` can answer in this format.
@@ -128,9 +154,11 @@ impl ResponseFormat {
         Err(CodecError::NotAcceptable {
             accept: accept.to_string(),
             offered: match task {
-                Task::Classification => "application/json or application/jsonlines",
+                Task::Classification => {
+                    "application/json, application/jsonlines or application/x-npy"
+                }
                 Task::Segmentation | Task::Detection => {
-                    "application/json, application/jsonlines, image/png or image/jpeg"
+                    "application/json, application/jsonlines, application/x-npy, image/png or image/jpeg"
                 }
             },
         })
@@ -150,6 +178,7 @@ mod tests {
             "image/x-image",
             "application/octet-stream",
             "IMAGE/WEBP",
+            "file-path/raw-bytes",
         ] {
             assert_eq!(
                 RequestFormat::from_content_type(Some(ct)).ok(),
@@ -169,11 +198,20 @@ mod tests {
             RequestFormat::from_content_type(Some("application/x-npy")).ok(),
             Some(RequestFormat::Npy)
         );
-        let err = RequestFormat::from_content_type(Some("text/csv"))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("text/csv"), "{err}");
+        assert_eq!(
+            RequestFormat::from_content_type(Some("application/jsonlines")).ok(),
+            Some(RequestFormat::JsonLines)
+        );
+        for refused in ["text/csv", "application/x-recordio-protobuf"] {
+            let err = RequestFormat::from_content_type(Some(refused))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(refused) && err.contains("application/jsonlines"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -207,6 +245,12 @@ mod tests {
             err.contains("image/png") && err.contains("application/json"),
             "{err}"
         );
+        for task in [Task::Classification, Task::Segmentation, Task::Detection] {
+            assert_eq!(
+                ResponseFormat::negotiate(Some("application/x-npy"), json, task).ok(),
+                Some(ResponseFormat::Npy)
+            );
+        }
         for task in [Task::Segmentation, Task::Detection] {
             assert_eq!(
                 ResponseFormat::negotiate(Some("image/png"), json, task).ok(),

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::error::CodecError;
 use crate::model::package::Task;
-use crate::model::{DetectOptions, InferenceOptions};
+use crate::model::{DetectOptions, InferenceOptions, ScoreFunction};
 
 /// The longest `X-Amzn-SageMaker-Custom-Attributes` value SageMaker forwards.
 pub(crate) const MAX_CUSTOM_ATTRIBUTES_CHARS: usize = 1024;
@@ -68,8 +68,44 @@ impl RawOptions {
         self
     }
 
+    /// Whether no option was given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    /// `on_record_error=`: what a failed record does to its request, if the request says.
+    pub(crate) fn record_errors(&self) -> Result<Option<RecordErrors>, CodecError> {
+        self.get("on_record_error")
+            .map(|v| {
+                RecordErrors::parse(&text(v))
+                    .ok_or_else(|| invalid("on_record_error", "`continue` or `fail`", v))
+            })
+            .transpose()
+    }
+}
+
+/// What a record that fails (an undecodable image, a bad option) does to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RecordErrors {
+    /// An error object in the record's place; the other records are answered (default).
+    Continue,
+    /// The whole request fails with the record's error.
+    Fail,
+}
+
+impl RecordErrors {
+    /// `continue` or `fail` (any case).
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "continue" => Some(RecordErrors::Continue),
+            "fail" => Some(RecordErrors::Fail),
+            _ => None,
+        }
     }
 }
 
@@ -172,7 +208,28 @@ impl RequestOptions {
                         .transpose()?,
                 };
             }
-            Task::Classification => {}
+            Task::Classification => {
+                inference.scores = match raw.get("function_to_apply").map(text).as_deref() {
+                    None | Some("default") => ScoreFunction::Default,
+                    Some("softmax") => ScoreFunction::Softmax,
+                    Some("sigmoid") => ScoreFunction::Sigmoid,
+                    Some("none") => ScoreFunction::None,
+                    Some(other) => {
+                        return Err(invalid(
+                            "function_to_apply",
+                            "`softmax`, `sigmoid`, `none` or `default`",
+                            other,
+                        ))
+                    }
+                };
+            }
+        }
+        if task != Task::Classification && raw.get("function_to_apply").is_some() {
+            return Err(invalid(
+                "function_to_apply",
+                "absent: it applies to classification models only",
+                &text(raw.get("function_to_apply").unwrap_or(&Value::Null)),
+            ));
         }
         let shape = match raw.get("format").map(text).as_deref() {
             None | Some("hf" | "huggingface" | "default") => JsonShape::HuggingFace,
@@ -356,6 +413,16 @@ mod tests {
             ("mask_format=zip", Task::Segmentation, "mask_format"),
             ("output=video", Task::Segmentation, "output"),
             ("top_k=0", Task::Classification, "top_k"),
+            (
+                "function_to_apply=relu",
+                Task::Classification,
+                "function_to_apply",
+            ),
+            (
+                "function_to_apply=none",
+                Task::Detection,
+                "function_to_apply",
+            ),
         ] {
             let raw = RawOptions::from_custom_attributes(Some(attributes)).expect("parses");
             let err = RequestOptions::resolve(&raw, task, &labels(), 5)
@@ -364,6 +431,38 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(needle), "{attributes}: {err}");
         }
+    }
+
+    #[test]
+    fn function_to_apply_and_the_record_error_policy_are_read() {
+        for (value, want) in [
+            ("softmax", ScoreFunction::Softmax),
+            ("SIGMOID", ScoreFunction::Sigmoid),
+            ("none", ScoreFunction::None),
+        ] {
+            let raw = RawOptions::from_json(
+                serde_json::json!({ "function_to_apply": value })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let resolved =
+                RequestOptions::resolve(&raw, Task::Classification, &labels(), 5).expect("valid");
+            assert_eq!(resolved.inference.scores, want);
+        }
+        let raw = RawOptions::from_custom_attributes(Some("on_record_error=fail")).expect("ok");
+        assert_eq!(raw.record_errors().ok(), Some(Some(RecordErrors::Fail)));
+        assert_eq!(RawOptions::default().record_errors().ok(), Some(None));
+        let raw = RawOptions::from_custom_attributes(Some("on_record_error=maybe")).expect("ok");
+        let err = raw
+            .record_errors()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("on_record_error") && err.contains("maybe"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,8 +1,7 @@
-//! The answer of `/invocations`: each task's outputs in the negotiated format and the requested
-//! shape. JSON follows the Hugging Face pipelines by default (`format=` picks IBM MAX's or
-//! SageMaker's built-in shapes); image answers are a label map, an overlay or drawn boxes.
-
-use std::sync::Arc;
+//! One record's answer: its output in the negotiated format and the requested shape (a
+//! request's answers are put together in `assemble.rs`). JSON follows the Hugging Face
+//! pipelines by default (`format=` picks IBM MAX's or SageMaker's built-in shapes); image
+//! answers are a label map, an overlay or drawn boxes; `.npy` answers are arrays.
 
 use base64::Engine as _;
 use image::RgbImage;
@@ -10,65 +9,74 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::media::ResponseFormat;
+use super::npy;
 use super::options::{ImageOutput, JsonShape, MaskFormat, RequestOptions};
 use crate::model::{Detection, LabelMap, Output};
 use crate::render::{self, RenderError};
 
-/// Everything an answer is made from.
+/// Everything one record's answer is made from.
 pub(crate) struct Answer<'a> {
-    /// One output per image, in request order.
-    pub(crate) outputs: &'a [Output],
-    /// The decoded images (segmentation and detection), for overlays and image sizes.
-    pub(crate) images: &'a [Arc<RgbImage>],
-    /// Whether the client sent a list (and so expects a list back).
-    pub(crate) is_list: bool,
-    /// The negotiated format.
-    pub(crate) format: ResponseFormat,
-    /// The request's options.
+    /// The model's output for the record.
+    pub(crate) output: &'a Output,
+    /// The decoded image (segmentation and detection), for overlays and image sizes.
+    pub(crate) image: Option<&'a RgbImage>,
+    /// The record's options.
     pub(crate) options: &'a RequestOptions,
     /// Class names by index.
     pub(crate) labels: &'a [String],
-    /// A binary segmentation model (label maps as 0/255).
+    /// A binary segmentation model (label maps as 0/255 in pictures).
     pub(crate) is_binary: bool,
 }
 
 impl Answer<'_> {
-    /// The response body.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, RenderError> {
-        match self.format {
-            ResponseFormat::Json => {
-                let values = self.json_values()?;
-                Ok(if self.is_list {
-                    to_json(&values)
-                } else {
-                    values
-                        .first()
-                        .map(to_json)
-                        .unwrap_or_else(|| b"[]".to_vec())
-                })
-            }
-            ResponseFormat::JsonLines => {
-                let mut out = Vec::new();
-                for value in self.json_values()? {
-                    out.extend(to_json(&value));
-                    out.push(b'\n');
-                }
-                Ok(out)
-            }
-            ResponseFormat::Png | ResponseFormat::Jpeg => self.image(),
+    /// The record's answer on its own, as the whole body of a one-image request.
+    pub(crate) fn encode(&self, format: ResponseFormat) -> Result<Vec<u8>, RenderError> {
+        match format {
+            ResponseFormat::Json | ResponseFormat::JsonLines => Ok(to_json(&self.json()?)),
+            ResponseFormat::Png | ResponseFormat::Jpeg => self.picture(format),
+            ResponseFormat::Npy => Ok(self.npy()),
         }
     }
 
-    fn json_values(&self) -> Result<Vec<Value>, RenderError> {
-        self.outputs
-            .iter()
-            .enumerate()
-            .map(|(i, output)| match output {
-                Output::Classes(classes) => Ok(json!(classes)),
-                Output::Segmentation(map) => self.segmentation_json(map),
-                Output::Detections(boxes) => Ok(self.detection_json(boxes, self.images.get(i))),
-            })
-            .collect()
+    /// The record's JSON value.
+    pub(crate) fn json(&self) -> Result<Value, RenderError> {
+        match self.output {
+            Output::Classes(classes) => Ok(json!(classes)),
+            Output::Segmentation(map) => self.segmentation_json(map),
+            Output::Detections(boxes) => Ok(self.detection_json(boxes)),
+        }
+    }
+
+    /// Classification: every class's score in label order (classes the output does not rank
+    /// score 0; serving asks for all of them).
+    pub(crate) fn scores_in_label_order(&self) -> Vec<f32> {
+        let mut row = vec![0.0; self.labels.len()];
+        if let Output::Classes(classes) = self.output {
+            for p in classes {
+                if let Some(slot) = row.get_mut(p.class_id) {
+                    *slot = p.score;
+                }
+            }
+        }
+        row
+    }
+
+    /// The `.npy` answer: scores `(1, classes)` float32, the label map `(h, w)` uint8 (class
+    /// indices; 0/1 for a binary model), or boxes `(k, 6)` float32 rows `[class, score, xmin,
+    /// ymin, xmax, ymax]` in pixels (fractions of the image with `format=sagemaker`).
+    pub(crate) fn npy(&self) -> Vec<u8> {
+        match self.output {
+            Output::Classes(_) => {
+                npy::encode_f32(&[1, self.labels.len()], &self.scores_in_label_order())
+            }
+            Output::Segmentation(map) => {
+                npy::encode_u8(&[map.height as usize, map.width as usize], &map.classes)
+            }
+            Output::Detections(boxes) => {
+                let rows = self.detection_rows(boxes);
+                npy::encode_f32(&[rows.len(), 6], &rows.concat())
+            }
+        }
     }
 
     fn segmentation_json(&self, map: &LabelMap) -> Result<Value, RenderError> {
@@ -104,25 +112,31 @@ impl Answer<'_> {
         Ok(Value::Array(entries))
     }
 
-    fn detection_json(&self, boxes: &[Detection], image: Option<&Arc<RgbImage>>) -> Value {
+    /// `[class, score, xmin, ymin, xmax, ymax]` per box: pixels, or fractions of the image with
+    /// `format=sagemaker` (SageMaker's built-in object detection).
+    fn detection_rows(&self, boxes: &[Detection]) -> Vec<[f32; 6]> {
+        let (width, height) = match (self.options.shape, self.image) {
+            (JsonShape::SageMaker, Some(i)) => (i.width().max(1) as f32, i.height().max(1) as f32),
+            _ => (1.0, 1.0),
+        };
+        boxes
+            .iter()
+            .map(|d| {
+                [
+                    d.class_id as f32,
+                    d.score,
+                    d.xmin / width,
+                    d.ymin / height,
+                    d.xmax / width,
+                    d.ymax / height,
+                ]
+            })
+            .collect()
+    }
+
+    fn detection_json(&self, boxes: &[Detection]) -> Value {
         if self.options.shape == JsonShape::SageMaker {
-            let (width, height) = image
-                .map(|i| (i.width().max(1) as f32, i.height().max(1) as f32))
-                .unwrap_or((1.0, 1.0));
-            let rows: Vec<[f32; 6]> = boxes
-                .iter()
-                .map(|d| {
-                    [
-                        d.class_id as f32,
-                        d.score,
-                        d.xmin / width,
-                        d.ymin / height,
-                        d.xmax / width,
-                        d.ymax / height,
-                    ]
-                })
-                .collect();
-            return json!({ "prediction": rows });
+            return json!({ "prediction": self.detection_rows(boxes) });
         }
         #[derive(Serialize)]
         struct PixelBox {
@@ -151,22 +165,22 @@ impl Answer<'_> {
         )
     }
 
-    fn image(&self) -> Result<Vec<u8>, RenderError> {
-        let (Some(output), Some(image)) = (self.outputs.first(), self.images.first()) else {
+    fn picture(&self, format: ResponseFormat) -> Result<Vec<u8>, RenderError> {
+        let Some(image) = self.image else {
             return Err(RenderError {
                 format: "image",
                 reason: "no image to draw on".into(),
             });
         };
-        let encode = |picture: &RgbImage| match self.format {
+        let encode = |picture: &RgbImage| match format {
             ResponseFormat::Jpeg => render::encode_jpeg(picture),
             _ => render::encode_png(picture),
         };
-        match output {
+        match self.output {
             Output::Segmentation(map) => {
                 // A JPEG label map would blur class indices: JPEG always means the overlay.
                 if self.options.image_output == ImageOutput::Overlay
-                    || self.format == ResponseFormat::Jpeg
+                    || format == ResponseFormat::Jpeg
                 {
                     encode(&render::overlay_mask(image, map, self.is_binary)?)
                 } else {
@@ -189,7 +203,7 @@ fn label(labels: &[String], class: usize) -> String {
         .unwrap_or_else(|| format!("class_{class}"))
 }
 
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serialising strings and numbers cannot fail (NaN becomes null).
     serde_json::to_vec(value).unwrap_or_default()
 }
@@ -213,17 +227,14 @@ mod tests {
     }
 
     fn answer<'a>(
-        outputs: &'a [Output],
-        images: &'a [Arc<RgbImage>],
-        format: ResponseFormat,
+        output: &'a Output,
+        image: Option<&'a RgbImage>,
         options: &'a RequestOptions,
         labels: &'a [String],
     ) -> Answer<'a> {
         Answer {
-            outputs,
-            images,
-            is_list: false,
-            format,
+            output,
+            image,
             options,
             labels,
             is_binary: false,
@@ -235,33 +246,29 @@ mod tests {
     }
 
     #[test]
-    fn classification_answers_are_a_list_per_image() {
-        let p = |label: &str| Prediction {
+    fn classification_answers_rank_in_json_and_keep_label_order_in_npy() {
+        let p = |class_id: usize, label: &str, score: f32| Prediction {
+            class_id,
             label: label.into(),
-            score: 0.5,
+            score,
         };
-        let outputs = [
-            Output::Classes(vec![p("cat")]),
-            Output::Classes(vec![p("dog")]),
-        ];
+        let output = Output::Classes(vec![p(2, "tree", 0.75), p(0, "background", 0.25)]);
         let labels = labels();
         let opts = options(Task::Classification, "");
-        let mut a = answer(&outputs[..1], &[], ResponseFormat::Json, &opts, &labels);
+        let a = answer(&output, None, &opts, &labels);
         assert_eq!(
-            a.encode().ok(),
-            Some(br#"[{"label":"cat","score":0.5}]"#.to_vec())
+            String::from_utf8(a.encode(ResponseFormat::Json).unwrap_or_default())
+                .unwrap_or_default(),
+            r#"[{"label":"tree","score":0.75},{"label":"background","score":0.25}]"#
         );
-        a.outputs = &outputs;
-        a.is_list = true;
-        assert_eq!(
-            String::from_utf8(a.encode().unwrap_or_default()).unwrap_or_default(),
-            r#"[[{"label":"cat","score":0.5}],[{"label":"dog","score":0.5}]]"#
-        );
-        a.format = ResponseFormat::JsonLines;
-        assert_eq!(
-            String::from_utf8(a.encode().unwrap_or_default()).unwrap_or_default(),
-            "[{\"label\":\"cat\",\"score\":0.5}]\n[{\"label\":\"dog\",\"score\":0.5}]\n"
-        );
+        assert_eq!(a.scores_in_label_order(), [0.25, 0.0, 0.75]);
+        let npy = a.encode(ResponseFormat::Npy).unwrap_or_default();
+        let data: Vec<u8> = [0.25f32, 0.0, 0.75]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert!(npy.ends_with(&data), "scores in label order");
+        assert!(String::from_utf8_lossy(&npy).contains("(1, 3)"));
     }
 
     #[test]
@@ -271,13 +278,13 @@ mod tests {
             height: 2,
             classes: vec![0, 1, 1, 1],
         };
-        let outputs = [Output::Segmentation(map)];
-        let images = [Arc::new(RgbImage::new(2, 2))];
+        let output = Output::Segmentation(map);
+        let image = RgbImage::new(2, 2);
         let labels = labels();
         let opts = options(Task::Segmentation, "");
         let value = json_of(
-            &answer(&outputs, &images, ResponseFormat::Json, &opts, &labels)
-                .encode()
+            &answer(&output, Some(&image), &opts, &labels)
+                .encode(ResponseFormat::Json)
                 .expect("encodes"),
         );
         let entries = value.as_array().expect("a list");
@@ -293,22 +300,26 @@ mod tests {
 
         let rle = options(Task::Segmentation, "mask_format=rle");
         let value = json_of(
-            &answer(&outputs, &images, ResponseFormat::Json, &rle, &labels)
-                .encode()
+            &answer(&output, Some(&image), &rle, &labels)
+                .encode(ResponseFormat::Json)
                 .expect("encodes"),
         );
         assert_eq!(value[1]["mask"], json!({"size": [2, 2], "counts": [1, 3]}));
 
         let seg_map = options(Task::Segmentation, "format=seg_map");
         let value = json_of(
-            &answer(&outputs, &images, ResponseFormat::Json, &seg_map, &labels)
-                .encode()
+            &answer(&output, Some(&image), &seg_map, &labels)
+                .encode(ResponseFormat::Json)
                 .expect("encodes"),
         );
         assert_eq!(
             value,
             json!({"status": "ok", "image_size": [2, 2], "seg_map": [[0, 1], [1, 1]]})
         );
+        let npy = answer(&output, Some(&image), &opts, &labels)
+            .encode(ResponseFormat::Npy)
+            .expect("encodes");
+        assert!(npy.ends_with(&[0, 1, 1, 1]) && String::from_utf8_lossy(&npy).contains("(2, 2)"));
     }
 
     #[test]
@@ -322,13 +333,13 @@ mod tests {
             xmax: 50.0,
             ymax: 40.0,
         }];
-        let outputs = [Output::Detections(boxes)];
-        let images = [Arc::new(RgbImage::new(100, 80))];
+        let output = Output::Detections(boxes);
+        let image = RgbImage::new(100, 80);
         let labels = labels();
         let hf = options(Task::Detection, "");
         let value = json_of(
-            &answer(&outputs, &images, ResponseFormat::Json, &hf, &labels)
-                .encode()
+            &answer(&output, Some(&image), &hf, &labels)
+                .encode(ResponseFormat::Json)
                 .expect("encodes"),
         );
         assert_eq!(
@@ -337,8 +348,8 @@ mod tests {
         );
         let sm = options(Task::Detection, "format=sagemaker");
         let value = json_of(
-            &answer(&outputs, &images, ResponseFormat::Json, &sm, &labels)
-                .encode()
+            &answer(&output, Some(&image), &sm, &labels)
+                .encode(ResponseFormat::Json)
                 .expect("encodes"),
         );
         let row = &value["prediction"][0];
@@ -347,5 +358,14 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{got:?}");
         }
+        // .npy rows are in pixels unless format=sagemaker asks for fractions.
+        let npy = answer(&output, Some(&image), &hf, &labels)
+            .encode(ResponseFormat::Npy)
+            .expect("encodes");
+        let row: Vec<u8> = [2.0f32, 0.75, 10.4, 20.0, 50.0, 40.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert!(npy.ends_with(&row) && String::from_utf8_lossy(&npy).contains("(1, 6)"));
     }
 }

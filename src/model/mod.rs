@@ -23,6 +23,6 @@ pub mod weights;
 pub use classify::Classifier;
 pub use detect::Detector;
 pub use error::ModelError;
-pub use output::{DetectOptions, Detection, LabelMap, Output, Prediction};
+pub use output::{DetectOptions, Detection, LabelMap, Output, Prediction, ScoreFunction};
 pub use segment::Segmenter;
 pub use task::{InferenceOptions, Input, Model};

@@ -7,10 +7,59 @@ use serde::Serialize;
 /// One class and its probability, the Hugging Face `image-classification` shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
+    /// Index into the model's labels (answers in label order use it; JSON does not show it).
+    #[serde(skip)]
+    pub class_id: usize,
     /// Class name.
     pub label: String,
-    /// Softmax probability (sigmoid for multi-label models).
+    /// Softmax probability (sigmoid for multi-label models), or what the request's
+    /// [`ScoreFunction`] made of the logit.
     pub score: f32,
+}
+
+/// How a classifier's logits become scores: Hugging Face's `function_to_apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreFunction {
+    /// The model's own: sigmoid for a multi-label model, softmax otherwise.
+    #[default]
+    Default,
+    /// Softmax over the classes (they sum to 1).
+    Softmax,
+    /// An independent sigmoid per class.
+    Sigmoid,
+    /// The raw logits.
+    None,
+}
+
+impl ScoreFunction {
+    /// Turns one image's logits into scores in place; `is_multi_label` resolves `Default`.
+    pub fn apply(self, logits: &mut [f32], is_multi_label: bool) {
+        let function = match self {
+            ScoreFunction::Default if is_multi_label => ScoreFunction::Sigmoid,
+            ScoreFunction::Default => ScoreFunction::Softmax,
+            other => other,
+        };
+        match function {
+            ScoreFunction::Sigmoid => {
+                for x in logits.iter_mut() {
+                    *x = 1.0 / (1.0 + (-*x).exp());
+                }
+            }
+            ScoreFunction::Softmax | ScoreFunction::Default => {
+                // Shifted by the maximum so large logits do not overflow exp.
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in logits.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in logits.iter_mut() {
+                    *x /= sum;
+                }
+            }
+            ScoreFunction::None => {}
+        }
+    }
 }
 
 /// One image's answer.
@@ -106,5 +155,25 @@ mod tests {
         assert_eq!(map.pixel_counts(3), vec![3, 2, 1]);
         // An index beyond the classes asked for is not counted (and does not panic).
         assert_eq!(map.pixel_counts(2), vec![3, 2]);
+    }
+
+    #[test]
+    fn score_functions_match_their_definitions() {
+        let logits = [2.0f32, 0.0, -1.0];
+        let run = |f: ScoreFunction, multi| {
+            let mut row = logits;
+            f.apply(&mut row, multi);
+            row
+        };
+        let softmax = run(ScoreFunction::Softmax, true);
+        let total: f32 = logits.iter().map(|x| x.exp()).sum();
+        for (s, x) in softmax.iter().zip(logits) {
+            assert!((s - x.exp() / total).abs() < 1e-6, "{softmax:?}");
+        }
+        let sigmoid = run(ScoreFunction::Sigmoid, false);
+        assert!((sigmoid[0] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+        assert_eq!(run(ScoreFunction::None, false), logits);
+        assert_eq!(run(ScoreFunction::Default, false), softmax);
+        assert_eq!(run(ScoreFunction::Default, true), sigmoid);
     }
 }

@@ -10,7 +10,7 @@ use image::RgbImage;
 use super::classify::classifier::Classifier;
 use super::detect::detector::Detector;
 use super::error::ModelError;
-use super::output::{DetectOptions, Output};
+use super::output::{DetectOptions, Output, ScoreFunction};
 use super::package::{Package, Task};
 use super::preprocess::{preprocess, to_batch};
 use super::segment::segmenter::Segmenter;
@@ -31,6 +31,8 @@ pub enum Input {
 pub struct InferenceOptions {
     /// Classification: classes returned per image.
     pub top_k: usize,
+    /// Classification: how logits become scores (`function_to_apply`).
+    pub scores: ScoreFunction,
     /// Segmentation: the binary model's threshold (model default when `None`).
     pub(crate) mask_threshold: Option<f32>,
     /// Detection: confidence, IoU, box count and class filter.
@@ -41,6 +43,7 @@ impl Default for InferenceOptions {
     fn default() -> Self {
         InferenceOptions {
             top_k: 5,
+            scores: ScoreFunction::Default,
             mask_threshold: None,
             detect: DetectOptions::default(),
         }
@@ -151,8 +154,8 @@ fn image_of(input: &Input) -> Result<&RgbImage, ModelError> {
     }
 }
 
-/// The classifier's batch: stacked tensors, ranked once with the largest `top_k` asked for,
-/// then cut to each image's own.
+/// The classifier's batch: stacked tensors through the network once, then each image's
+/// logits scored and ranked with its own options.
 fn classify(
     classifier: &Classifier,
     batch: &[(&Input, &InferenceOptions)],
@@ -169,15 +172,13 @@ fn classify(
     if tensors.is_empty() {
         return Ok(Vec::new());
     }
-    let top_k = batch.iter().map(|(_, o)| o.top_k).max().unwrap_or(1);
-    let ranked =
-        classifier.classify(&to_batch(&tensors, classifier.preprocess_config())?, top_k)?;
-    Ok(ranked
-        .into_iter()
-        .zip(batch)
-        .map(|(mut classes, (_, options))| {
-            classes.truncate(options.top_k);
-            Output::Classes(classes)
-        })
-        .collect())
+    let requests: Vec<(usize, ScoreFunction)> = batch
+        .iter()
+        .map(|(_, options)| (options.top_k, options.scores))
+        .collect();
+    let ranked = classifier.classify(
+        &to_batch(&tensors, classifier.preprocess_config())?,
+        &requests,
+    )?;
+    Ok(ranked.into_iter().map(Output::Classes).collect())
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::artifacts::{ArchiveLimits, ArtifactUri};
 use crate::cli::ServeArgs;
 use crate::codec::media::ResponseFormat;
+use crate::codec::options::RecordErrors;
 
 const MIB: u64 = 1024 * 1024;
 /// SageMaker batch transform caps `MaxConcurrentTransforms x MaxPayloadInMB` at 100.
@@ -32,8 +33,12 @@ pub struct ServeConfig {
     /// Per-request deadline.
     #[serde(rename = "timeout_secs", serialize_with = "secs")]
     pub(crate) timeout: Duration,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (`u64::MAX`: no cap).
     pub(crate) max_payload_bytes: u64,
+    /// Bodies larger than this are spooled to a temporary file.
+    pub(crate) spool_threshold_bytes: u64,
+    /// What a failed record does to its request, unless the request says.
+    pub(crate) record_errors: RecordErrors,
     /// Response format for a missing or wildcard Accept.
     pub(crate) default_response: ResponseFormat,
     /// Images that may wait for inference.
@@ -108,9 +113,15 @@ impl ServeConfig {
         if timeout_secs == 0 {
             bail!("`timeout-secs` (SAGEMAKER_MODEL_SERVER_TIMEOUT) must be at least 1 (given: 0)");
         }
-        if !(1..=1024).contains(&args.max_payload_mb) {
-            bail!("`max-payload-mb` (SAGEMAKER_MAX_PAYLOAD_IN_MB) must be between 1 and 1024 (given: {})", args.max_payload_mb);
+        if args.max_payload_mb > 1024 {
+            bail!("`max-payload-mb` (SAGEMAKER_MAX_PAYLOAD_IN_MB) must be between 0 (no cap) and 1024 (given: {})", args.max_payload_mb);
         }
+        let record_errors = RecordErrors::parse(&args.on_record_error).ok_or_else(|| {
+            anyhow::anyhow!(
+                "`on-record-error` (WICK_ON_RECORD_ERROR) must be continue or fail (given: {:?})",
+                args.on_record_error
+            )
+        })?;
         let default_response = ResponseFormat::from_media_type(&args.default_accept).ok_or_else(|| {
             anyhow::anyhow!(
                 "`default-accept` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) must be application/json or application/jsonlines (given: {:?})",
@@ -131,7 +142,8 @@ impl ServeConfig {
                 "`batch-strategy` (SAGEMAKER_BATCH_STRATEGY) must be MULTI_RECORD or SINGLE_RECORD (given: {other:?})"
             ),
         };
-        let product_cap = (BATCH_CONCURRENCY_PAYLOAD_PRODUCT / args.max_payload_mb).max(1) as usize;
+        let product_cap =
+            (BATCH_CONCURRENCY_PAYLOAD_PRODUCT / args.max_payload_mb.max(1)).max(1) as usize;
         let max_concurrent_transforms = match args.max_concurrent_transforms {
             Some(0) => bail!("`max-concurrent-transforms` must be at least 1 (given: 0)"),
             Some(n) => n,
@@ -156,7 +168,12 @@ impl ServeConfig {
             port: args.port,
             workers: workers as usize,
             timeout: Duration::from_secs(timeout_secs),
-            max_payload_bytes: args.max_payload_mb * MIB,
+            max_payload_bytes: match args.max_payload_mb {
+                0 => u64::MAX,
+                mb => mb * MIB,
+            },
+            spool_threshold_bytes: args.spool_threshold_mb.saturating_mul(MIB),
+            record_errors,
             default_response,
             queue_capacity: args.queue_capacity,
             max_batch_size: args.max_batch_size,
@@ -171,8 +188,11 @@ impl ServeConfig {
         })
     }
 
-    /// `MaxPayloadInMB` as /execution-parameters reports it.
+    /// `MaxPayloadInMB` as /execution-parameters reports it (0: no cap).
     pub(crate) fn max_payload_mb(&self) -> u64 {
-        self.max_payload_bytes / MIB
+        match self.max_payload_bytes {
+            u64::MAX => 0,
+            bytes => bytes / MIB,
+        }
     }
 }

@@ -85,8 +85,8 @@ pub(crate) struct Outcome {
 }
 
 struct Job {
-    inputs: Vec<Input>,
-    options: Arc<InferenceOptions>,
+    /// Each image with its own options (records of one request may differ).
+    inputs: Vec<(Input, InferenceOptions)>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Outcome, EngineError>>,
 }
@@ -207,11 +207,16 @@ impl Engine {
             .map(|busy_ms| format!("an inference worker has been busy on one batch for {busy_ms} ms (limit {stuck_ms} ms)"))
     }
 
-    /// Queues `inputs` for inference; fails at once when full.
+    /// Whether `images` more would fit in the queue now.
+    pub(crate) fn has_room(&self, images: usize) -> bool {
+        let queued = self.queued_images.load(Ordering::SeqCst);
+        queued == 0 || queued + images <= self.capacity
+    }
+
+    /// Queues `inputs`, each with its options, for inference; fails at once when full.
     pub(crate) fn submit(
         &self,
-        inputs: Vec<Input>,
-        options: InferenceOptions,
+        inputs: Vec<(Input, InferenceOptions)>,
     ) -> Result<oneshot::Receiver<Result<Outcome, EngineError>>, EngineError> {
         let n = inputs.len();
         let queued = self.queued_images.fetch_add(n, Ordering::SeqCst);
@@ -225,7 +230,6 @@ impl Engine {
         let (reply, receiver) = oneshot::channel();
         let job = Job {
             inputs,
-            options: Arc::new(options),
             enqueued: Instant::now(),
             reply,
         };
@@ -327,7 +331,7 @@ impl Worker {
         let started = Instant::now();
         let pairs: Vec<(&Input, &InferenceOptions)> = jobs
             .iter()
-            .flat_map(|j| j.inputs.iter().map(|input| (input, &*j.options)))
+            .flat_map(|j| j.inputs.iter().map(|(input, options)| (input, options)))
             .collect();
         let predictor = &self.predictor;
         let result = catch_unwind(AssertUnwindSafe(|| {

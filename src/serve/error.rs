@@ -71,6 +71,15 @@ pub(crate) enum ApiError {
     /// The route exists with another method.
     #[error("method not allowed; use GET /ping, POST /invocations, GET /execution-parameters")]
     MethodNotAllowed,
+    /// One record of several failed and the request asked to fail as a whole
+    /// (`on_record_error=fail`, or an answer that cannot hold an error in a record's place).
+    #[error("record {index}: {source}")]
+    Record {
+        /// Position among the request's records, from 0.
+        index: usize,
+        /// What failed.
+        source: Box<ApiError>,
+    },
     /// A bug: reading the body or joining a blocking task failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,7 +103,9 @@ impl ApiError {
                 CodecError::TooManyPixels { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
                 }
+                CodecError::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 CodecError::EmptyBody
+                | CodecError::InvalidRecord { .. }
                 | CodecError::InvalidJson(_)
                 | CodecError::InvalidBase64 { .. }
                 | CodecError::InvalidNpy(_)
@@ -137,14 +148,14 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Record { source, .. } => source.status(),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, error_type) = self.status();
-        let message = if status.is_server_error()
+    /// The message a client sees: server faults carry no internals (they are logged once).
+    pub(crate) fn public_message(&self) -> String {
+        let status = self.status().0;
+        if status.is_server_error()
             && status != StatusCode::SERVICE_UNAVAILABLE
             && status != StatusCode::GATEWAY_TIMEOUT
         {
@@ -152,7 +163,14 @@ impl IntoResponse for ApiError {
             "internal server error; the server log has the details".to_string()
         } else {
             self.to_string()
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error_type) = self.status();
+        let message = self.public_message();
         let body = serde_json::to_vec(&ErrorBody {
             error: &message,
             error_type,

@@ -2,10 +2,12 @@
 //! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
 //! SIGTERM or SIGINT, after which it drains in-flight requests and exits 0.
 
+mod body;
 pub(crate) mod config;
 mod engine;
 mod error;
 mod handlers;
+mod invoke;
 mod state;
 
 use std::net::Ipv4Addr;

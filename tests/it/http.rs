@@ -92,6 +92,33 @@ impl Connection {
         self.read_reply()
     }
 
+    /// Sends a body made of `parts`, each `(bytes, times)` repeated, without holding it in
+    /// memory (bodies of a gigabyte); waits up to `timeout` for the answer.
+    pub(crate) fn send_repeated(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        parts: &[(&[u8], usize)],
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let length: usize = parts.iter().map(|(bytes, times)| bytes.len() * times).sum();
+        let mut request =
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(request.as_bytes())?;
+        for (bytes, times) in parts {
+            for _ in 0..*times {
+                stream.write_all(bytes)?;
+            }
+        }
+        self.read_reply()
+    }
+
     fn read_reply(&mut self) -> Result<Reply> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;

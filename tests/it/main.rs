@@ -16,6 +16,7 @@ mod seg_train_resume;
 mod segmentation;
 mod segmentation_pipeline;
 mod serve_process;
+mod serve_records;
 mod serve_router;
 mod serve_tasks;
 mod support;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use wick::model::preprocess::{decode, preprocess, to_batch, DecodeLimits};
-use wick::model::Classifier;
+use wick::model::{Classifier, ScoreFunction};
 
 use crate::support::{fixture, lite0_package, read_npy_f32, wick};
 
@@ -60,7 +60,9 @@ fn photos_end_to_end_match_pytorchs_top5() -> Result<()> {
     for name in ["chelsea.png", "chelsea.jpg", "coffee.png", "coffee.jpg"] {
         let image = decode(&std::fs::read(fixture(name))?, &DecodeLimits::default())?;
         let batch = to_batch(&[preprocess(&image, cfg)?], cfg)?;
-        let got = classifier.classify(&batch, 5)?.remove(0);
+        let got = classifier
+            .classify(&batch, &[(5, ScoreFunction::Default)])?
+            .remove(0);
         let want = &reference.images[name].top5;
         let got_labels: Vec<&str> = got.iter().map(|p| p.label.as_str()).collect();
         let want_labels: Vec<&str> = want.iter().map(|c| c.label.as_str()).collect();

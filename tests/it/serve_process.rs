@@ -121,13 +121,13 @@ impl Drop for Server {
     }
 }
 
-fn ready_server(env: &[(&str, &str)]) -> Result<Server> {
+pub(crate) fn ready_server(env: &[(&str, &str)]) -> Result<Server> {
     let server = Server::start(&lite0_package()?, env)?;
     server.wait_ready()?;
     Ok(server)
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -145,7 +145,7 @@ fn npy_u8(shape: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn top1(predictions: &serde_json::Value) -> &str {
+pub(crate) fn top1(predictions: &serde_json::Value) -> &str {
     predictions[0]["label"].as_str().unwrap_or_default()
 }
 

@@ -47,18 +47,20 @@ impl Predictor for FakeModel {
                     Input::Image(_) => 0.0,
                 };
                 assert!(m < 0.99, "fake model: white image");
-                let (a, b) = if m > 0.5 {
-                    ("bright", "dark")
+                let ((a, a_id), (b, b_id)) = if m > 0.5 {
+                    (("bright", 1), ("dark", 0))
                 } else {
-                    ("dark", "bright")
+                    (("dark", 0), ("bright", 1))
                 };
                 Output::Classes(
                     vec![
                         Prediction {
+                            class_id: a_id,
                             label: a.into(),
                             score: 0.9,
                         },
                         Prediction {
+                            class_id: b_id,
                             label: b.into(),
                             score: 0.1,
                         },

@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use super::network::{BuildArgs, Network};
 use super::registry;
 use crate::model::error::ModelError;
-use crate::model::output::Prediction;
+use crate::model::output::{Prediction, ScoreFunction};
 use crate::model::package::{Package, Task};
 use crate::model::preprocess::PreprocessConfig;
 use crate::model::weights::Weights;
@@ -89,22 +89,28 @@ impl Classifier {
         Ok(self.network.forward(batch)?)
     }
 
-    /// The `top_k` most likely classes of each image, best first.
+    /// The `top_k` most likely classes of each image, best first, scored by the image's
+    /// function: one `(top_k, function)` per image of `batch`.
     pub fn classify(
         &self,
         batch: &Tensor,
-        top_k: usize,
+        requests: &[(usize, ScoreFunction)],
     ) -> Result<Vec<Vec<Prediction>>, ModelError> {
-        let logits = self.logits(batch)?;
-        let scores = if self.is_multi_label {
-            candle_nn::ops::sigmoid(&logits)?
-        } else {
-            candle_nn::ops::softmax(&logits, D::Minus1)?
-        };
-        Ok(scores
-            .to_vec2::<f32>()?
-            .iter()
-            .map(|row| self.rank(row, top_k))
+        let rows = self.logits(batch)?.to_vec2::<f32>()?;
+        if rows.len() != requests.len() {
+            return Err(ModelError::Unsupported(format!(
+                "{} score requests for a batch of {}",
+                requests.len(),
+                rows.len()
+            )));
+        }
+        Ok(rows
+            .into_iter()
+            .zip(requests)
+            .map(|(mut row, &(top_k, function))| {
+                function.apply(&mut row, self.is_multi_label);
+                self.rank(&row, top_k)
+            })
             .collect())
     }
 
@@ -116,6 +122,7 @@ impl Classifier {
             .into_iter()
             .take(top_k)
             .map(|i| Prediction {
+                class_id: i,
                 label: self.labels[i].clone(),
                 score: scores[i],
             })

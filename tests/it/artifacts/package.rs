@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use anyhow::Result;
 use wick::artifacts::{fetch, upload, ArtifactUri};
 use wick::model::preprocess::{decode, preprocess, to_batch, DecodeLimits};
-use wick::model::Classifier;
+use wick::model::{Classifier, ScoreFunction};
 
 use super::server::{aws_env, S3Server};
 use crate::support::{fixture, lite0_package};
@@ -22,7 +22,11 @@ fn classify_chelsea(dir: &Path) -> Result<String> {
         &DecodeLimits::default(),
     )?;
     let batch = to_batch(&[preprocess(&image, cfg)?], cfg)?;
-    Ok(classifier.classify(&batch, 1)?.remove(0).remove(0).label)
+    Ok(classifier
+        .classify(&batch, &[(1, ScoreFunction::Default)])?
+        .remove(0)
+        .remove(0)
+        .label)
 }
 
 /// Runs `wick` with exactly `env` on top of a cleared environment (no host AWS settings).
