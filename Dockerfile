@@ -79,8 +79,9 @@ LABEL org.opencontainers.image.title="wick" \
       org.opencontainers.image.licenses="Apache-2.0" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # SageMaker runs containers as root and mounts /opt/ml at run time: no USER, nothing under
-# /opt/ml. Logs go straight to stderr/stdout (no buffering to configure).
-ENV RUST_LOG=info
+# /opt/ml. Logs go straight to stderr/stdout (no buffering to configure). No RUST_LOG and no
+# SAGEMAKER_CONTAINER_LOG_LEVEL here: the endpoint's SAGEMAKER_CONTAINER_LOG_LEVEL sets the
+# level (info when unset), and a RUST_LOG given at run time still wins.
 EXPOSE 8080
 # Exec form: wick is PID 1 and receives SIGTERM itself (it drains and exits 0).
 # `docker run IMAGE serve` / `docker run IMAGE train` pass the command as argv[1].

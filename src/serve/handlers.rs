@@ -1,5 +1,5 @@
-//! The HTTP handlers and router: `/ping`, `/invocations`, `/execution-parameters`, and JSON
-//! answers for unknown routes. Decoding and preprocessing run on the blocking pool; inference
+//! The HTTP handlers and router: `/ping`, `/invocations`, `/execution-parameters`, `/metrics`,
+//! and JSON answers for unknown routes. Decoding and preprocessing run on the blocking pool; inference
 //! on the engine's threads; the async runtime only moves bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,8 @@ use tracing::Instrument;
 
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
+use super::metrics::{self, StageTimes};
+use super::server::stopped;
 use super::state::AppState;
 use crate::codec::body::parse_body;
 use crate::codec::error::CodecError;
@@ -32,6 +34,12 @@ use crate::model::{Input, ModelError};
 
 /// The response header SageMaker passes back to the client.
 const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
+/// SageMaker's id for one invocation (also in the endpoint's own logs).
+const INFERENCE_ID: &str = "x-amzn-sagemaker-inference-id";
+/// AWS X-Ray's trace header.
+const TRACE_ID: &str = "x-amzn-trace-id";
+/// A client-sent id longer than this is cut.
+const MAX_REQUEST_ID_CHARS: usize = 128;
 /// A body this many times over the limit is not drained any further: the connection closes.
 const MAX_DRAIN_FACTOR: u64 = 16;
 
@@ -41,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
         .route("/execution-parameters", get(execution_parameters))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -61,6 +70,14 @@ async fn ping(State(state): State<AppState>) -> Response {
             ApiError::Unhealthy(reason).into_response()
         }
     }
+}
+
+/// Prometheus scrape: reads counters and gauges only, never the inference queue, and logs
+/// only at debug (SageMaker scrapes every 60 s).
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    tracing::debug!("metrics scrape");
+    let text = state.metrics().render(state.snapshot());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn execution_parameters(State(state): State<AppState>) -> Response {
@@ -85,13 +102,27 @@ async fn method_not_allowed() -> Response {
     ApiError::MethodNotAllowed.into_response()
 }
 
-/// Per-stage wall times, returned to the client in Custom-Attributes.
-#[derive(Default)]
-struct Timings {
-    decode: Duration,
-    preprocess: Duration,
-    queue: Duration,
-    inference: Duration,
+/// The request id: SageMaker's own inference id or trace id when it sends one (so the
+/// endpoint's CloudWatch lines and wick's join up), else one of ours.
+fn request_id(headers: &HeaderMap) -> String {
+    let from_header = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        // X-Amzn-Trace-Id is `Root=1-...;Parent=...;Sampled=1`: the root names the request.
+        let value = value
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix("Root="))
+            .unwrap_or(value);
+        // Custom-Attributes separates fields with `;` and `=`: keep the id to safe characters.
+        let id: String = value
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            .take(MAX_REQUEST_ID_CHARS)
+            .collect();
+        (!id.is_empty()).then_some(id)
+    };
+    from_header(INFERENCE_ID)
+        .or_else(|| from_header(TRACE_ID))
+        .unwrap_or_else(next_request_id)
 }
 
 fn next_request_id() -> String {
@@ -112,10 +143,10 @@ fn next_request_id() -> String {
 
 async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let request_id = next_request_id();
+    let request_id = request_id(&headers);
     let span = tracing::info_span!("invocation", request_id = %request_id);
     let timeout = state.config().timeout;
-    let mut timings = Timings::default();
+    let mut timings = StageTimes::default();
     let result = tokio::time::timeout(
         timeout,
         handle(&state, &headers, body, &mut timings).instrument(span.clone()),
@@ -124,11 +155,14 @@ async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Bo
     .unwrap_or(Err(ApiError::Timeout {
         timeout_secs: timeout.as_secs(),
     }));
-    let mut response = span.in_scope(|| match result {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
+    let (mut response, error_type) = span.in_scope(|| match result {
+        Ok(response) => (response, None),
+        Err(err) => {
+            let error_type = err.status().1;
+            (err.into_response(), Some(error_type))
+        }
     });
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1e3;
     let attributes = format!(
         "request_id={request_id};decode_ms={:.2};preprocess_ms={:.2};queue_ms={:.2};inference_ms={:.2}",
         ms(timings.decode),
@@ -139,10 +173,15 @@ async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Bo
     if let Ok(value) = HeaderValue::from_str(&attributes) {
         response.headers_mut().insert(CUSTOM_ATTRIBUTES, value);
     }
+    let total = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics()
+        .observe_request(status, error_type, total, &timings);
     tracing::info!(
         parent: &span,
-        status = response.status().as_u16(),
-        latency_ms = format!("{:.2}", ms(started.elapsed())),
+        status,
+        latency_ms = format!("{:.2}", ms(Some(total))),
         "invocation"
     );
     response
@@ -152,12 +191,23 @@ async fn handle(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    timings: &mut Timings,
+    timings: &mut StageTimes,
 ) -> Result<Response, ApiError> {
     let config = state.config();
     // The body is read before anything can fail: an error answered over an unread body makes
     // hyper close the connection, and the client sees a broken pipe instead of the JSON error.
-    let bytes = read_body(body, headers, config.max_payload_bytes).await?;
+    let limits = BodyLimits {
+        max_bytes: config.max_payload_bytes,
+        idle_timeout: config.body_read_timeout,
+    };
+    let bytes = read_body(body, headers, limits, state.shutdown_watch()).await?;
+    tracing::debug!(
+        content_type = ?headers.get(header::CONTENT_TYPE),
+        accept = ?headers.get(header::ACCEPT),
+        custom_attributes = ?headers.get(CUSTOM_ATTRIBUTES),
+        body_bytes = bytes.len(),
+        "request received"
+    );
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let header_text = |name| {
         headers.get(name).map(|v| {
@@ -197,8 +247,8 @@ async fn handle(
     .await
     .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
     drop(decode_permit);
-    timings.decode = prepared.decode;
-    timings.preprocess = prepared.preprocess;
+    timings.decode = Some(prepared.decode);
+    timings.preprocess = Some(prepared.preprocess);
 
     let options = RequestOptions::resolve(
         &attributes.merge(prepared.parameters),
@@ -227,8 +277,8 @@ async fn handle(
     let outcome = reply
         .await
         .map_err(|_| ApiError::Engine(EngineError::Stopped))??;
-    timings.queue = outcome.queue;
-    timings.inference = outcome.inference;
+    timings.queue = Some(outcome.queue);
+    timings.inference = Some(outcome.inference);
 
     let is_list = prepared.is_list;
     let is_binary = predictor.is_binary();
@@ -271,10 +321,24 @@ async fn handle(
         .into_response())
 }
 
-/// Reads the body up to `limit` bytes. A larger body is read to its end and discarded (up to
-/// a bound) so the client gets a JSON 413 on a connection that stays usable, rather than a
-/// reset socket in the middle of its upload.
-async fn read_body(mut body: Body, headers: &HeaderMap, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// What a request body may be: its size, and the longest pause between two of its pieces.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    max_bytes: u64,
+    idle_timeout: Duration,
+}
+
+/// Reads the body up to `limits.max_bytes`. A larger body is read to its end and discarded (up
+/// to a bound) so the client gets a JSON 413 on a connection that stays usable, rather than a
+/// reset socket in the middle of its upload. A malformed or cut-short body is the client's
+/// fault (400), so is one that stalls (408); a shutdown stops waiting for the rest (503).
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limits: BodyLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = limits.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -286,9 +350,24 @@ async fn read_body(mut body: Body, headers: &HeaderMap, limit: u64) -> Result<Ve
     let mut is_over = declared.is_some_and(|len| len > limit);
     let mut buffer = Vec::with_capacity(declared.filter(|len| *len <= limit).unwrap_or(0) as usize);
     let mut seen: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::Internal(format!("reading the request body: {e}")))?;
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(limits.idle_timeout, body.frame()) => frame,
+            () = stopped(&mut shutdown) => return Err(ApiError::ShuttingDown),
+        };
+        let frame = match frame {
+            Err(_) => {
+                return Err(ApiError::BodyStalled {
+                    idle_secs: limits.idle_timeout.as_secs(),
+                    received_bytes: seen,
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| ApiError::MalformedBody {
+                reason: body_error_reason(&e),
+                received_bytes: seen,
+            })?,
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -309,6 +388,16 @@ async fn read_body(mut body: Body, headers: &HeaderMap, limit: u64) -> Result<Ve
         return Err(too_large());
     }
     Ok(buffer)
+}
+
+/// hyper's reason for a broken body ("invalid chunk size line", "connection closed before
+/// message completed"), from the innermost error.
+fn body_error_reason(err: &axum::Error) -> String {
+    let mut source: &dyn std::error::Error = err;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    source.to_string()
 }
 
 struct Prepared {
