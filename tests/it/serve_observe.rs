@@ -87,6 +87,9 @@ fn logs_as_the_image_runs(extra: &[(&str, &str)]) -> Result<String> {
     Ok(logs)
 }
 
+/// (extra environment, request lines at info expected, debug detail expected)
+type LogCase = (&'static [(&'static str, &'static str)], bool, bool);
+
 #[test]
 fn sagemaker_log_level_governs_the_image_and_rust_log_still_wins() -> Result<()> {
     let image_env = runtime_image_env()?;
@@ -96,8 +99,7 @@ fn sagemaker_log_level_governs_the_image_and_rust_log_still_wins() -> Result<()>
             .any(|(name, _)| name == "RUST_LOG" || name == "SAGEMAKER_CONTAINER_LOG_LEVEL"),
         "the image must set neither: {image_env:?}"
     );
-    // (extra environment, request lines at info expected, debug detail expected)
-    let cases: [(&[(&str, &str)], bool, bool); 6] = [
+    let cases: [LogCase; 6] = [
         (&[], true, false),
         (&[("SAGEMAKER_CONTAINER_LOG_LEVEL", "20")], true, false),
         (&[("SAGEMAKER_CONTAINER_LOG_LEVEL", "40")], false, false),
