@@ -103,9 +103,10 @@ LABEL org.opencontainers.image.title="wick" \
 # SageMaker runs containers as root and mounts /opt/ml at run time: no USER, nothing under
 # /opt/ml. Logs go straight to stderr/stdout (no buffering to configure). Temporary files
 # (S3 downloads, unpacked archives) go to $TMPDIR. PATH: the engine's default, which has
-# /usr/local/bin.
-ENV RUST_LOG=info \
-    TMPDIR=/tmp
+# /usr/local/bin. No RUST_LOG and no SAGEMAKER_CONTAINER_LOG_LEVEL here: the endpoint's
+# SAGEMAKER_CONTAINER_LOG_LEVEL sets the level (info when unset), and a RUST_LOG given at run
+# time still wins.
+ENV TMPDIR=/tmp
 EXPOSE 8080
 # Exec form: wick is PID 1 and receives SIGTERM itself (it drains and exits 0).
 # `docker run IMAGE serve` / `docker run IMAGE train` pass the command as argv[1]; run as

@@ -212,6 +212,20 @@ pub struct ServeArgs {
     /// sends SIGKILL 30 s after SIGTERM).
     #[arg(long, env = "WICK_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+    /// Seconds to receive a request's headers; also how long an idle keep-alive connection
+    /// waits for its next request before it is closed.
+    #[arg(long, env = "WICK_HEADER_READ_TIMEOUT_SECS", default_value_t = 60)]
+    pub header_read_timeout_secs: u64,
+    /// Longest pause, in seconds, inside a request body before the request is answered 408.
+    #[arg(long, env = "WICK_BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+    /// Largest request line plus headers, in bytes; larger ones are answered 431.
+    #[arg(long, env = "WICK_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Also print one CloudWatch embedded-metric-format line per request on stdout (metrics
+    /// without SageMaker's detailed observability); `true` or `false`.
+    #[arg(long, env = "WICK_EMF", default_value = "false")]
+    pub emf: String,
     /// Testing only: sleep this long in every inference (slow-model fault injection).
     #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
     pub fault_inference_delay_ms: Option<u64>,

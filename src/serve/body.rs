@@ -5,12 +5,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
+use super::server::stopped;
 use crate::codec::payload::Payload;
 
 /// A body this many times over the limit is not drained any further: the connection closes.
@@ -25,6 +27,8 @@ pub(super) struct BodyLimits {
     pub(super) max_payload_bytes: u64,
     /// Bodies larger than this go to a temporary file.
     pub(super) spool_threshold_bytes: u64,
+    /// The longest pause between two pieces of the body.
+    pub(super) idle_timeout: Duration,
 }
 
 struct Spool {
@@ -35,11 +39,13 @@ struct Spool {
 
 /// Reads the body. A body over the limit is read to its end and discarded (up to a bound) so
 /// the client gets a JSON 413 on a connection that stays usable, rather than a reset socket in
-/// the middle of its upload.
+/// the middle of its upload. A malformed or cut-short body is the client's fault (400), so is
+/// one that stalls (408); a shutdown stops waiting for the rest (503).
 pub(super) async fn read_body(
     mut body: Body,
     headers: &HeaderMap,
     limits: BodyLimits,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Payload, ApiError> {
     let limit = limits.max_payload_bytes;
     let declared = headers
@@ -58,9 +64,24 @@ pub(super) async fn read_body(
     );
     let mut spool: Option<Spool> = None;
     let mut seen: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::Internal(format!("reading the request body: {e}")))?;
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(limits.idle_timeout, body.frame()) => frame,
+            () = stopped(&mut shutdown) => return Err(ApiError::ShuttingDown),
+        };
+        let frame = match frame {
+            Err(_) => {
+                return Err(ApiError::BodyStalled {
+                    idle_secs: limits.idle_timeout.as_secs(),
+                    received_bytes: seen,
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| ApiError::MalformedBody {
+                reason: body_error_reason(&e),
+                received_bytes: seen,
+            })?,
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -112,6 +133,16 @@ pub(super) async fn read_body(
         }
         None => Ok(Payload::Memory(memory)),
     }
+}
+
+/// hyper's reason for a broken body ("invalid chunk size line", "connection closed before
+/// message completed"), from the innermost error.
+fn body_error_reason(err: &axum::Error) -> String {
+    let mut source: &dyn std::error::Error = err;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    source.to_string()
 }
 
 /// Writes the pending bytes to the file on the blocking pool.

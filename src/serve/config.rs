@@ -58,6 +58,16 @@ pub struct ServeConfig {
     /// Drain deadline after SIGTERM.
     #[serde(rename = "shutdown_grace_secs", serialize_with = "secs")]
     pub(crate) shutdown_grace: Duration,
+    /// Time to receive a request's headers (and keep-alive idle limit).
+    #[serde(rename = "header_read_timeout_secs", serialize_with = "secs")]
+    pub(crate) header_read_timeout: Duration,
+    /// Longest pause inside a request body.
+    #[serde(rename = "body_read_timeout_secs", serialize_with = "secs")]
+    pub(crate) body_read_timeout: Duration,
+    /// Largest request line plus headers.
+    pub(crate) max_header_bytes: usize,
+    /// Whether each request prints a CloudWatch embedded-metric-format line.
+    pub(crate) emf: bool,
     /// Test-only slow-model fault injection.
     #[serde(rename = "fault_inference_delay_ms", serialize_with = "optional_ms")]
     pub(crate) fault_inference_delay: Option<Duration>,
@@ -136,6 +146,25 @@ impl ServeConfig {
                 args.default_top_k
             );
         }
+        let emf = match args.emf.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" | "" => false,
+            other => bail!("`emf` (WICK_EMF) must be true or false (given: {other:?})"),
+        };
+        if args.header_read_timeout_secs == 0 || args.body_read_timeout_secs == 0 {
+            bail!(
+                "`header-read-timeout-secs` (WICK_HEADER_READ_TIMEOUT_SECS) and `body-read-timeout-secs` (WICK_BODY_READ_TIMEOUT_SECS) must be at least 1 (given: {}, {})",
+                args.header_read_timeout_secs,
+                args.body_read_timeout_secs
+            );
+        }
+        // Below 8 KiB ordinary requests (trace ids, 1024 characters of Custom-Attributes) fail.
+        if !(8192..=1 << 20).contains(&args.max_header_bytes) {
+            bail!(
+                "`max-header-bytes` (WICK_MAX_HEADER_BYTES) must be between 8192 and 1048576 (given: {})",
+                args.max_header_bytes
+            );
+        }
         let batch_strategy = match args.batch_strategy.as_str() {
             s @ ("MULTI_RECORD" | "SINGLE_RECORD" | "MultiRecord" | "SingleRecord") => s.to_string(),
             other => bail!(
@@ -183,6 +212,10 @@ impl ServeConfig {
             batch_strategy,
             max_concurrent_transforms,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.min(28)),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
+            max_header_bytes: args.max_header_bytes,
+            emf,
             fault_inference_delay: args.fault_inference_delay_ms.map(Duration::from_millis),
             fault_worker_exit_after: args.fault_worker_exit_after,
         })

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use crate::model::package::Task;
@@ -107,6 +108,8 @@ pub struct EngineConfig {
     pub(crate) fault_delay: Option<Duration>,
     /// Test-only: a worker thread dies (as on a crash) after this many batches.
     pub(crate) fault_worker_exit_after: Option<u64>,
+    /// Where each forward pass's image count is recorded (`/metrics`).
+    pub(crate) batch_size_images: Histogram,
 }
 
 /// Liveness of the worker threads, shared with `/ping`.
@@ -213,7 +216,16 @@ impl Engine {
         queued == 0 || queued + images <= self.capacity
     }
 
-    /// Queues `inputs`, each with its options, for inference; fails at once when full.
+    /// Worker threads still running.
+    pub(crate) fn workers_alive(&self) -> usize {
+        self.health.alive.load(Ordering::SeqCst)
+    }
+
+    /// Images waiting for a worker.
+    pub(crate) fn queued_images(&self) -> usize {
+        self.queued_images.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn submit(
         &self,
         inputs: Vec<(Input, InferenceOptions)>,
@@ -345,6 +357,14 @@ impl Worker {
         }));
         let inference = started.elapsed();
         let expected = pairs.len();
+        self.config.batch_size_images.observe(expected as f64);
+        tracing::debug!(
+            worker = self.index,
+            images = expected,
+            requests = jobs.len(),
+            inference_ms = format!("{:.2}", inference.as_secs_f64() * 1e3),
+            "forward pass"
+        );
         drop(pairs);
         let mut results = match result {
             Ok(Ok(outputs)) if outputs.len() == expected => Ok(outputs.into_iter()),

@@ -28,6 +28,25 @@ pub(crate) enum ApiError {
         /// The limit in MiB, as configured.
         limit_mb: u64,
     },
+    /// The request body is malformed (a bad chunk) or ended before its Content-Length.
+    #[error("the request body could not be read after {received_bytes} bytes: {reason}; send a complete body with a correct Content-Length or valid chunked encoding")]
+    MalformedBody {
+        /// What the HTTP layer found wrong.
+        reason: String,
+        /// Body bytes received before the problem.
+        received_bytes: u64,
+    },
+    /// The client stopped sending its body.
+    #[error("the request body stalled: nothing arrived for {idle_secs} s after {received_bytes} bytes (WICK_BODY_READ_TIMEOUT_SECS)")]
+    BodyStalled {
+        /// The idle limit in seconds.
+        idle_secs: u64,
+        /// Body bytes received before the stall.
+        received_bytes: u64,
+    },
+    /// The server began shutting down before the body had arrived.
+    #[error("the server is shutting down; the request body had not fully arrived; retry on another instance")]
+    ShuttingDown,
     /// The model is still loading or warming up.
     #[error(
         "the model is not ready yet (loading or warming up); retry after GET /ping returns 200"
@@ -80,7 +99,7 @@ pub(crate) enum ApiError {
         /// What failed.
         source: Box<ApiError>,
     },
-    /// A bug: reading the body or joining a blocking task failed.
+    /// A bug: joining a blocking task failed.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -131,6 +150,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::MalformedBody { .. } => (StatusCode::BAD_REQUEST, "malformed_body"),
+            ApiError::BodyStalled { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unhealthy(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
             ApiError::ResponseTooLarge { .. } => {

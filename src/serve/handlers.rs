@@ -1,22 +1,30 @@
 //! The HTTP handlers and router: `/ping`, `/invocations` (its work in `invoke.rs`),
-//! `/execution-parameters`, and JSON answers for unknown routes. Decoding and preprocessing
-//! run on the blocking pool; inference on the engine's threads; the async runtime only moves
-//! bytes.
+//! `/execution-parameters`, `/metrics`, and JSON answers for unknown routes. Decoding and
+//! preprocessing run on the blocking pool; inference on the engine's threads; the async runtime
+//! only moves bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::invoke::{self, Timings, CUSTOM_ATTRIBUTES};
+use super::invoke::{self, CUSTOM_ATTRIBUTES};
+use super::metrics::{self, StageTimes};
 use super::state::AppState;
+
+/// SageMaker's id for one invocation (also in the endpoint's own logs).
+const INFERENCE_ID: &str = "x-amzn-sagemaker-inference-id";
+/// AWS X-Ray's trace header.
+const TRACE_ID: &str = "x-amzn-trace-id";
+/// A client-sent id longer than this is cut.
+const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// The whole HTTP surface, without a socket (tests drive it with `oneshot`).
 pub fn app(state: AppState) -> Router {
@@ -24,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
         .route("/execution-parameters", get(execution_parameters))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -44,6 +53,14 @@ async fn ping(State(state): State<AppState>) -> Response {
             ApiError::Unhealthy(reason).into_response()
         }
     }
+}
+
+/// Prometheus scrape: reads counters and gauges only, never the inference queue, and logs
+/// only at debug (SageMaker scrapes every 60 s).
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    tracing::debug!("metrics scrape");
+    let text = state.metrics().render(state.snapshot());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn execution_parameters(State(state): State<AppState>) -> Response {
@@ -68,6 +85,29 @@ async fn method_not_allowed() -> Response {
     ApiError::MethodNotAllowed.into_response()
 }
 
+/// The request id: SageMaker's own inference id or trace id when it sends one (so the
+/// endpoint's CloudWatch lines and wick's join up), else one of ours.
+fn request_id(headers: &HeaderMap) -> String {
+    let from_header = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        // X-Amzn-Trace-Id is `Root=1-...;Parent=...;Sampled=1`: the root names the request.
+        let value = value
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix("Root="))
+            .unwrap_or(value);
+        // Custom-Attributes separates fields with `;` and `=`: keep the id to safe characters.
+        let id: String = value
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            .take(MAX_REQUEST_ID_CHARS)
+            .collect();
+        (!id.is_empty()).then_some(id)
+    };
+    from_header(INFERENCE_ID)
+        .or_else(|| from_header(TRACE_ID))
+        .unwrap_or_else(next_request_id)
+}
+
 fn next_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
@@ -86,10 +126,10 @@ fn next_request_id() -> String {
 
 async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let request_id = next_request_id();
+    let request_id = request_id(&headers);
     let span = tracing::info_span!("invocation", request_id = %request_id);
     let timeout = state.config().timeout;
-    let mut timings = Timings::default();
+    let mut timings = StageTimes::default();
     let result = tokio::time::timeout(
         timeout,
         invoke::handle(&state, &headers, body, &mut timings).instrument(span.clone()),
@@ -98,11 +138,14 @@ async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Bo
     .unwrap_or(Err(ApiError::Timeout {
         timeout_secs: timeout.as_secs(),
     }));
-    let mut response = span.in_scope(|| match result {
-        Ok(response) => response,
-        Err(err) => err.into_response(),
+    let (mut response, error_type) = span.in_scope(|| match result {
+        Ok(response) => (response, None),
+        Err(err) => {
+            let error_type = err.status().1;
+            (err.into_response(), Some(error_type))
+        }
     });
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1e3;
     let attributes = format!(
         "request_id={request_id};decode_ms={:.2};preprocess_ms={:.2};queue_ms={:.2};inference_ms={:.2}",
         ms(timings.decode),
@@ -113,10 +156,15 @@ async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Bo
     if let Ok(value) = HeaderValue::from_str(&attributes) {
         response.headers_mut().insert(CUSTOM_ATTRIBUTES, value);
     }
+    let total = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics()
+        .observe_request(status, error_type, total, &timings);
     tracing::info!(
         parent: &span,
-        status = response.status().as_u16(),
-        latency_ms = format!("{:.2}", ms(started.elapsed())),
+        status,
+        latency_ms = format!("{:.2}", ms(Some(total))),
         "invocation"
     );
     response

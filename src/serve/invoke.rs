@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::body::{read_body, BodyLimits};
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
+use super::metrics::StageTimes;
 use super::state::AppState;
 use crate::codec::assemble::AnswerBody;
 use crate::codec::body::parse_body;
@@ -36,15 +37,6 @@ pub(super) const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
 const WINDOW_BYTES: usize = 16 << 20;
 /// While a request's later windows wait for room in a full queue, it looks this often.
 const QUEUE_POLL: Duration = Duration::from_millis(5);
-
-/// Per-stage wall times, returned to the client in Custom-Attributes.
-#[derive(Default)]
-pub(super) struct Timings {
-    pub(super) decode: Duration,
-    pub(super) preprocess: Duration,
-    pub(super) queue: Duration,
-    pub(super) inference: Duration,
-}
 
 /// One record ready for the engine.
 struct Prepared {
@@ -77,7 +69,7 @@ pub(super) async fn handle(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    timings: &mut Timings,
+    timings: &mut StageTimes,
 ) -> Result<Response, ApiError> {
     let config = state.config();
     // The body is read before anything can fail: an error answered over an unread body makes
@@ -85,8 +77,16 @@ pub(super) async fn handle(
     let limits = BodyLimits {
         max_payload_bytes: config.max_payload_bytes,
         spool_threshold_bytes: config.spool_threshold_bytes,
+        idle_timeout: config.body_read_timeout,
     };
-    let payload = read_body(body, headers, limits).await?;
+    let payload = read_body(body, headers, limits, state.shutdown_watch()).await?;
+    tracing::debug!(
+        content_type = ?headers.get(header::CONTENT_TYPE),
+        accept = ?headers.get(header::ACCEPT),
+        custom_attributes = ?headers.get(CUSTOM_ATTRIBUTES),
+        body_bytes = payload.len_bytes(),
+        "request received"
+    );
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let header_text = |name| {
         headers.get(name).map(|v| {
@@ -157,8 +157,8 @@ pub(super) async fn handle(
         next = window
             .rest
             .map(|rest| spawn_window(state, &predictor, rest, window_size));
-        timings.decode += window.decode;
-        timings.preprocess += window.preprocess;
+        add_time(&mut timings.decode, window.decode);
+        add_time(&mut timings.preprocess, window.preprocess);
         let is_first = answer.records() == 0;
         answer = run_window(state, &plan, window.items, is_first, answer, timings).await?;
     }
@@ -287,7 +287,7 @@ async fn run_window(
     items: Vec<Result<Prepared, ApiError>>,
     is_first: bool,
     mut answer: AnswerBody,
-    timings: &mut Timings,
+    timings: &mut StageTimes,
 ) -> Result<AnswerBody, ApiError> {
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let labels = ready.predictor.labels();
@@ -323,8 +323,8 @@ async fn run_window(
             .submit(inputs)?
             .await
             .map_err(|_| ApiError::Engine(EngineError::Stopped))??;
-        timings.queue += outcome.queue;
-        timings.inference += outcome.inference;
+        add_time(&mut timings.queue, outcome.queue);
+        add_time(&mut timings.inference, outcome.inference);
         outcome.outputs
     };
     let predictor = Arc::clone(&ready.predictor);
@@ -404,4 +404,9 @@ fn model_error(err: ModelError) -> ApiError {
         ModelError::Preprocess(err) => ApiError::Image(err),
         other => ApiError::Internal(format!("preparing the image: {other}")),
     }
+}
+
+/// Adds a window's stage time to the request's (a stage no window reached stays `None`).
+fn add_time(total: &mut Option<Duration>, time: Duration) {
+    *total = Some(total.unwrap_or_default() + time);
 }

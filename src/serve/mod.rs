@@ -1,6 +1,6 @@
 //! `wick serve`: the SageMaker hosting contract. Binds the port at once, loads and warms the
 //! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
-//! SIGTERM or SIGINT, after which it drains in-flight requests and exits 0.
+//! SIGTERM or SIGINT, after which it finishes the requests that have arrived and exits 0.
 
 mod body;
 pub(crate) mod config;
@@ -8,6 +8,8 @@ mod engine;
 mod error;
 mod handlers;
 mod invoke;
+mod metrics;
+mod server;
 mod state;
 
 use std::net::Ipv4Addr;
@@ -15,10 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::future::IntoFuture;
-
 use anyhow::{Context, Result};
-use tokio::sync::Notify;
 
 pub use config::ServeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, Predictor};
@@ -28,6 +27,7 @@ pub use state::{AppState, Ready};
 use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
 use crate::cli::ServeArgs;
 use crate::model::Model;
+use server::{serve_connections, HttpLimits};
 
 /// Runs the server until a shutdown signal (exit 0) or a model that fails to load (exit 1).
 pub fn run(args: &ServeArgs) -> Result<ExitCode> {
@@ -65,20 +65,22 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
     // Held for the server's lifetime: dropping it deletes a downloaded model's scratch copy.
     let mut _local_model = None;
 
-    let stop = Arc::new(Notify::new());
-    let stop_signal = Arc::clone(&stop);
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { stop_signal.notified().await })
-        .into_future();
-    tokio::pin!(server);
+    let limits = HttpLimits {
+        header_read_timeout: state.config().header_read_timeout,
+        max_header_bytes: state.config().max_header_bytes,
+    };
+    let server = tokio::spawn(serve_connections(
+        listener,
+        app(state.clone()),
+        state.clone(),
+        limits,
+        state.shutdown_watch(),
+        grace,
+    ));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            result = &mut server => {
-                result.context("serving HTTP")?;
-                return Ok(ExitCode::SUCCESS);
-            }
             joined = &mut loader, if is_loading => {
                 is_loading = false;
                 match joined {
@@ -94,20 +96,14 @@ async fn serve(config: ServeConfig) -> Result<ExitCode> {
                 }
             }
             signal = &mut shutdown => {
-                tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: no new connections, finishing in-flight requests");
-                stop.notify_one();
+                tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: no new connections, finishing the requests that have arrived");
+                state.begin_shutdown();
                 break;
             }
         }
     }
     loader.abort();
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.context("serving HTTP")?,
-        Err(_) => tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "in-flight requests did not finish in time; exiting anyway"
-        ),
-    }
+    server.await.context("the HTTP server task")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -133,10 +129,15 @@ async fn fetch_and_load(
 
 /// Loads the package, runs one inference through the real path, starts the engine.
 fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
+    let started = Instant::now();
     let model = Model::load(model_dir)
         .with_context(|| format!("loading the model package in `{}`", model_dir.display()))?;
+    let load_time = started.elapsed();
     let started = Instant::now();
     model.warm_up().context("warm-up inference")?;
+    state
+        .metrics()
+        .set_model_times(load_time, started.elapsed());
     tracing::info!(
         task = ?model.task(),
         warmup_ms = started.elapsed().as_millis() as u64,

@@ -1,10 +1,14 @@
-//! The server's shared state: the resolved configuration and, once loaded and warmed up, the
-//! model with the engine in front of it. Handlers read it; `run` fills it.
+//! The server's shared state: the resolved configuration, the metrics, the shutdown signal
+//! and, once loaded and warmed up, the model with the engine in front of it. Handlers read it;
+//! `run` fills it.
 
 use std::sync::{Arc, OnceLock};
 
 use super::config::ServeConfig;
+use tokio::sync::watch;
+
 use super::engine::{Engine, EngineConfig, Predictor};
+use super::metrics::{Metrics, Snapshot};
 
 /// A model that has loaded and passed its warm-up inference.
 pub struct Ready {
@@ -25,6 +29,9 @@ struct Shared {
     ready: OnceLock<Ready>,
     /// One decoding job per core: more would only take CPU time from the inference threads.
     decode_permits: tokio::sync::Semaphore,
+    metrics: Metrics,
+    /// Turns true on SIGTERM: bodies still arriving stop being read.
+    shutting_down: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -34,11 +41,14 @@ impl AppState {
             .map(|n| n.get())
             .unwrap_or(2);
         let decode_permits = tokio::sync::Semaphore::new(cores);
+        let config_emf = config.emf;
         AppState {
             inner: Arc::new(Shared {
                 config,
                 ready: OnceLock::new(),
                 decode_permits,
+                metrics: Metrics::new(config_emf),
+                shutting_down: watch::Sender::new(false),
             }),
         }
     }
@@ -58,6 +68,34 @@ impl AppState {
         &self.inner.decode_permits
     }
 
+    /// The server's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What `/metrics` reports about the engine right now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        match self.ready() {
+            None => Snapshot::default(),
+            Some(ready) => Snapshot {
+                is_ready: true,
+                is_healthy: ready.engine.unhealthy().is_none(),
+                workers_alive: ready.engine.workers_alive(),
+                queue_depth_images: ready.engine.queued_images(),
+            },
+        }
+    }
+
+    /// Starts the shutdown: the accept loop stops and unfinished bodies stop being read.
+    pub(crate) fn begin_shutdown(&self) {
+        self.inner.shutting_down.send_replace(true);
+    }
+
+    /// Watches for the shutdown.
+    pub(crate) fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutting_down.subscribe()
+    }
+
     /// Publishes the loaded, warmed-up model; a second call is ignored.
     pub(crate) fn set_ready(&self, ready: Ready) {
         let _ = self.inner.ready.set(ready);
@@ -75,6 +113,7 @@ impl AppState {
                 stuck_after: config.timeout.saturating_mul(2),
                 fault_delay: config.fault_inference_delay,
                 fault_worker_exit_after: config.fault_worker_exit_after,
+                batch_size_images: self.metrics().batch_size_images(),
             },
         )?;
         self.set_ready(Ready { engine, predictor });

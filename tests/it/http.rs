@@ -119,7 +119,41 @@ impl Connection {
         self.read_reply()
     }
 
-    fn read_reply(&mut self) -> Result<Reply> {
+    /// Writes `bytes` as they are (a hand-made, possibly broken request).
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.reader.get_mut().write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Closes the sending half: the server sees the end of the request stream.
+    pub(crate) fn finish_sending(&mut self) -> Result<()> {
+        self.reader.get_mut().shutdown(std::net::Shutdown::Write)?;
+        Ok(())
+    }
+
+    /// Whether the server has closed the connection (no reply bytes, end of stream) within
+    /// `timeout`.
+    pub(crate) fn is_closed_within(&mut self, timeout: Duration) -> Result<bool> {
+        self.reader.get_mut().set_read_timeout(Some(timeout))?;
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => Ok(true),
+            Ok(_) => bail!("the server sent data instead of closing"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            // A reset is a close too.
+            Err(_) => Ok(true),
+        }
+    }
+
+    /// Reads one response.
+    pub(crate) fn read_reply(&mut self) -> Result<Reply> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let status: u16 = line

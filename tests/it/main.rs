@@ -15,6 +15,8 @@ mod seg_train_jobs;
 mod seg_train_resume;
 mod segmentation;
 mod segmentation_pipeline;
+mod serve_hostile;
+mod serve_observe;
 mod serve_process;
 mod serve_records;
 mod serve_router;
