@@ -183,6 +183,10 @@ pub struct ServeArgs {
     /// sends SIGKILL 30 s after SIGTERM).
     #[arg(long, env = "WICK_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+    /// Serve the try-it page at `/` and the API description at `/openapi.json` (`false` turns
+    /// both off; SageMaker only ever calls /ping and /invocations).
+    #[arg(long, env = "WICK_UI", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ui: bool,
     /// Testing only: sleep this long in every inference (slow-model fault injection).
     #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
     pub fault_inference_delay_ms: Option<u64>,

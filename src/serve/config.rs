@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub(crate) batch_strategy: String,
     /// `MaxConcurrentTransforms` for /execution-parameters.
     pub(crate) max_concurrent_transforms: usize,
+    /// Whether `/` (the try-it page) and `/openapi.json` are served.
+    pub(crate) ui: bool,
     /// Drain deadline after SIGTERM.
     #[serde(rename = "shutdown_grace_secs", serialize_with = "secs")]
     pub(crate) shutdown_grace: Duration,
@@ -165,6 +167,7 @@ impl ServeConfig {
             is_batch,
             batch_strategy,
             max_concurrent_transforms,
+            ui: args.ui,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.min(28)),
             fault_inference_delay: args.fault_inference_delay_ms.map(Duration::from_millis),
             fault_worker_exit_after: args.fault_worker_exit_after,

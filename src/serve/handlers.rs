@@ -1,4 +1,4 @@
-//! The HTTP handlers and router: `/ping`, `/invocations`, `/execution-parameters`, and JSON
+//! The HTTP handlers (the route table is `routes.rs`): `/ping`, `/invocations`, `/execution-parameters`, and JSON
 //! answers for unknown routes. Decoding and preprocessing run on the blocking pool; inference
 //! on the engine's threads; the async runtime only moves bytes.
 
@@ -10,8 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use http_body_util::BodyExt;
 use image::RgbImage;
 use rayon::prelude::*;
@@ -19,6 +18,7 @@ use tracing::Instrument;
 
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
+use super::multipart;
 use super::state::AppState;
 use crate::codec::body::parse_body;
 use crate::codec::error::CodecError;
@@ -31,22 +31,11 @@ use crate::model::preprocess::{decode, DecodeLimits};
 use crate::model::{Input, ModelError};
 
 /// The response header SageMaker passes back to the client.
-const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
+pub(super) const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
 /// A body this many times over the limit is not drained any further: the connection closes.
 const MAX_DRAIN_FACTOR: u64 = 16;
 
-/// The whole HTTP surface, without a socket (tests drive it with `oneshot`).
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/ping", get(ping))
-        .route("/invocations", post(invocations))
-        .route("/execution-parameters", get(execution_parameters))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-}
-
-async fn ping(State(state): State<AppState>) -> Response {
+pub(super) async fn ping(State(state): State<AppState>) -> Response {
     tracing::debug!("ping");
     let Some(ready) = state.ready() else {
         return ApiError::NotReady.into_response();
@@ -63,7 +52,7 @@ async fn ping(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn execution_parameters(State(state): State<AppState>) -> Response {
+pub(super) async fn execution_parameters(State(state): State<AppState>) -> Response {
     let config = state.config();
     Json(serde_json::json!({
         "MaxConcurrentTransforms": config.max_concurrent_transforms,
@@ -73,7 +62,7 @@ async fn execution_parameters(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
+pub(super) async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::NotFound {
         method: method.to_string(),
         path: uri.path().to_string(),
@@ -81,7 +70,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-async fn method_not_allowed() -> Response {
+pub(super) async fn method_not_allowed() -> Response {
     ApiError::MethodNotAllowed.into_response()
 }
 
@@ -110,7 +99,11 @@ fn next_request_id() -> String {
     )
 }
 
-async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn invocations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let request_id = next_request_id();
     let span = tracing::info_span!("invocation", request_id = %request_id);
@@ -157,7 +150,7 @@ async fn handle(
     let config = state.config();
     // The body is read before anything can fail: an error answered over an unread body makes
     // hyper close the connection, and the client sees a broken pipe instead of the JSON error.
-    let bytes = read_body(body, headers, config.max_payload_bytes).await?;
+    let mut bytes = read_body(body, headers, config.max_payload_bytes).await?;
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let header_text = |name| {
         headers.get(name).map(|v| {
@@ -170,8 +163,14 @@ async fn handle(
     };
     let attributes =
         RawOptions::from_custom_attributes(header_text(CUSTOM_ATTRIBUTES).transpose()?)?;
-    let request_format =
-        RequestFormat::from_content_type(header_text(header::CONTENT_TYPE.as_str()).transpose()?)?;
+    let content_type = header_text(header::CONTENT_TYPE.as_str()).transpose()?;
+    let (request_format, multipart) = match multipart::boundary(content_type) {
+        Some(boundary) => {
+            let parsed = multipart::parse(std::mem::take(&mut bytes).into(), boundary?).await?;
+            (RequestFormat::Image, Some(parsed))
+        }
+        None => (RequestFormat::from_content_type(content_type)?, None),
+    };
     let predictor = ready.predictor.clone();
     let task = predictor.task();
     let default_format = Some(config.default_response)
@@ -192,7 +191,13 @@ async fn handle(
         .map_err(|e| ApiError::Internal(format!("decode permits closed: {e}")))?;
     let worker_predictor = predictor.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| prepare(&bytes, request_format, max_pixels, &*worker_predictor))
+        span.in_scope(|| {
+            let parsed = match multipart {
+                Some(parsed) => parsed,
+                None => parse_body(request_format, &bytes, max_pixels)?,
+            };
+            prepare(parsed, max_pixels, &*worker_predictor)
+        })
     })
     .await
     .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))??;
@@ -319,11 +324,10 @@ struct Prepared {
     preprocess: Duration,
 }
 
-/// Body -> model inputs, on the blocking pool: parse, decode every image (in parallel), then
+/// Parsed body -> model inputs, on the blocking pool: decode every image (in parallel), then
 /// let the model prepare each (classification applies its evaluation transform here).
 fn prepare(
-    body: &[u8],
-    format: RequestFormat,
+    parsed: ParsedRequest,
     max_pixels: u64,
     predictor: &dyn Predictor,
 ) -> Result<Prepared, ApiError> {
@@ -331,7 +335,7 @@ fn prepare(
         images,
         is_list,
         parameters,
-    } = parse_body(format, body, max_pixels)?;
+    } = parsed;
     let limits = DecodeLimits { max_pixels };
     let decode_one = |image: RawImage| match image {
         RawImage::Encoded(bytes) => decode(&bytes, &limits),

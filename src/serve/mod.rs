@@ -2,10 +2,16 @@
 //! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
 //! SIGTERM or SIGINT, after which it drains in-flight requests and exits 0.
 
+mod card;
+mod compat;
 pub(crate) mod config;
 mod engine;
 mod error;
 mod handlers;
+mod multipart;
+mod openapi;
+mod page;
+mod routes;
 mod state;
 
 use std::net::Ipv4Addr;
@@ -20,7 +26,7 @@ use tokio::sync::Notify;
 
 pub use config::ServeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, Predictor};
-pub use handlers::app;
+pub use routes::app;
 pub use state::{AppState, Ready};
 
 use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
@@ -140,6 +146,9 @@ fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
         warmup_ms = started.elapsed().as_millis() as u64,
         "warm-up inference done; ready"
     );
+    if let Some(card) = card::ModelCard::read(model_dir) {
+        state.set_model_card(card);
+    }
     state
         .start_engine(Arc::new(model))
         .context("starting the inference workers")?;
