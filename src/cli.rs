@@ -226,6 +226,10 @@ pub struct ServeArgs {
     /// without SageMaker's detailed observability); `true` or `false`.
     #[arg(long, env = "WICK_EMF", default_value = "false")]
     pub emf: String,
+    /// Serve the try-it page at `/` and the API description at `/openapi.json` (`false` turns
+    /// both off; SageMaker only ever calls /ping and /invocations).
+    #[arg(long, env = "WICK_UI", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ui: bool,
     /// Testing only: sleep this long in every inference (slow-model fault injection).
     #[arg(long, env = "WICK_FAULT_INFERENCE_DELAY_MS", hide = true)]
     pub fault_inference_delay_ms: Option<u64>,

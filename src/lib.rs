@@ -27,6 +27,7 @@ pub mod convert;
 pub mod model;
 pub mod package_cmd;
 pub mod predict;
+pub(crate) mod progress;
 pub mod render;
 pub mod serve;
 pub mod telemetry;

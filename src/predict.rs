@@ -19,6 +19,7 @@ use crate::codec::respond::Answer;
 use crate::model::package::Task;
 use crate::model::preprocess::{decode, DecodeLimits};
 use crate::model::{Input, Model, ModelError, Output};
+use crate::progress::Progress;
 
 /// One output line: the answer for a file, or why there is none.
 #[derive(Serialize)]
@@ -60,9 +61,11 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     };
     let mut failures = 0usize;
     let stdout = std::io::stdout();
+    let mut progress = Progress::new("predict", "images", args.images.len(), 0);
     for files in args.images.chunks(args.batch_size) {
         let results = predict_files(&model, files, &limits, &options);
-        let mut out = stdout.lock();
+        // The chunk's lines go out at once, with the bar out of the way.
+        let mut out = Vec::new();
         for (file, result) in files.iter().zip(results) {
             let answer = result.and_then(|(output, image)| {
                 let json = encode(&model, &options, &output, &image, ResponseFormat::Json)?;
@@ -89,8 +92,14 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
             serde_json::to_writer(&mut out, &line)?;
             writeln!(out)?;
         }
-        out.flush()?;
+        progress.suspend(|| {
+            let mut stdout = stdout.lock();
+            stdout.write_all(&out)?;
+            stdout.flush()
+        })?;
+        progress.advance(files.len());
     }
+    progress.finish();
     if failures > 0 {
         eprintln!(
             "error: {failures} of {} images could not be processed",

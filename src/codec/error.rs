@@ -5,7 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CodecError {
     /// The Content-Type is not one wick reads.
-    #[error("Content-Type `{0}` is not supported; send image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, application/x-image, application/octet-stream, file-path/raw-bytes, application/json, application/jsonlines or application/x-npy")]
+    #[error("Content-Type `{0}` is not supported; send image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff, application/x-image, application/octet-stream, file-path/raw-bytes, application/json, application/jsonlines, application/x-npy or multipart/form-data")]
     UnsupportedMediaType(String),
     /// No acceptable response type in Accept.
     #[error("Accept `{accept}` cannot be satisfied; this model answers {offered}")]

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub(crate) batch_strategy: String,
     /// `MaxConcurrentTransforms` for /execution-parameters.
     pub(crate) max_concurrent_transforms: usize,
+    /// Whether `/` (the try-it page) and `/openapi.json` are served.
+    pub(crate) ui: bool,
     /// Drain deadline after SIGTERM.
     #[serde(rename = "shutdown_grace_secs", serialize_with = "secs")]
     pub(crate) shutdown_grace: Duration,
@@ -211,6 +213,7 @@ impl ServeConfig {
             is_batch,
             batch_strategy,
             max_concurrent_transforms,
+            ui: args.ui,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.min(28)),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
             body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),

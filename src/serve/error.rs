@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::engine::EngineError;
+use super::multipart::MultipartError;
 use crate::codec::error::CodecError;
 use crate::model::preprocess::PreprocessError;
 use crate::render::RenderError;
@@ -17,6 +18,9 @@ pub(crate) enum ApiError {
     /// The body, a header or a parameter is wrong.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A multipart/form-data body is malformed or holds no image.
+    #[error(transparent)]
+    Multipart(#[from] MultipartError),
     /// An image does not decode or is too large.
     #[error(transparent)]
     Image(#[from] PreprocessError),
@@ -80,7 +84,7 @@ pub(crate) enum ApiError {
         timeout_secs: u64,
     },
     /// No such route.
-    #[error("no route for {method} {path}; wick serves GET /ping, POST /invocations and GET /execution-parameters")]
+    #[error("no route for {method} {path}; wick serves GET /ping, POST /invocations and GET /execution-parameters (GET /openapi.json lists every route)")]
     NotFound {
         /// Request method.
         method: String,
@@ -133,6 +137,12 @@ impl ApiError {
                 | CodecError::CustomAttributesTooLong { .. } => {
                     (StatusCode::BAD_REQUEST, "validation")
                 }
+            },
+            ApiError::Multipart(err) => match err {
+                MultipartError::NotAnImage { .. } => (StatusCode::BAD_REQUEST, "invalid_image"),
+                MultipartError::Malformed(_)
+                | MultipartError::NoFile
+                | MultipartError::NotText { .. } => (StatusCode::BAD_REQUEST, "validation"),
             },
             ApiError::Image(err) => match err {
                 PreprocessError::TooManyPixels { .. } | PreprocessError::LimitExceeded { .. } => {

@@ -1,7 +1,7 @@
-//! The HTTP handlers and router: `/ping`, `/invocations` (its work in `invoke.rs`),
-//! `/execution-parameters`, `/metrics`, and JSON answers for unknown routes. Decoding and
-//! preprocessing run on the blocking pool; inference on the engine's threads; the async runtime
-//! only moves bytes.
+//! The HTTP handlers (the route table is `routes.rs`): `/ping`, `/invocations` (its work in
+//! `invoke.rs`), `/execution-parameters`, `/metrics`, and JSON answers for unknown routes.
+//! Decoding and preprocessing run on the blocking pool; inference on the engine's threads; the
+//! async runtime only moves bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,12 +10,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::invoke::{self, CUSTOM_ATTRIBUTES};
+use super::invoke;
+pub(super) use super::invoke::CUSTOM_ATTRIBUTES;
 use super::metrics::{self, StageTimes};
 use super::state::AppState;
 
@@ -26,19 +26,7 @@ const TRACE_ID: &str = "x-amzn-trace-id";
 /// A client-sent id longer than this is cut.
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
-/// The whole HTTP surface, without a socket (tests drive it with `oneshot`).
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/ping", get(ping))
-        .route("/invocations", post(invocations))
-        .route("/execution-parameters", get(execution_parameters))
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-}
-
-async fn ping(State(state): State<AppState>) -> Response {
+pub(super) async fn ping(State(state): State<AppState>) -> Response {
     tracing::debug!("ping");
     let Some(ready) = state.ready() else {
         return ApiError::NotReady.into_response();
@@ -57,13 +45,13 @@ async fn ping(State(state): State<AppState>) -> Response {
 
 /// Prometheus scrape: reads counters and gauges only, never the inference queue, and logs
 /// only at debug (SageMaker scrapes every 60 s).
-async fn metrics_text(State(state): State<AppState>) -> Response {
+pub(super) async fn metrics_text(State(state): State<AppState>) -> Response {
     tracing::debug!("metrics scrape");
     let text = state.metrics().render(state.snapshot());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
-async fn execution_parameters(State(state): State<AppState>) -> Response {
+pub(super) async fn execution_parameters(State(state): State<AppState>) -> Response {
     let config = state.config();
     Json(serde_json::json!({
         "MaxConcurrentTransforms": config.max_concurrent_transforms,
@@ -73,7 +61,7 @@ async fn execution_parameters(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
+pub(super) async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::NotFound {
         method: method.to_string(),
         path: uri.path().to_string(),
@@ -81,7 +69,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-async fn method_not_allowed() -> Response {
+pub(super) async fn method_not_allowed() -> Response {
     ApiError::MethodNotAllowed.into_response()
 }
 
@@ -124,7 +112,11 @@ fn next_request_id() -> String {
     )
 }
 
-async fn invocations(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn invocations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let request_id = request_id(&headers);
     let span = tracing::info_span!("invocation", request_id = %request_id);

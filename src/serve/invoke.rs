@@ -18,6 +18,7 @@ use super::body::{read_body, BodyLimits};
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
 use super::metrics::StageTimes;
+use super::multipart;
 use super::state::AppState;
 use crate::codec::assemble::AnswerBody;
 use crate::codec::body::parse_body;
@@ -99,8 +100,12 @@ pub(super) async fn handle(
     };
     let attributes =
         RawOptions::from_custom_attributes(header_text(CUSTOM_ATTRIBUTES).transpose()?)?;
-    let request_format =
-        RequestFormat::from_content_type(header_text(header::CONTENT_TYPE.as_str()).transpose()?)?;
+    let content_type = header_text(header::CONTENT_TYPE.as_str()).transpose()?;
+    let boundary = multipart::boundary(content_type).transpose()?;
+    let request_format = match boundary {
+        Some(_) => RequestFormat::Image,
+        None => RequestFormat::from_content_type(content_type)?,
+    };
     let predictor = Arc::clone(&ready.predictor);
     let task = predictor.task();
     let default_format = Some(config.default_response)
@@ -114,11 +119,21 @@ pub(super) async fn handle(
     let record_errors = attributes.record_errors()?.unwrap_or(config.record_errors);
     let max_pixels = config.max_image_pixels;
     let span = tracing::Span::current();
-    let parsed = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| parse_body(request_format, payload, max_pixels))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))??;
+    let parsed = match boundary {
+        // A form's parts are split in memory (a spooled form is read back first).
+        Some(boundary) => {
+            let bytes = tokio::task::spawn_blocking(move || payload.into_bytes())
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the form task failed: {e}")))?
+                .map_err(|e| ApiError::Internal(format!("reading the spooled form: {e}")))?;
+            multipart::parse(bytes.into(), boundary).await?
+        }
+        None => tokio::task::spawn_blocking(move || {
+            span.in_scope(|| parse_body(request_format, payload, max_pixels))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))??,
+    };
     let request_options = attributes.merge(parsed.parameters);
     // The request's own options apply to every record: a bad one fails the whole request.
     let base_options = RequestOptions::resolve(

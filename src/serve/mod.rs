@@ -3,12 +3,18 @@
 //! SIGTERM or SIGINT, after which it finishes the requests that have arrived and exits 0.
 
 mod body;
+mod card;
+mod compat;
 pub(crate) mod config;
 mod engine;
 mod error;
 mod handlers;
 mod invoke;
 mod metrics;
+mod multipart;
+mod openapi;
+mod page;
+mod routes;
 mod server;
 mod state;
 
@@ -21,7 +27,7 @@ use anyhow::{Context, Result};
 
 pub use config::ServeConfig;
 pub use engine::{Engine, EngineConfig, EngineError, Predictor};
-pub use handlers::app;
+pub use routes::app;
 pub use state::{AppState, Ready};
 
 use crate::artifacts::{self, ArtifactUri, FetchOptions, LocalModel};
@@ -143,6 +149,9 @@ fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
         warmup_ms = started.elapsed().as_millis() as u64,
         "warm-up inference done; ready"
     );
+    if let Some(card) = card::ModelCard::read(model_dir) {
+        state.set_model_card(card);
+    }
     state
         .start_engine(Arc::new(model))
         .context("starting the inference workers")?;

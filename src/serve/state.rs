@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use super::card::ModelCard;
 use super::config::ServeConfig;
 use tokio::sync::watch;
 
@@ -27,6 +28,8 @@ pub struct AppState {
 struct Shared {
     config: ServeConfig,
     ready: OnceLock<Ready>,
+    /// What `GET /model/metadata` reports, read from the package at load.
+    model_card: OnceLock<ModelCard>,
     /// One decoding job per core: more would only take CPU time from the inference threads.
     decode_permits: tokio::sync::Semaphore,
     metrics: Metrics,
@@ -46,6 +49,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 config,
                 ready: OnceLock::new(),
+                model_card: OnceLock::new(),
                 decode_permits,
                 metrics: Metrics::new(config_emf),
                 shutting_down: watch::Sender::new(false),
@@ -61,6 +65,16 @@ impl AppState {
     /// The loaded model, if any.
     pub(crate) fn ready(&self) -> Option<&Ready> {
         self.inner.ready.get()
+    }
+
+    /// The package's description, once loaded.
+    pub(crate) fn model_card(&self) -> Option<&ModelCard> {
+        self.inner.model_card.get()
+    }
+
+    /// Records the package's description; a second call is ignored.
+    pub(crate) fn set_model_card(&self, card: ModelCard) {
+        let _ = self.inner.model_card.set(card);
     }
 
     /// Limits concurrent decoding to one job per core.

@@ -240,7 +240,7 @@ async fn unknown_routes_and_methods_get_json_errors_and_execution_parameters_fit
         .await?;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let response = app(state.clone())
-        .oneshot(Request::get("/predict").body(Body::empty())?)
+        .oneshot(Request::get("/predictions").body(Body::empty())?)
         .await?;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value =
@@ -248,7 +248,7 @@ async fn unknown_routes_and_methods_get_json_errors_and_execution_parameters_fit
     assert!(body["error"]
         .as_str()
         .unwrap_or_default()
-        .contains("/predict"));
+        .contains("/predictions"));
     let response = app(state)
         .oneshot(Request::get("/execution-parameters").body(Body::empty())?)
         .await?;

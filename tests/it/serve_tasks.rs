@@ -106,7 +106,7 @@ impl Predictor for BrightDetector {
     }
 }
 
-fn state(predictor: Arc<dyn Predictor>, args: &[&str]) -> Result<AppState> {
+pub(crate) fn state(predictor: Arc<dyn Predictor>, args: &[&str]) -> Result<AppState> {
     let cli = Cli::try_parse_from([&["wick", "serve", "--model-dir", "/unused"], args].concat())?;
     let Command::Serve(serve) = cli.command else {
         anyhow::bail!("not serve")
@@ -116,18 +116,18 @@ fn state(predictor: Arc<dyn Predictor>, args: &[&str]) -> Result<AppState> {
     Ok(state)
 }
 
-fn segmenter(args: &[&str]) -> Result<AppState> {
+pub(crate) fn segmenter(args: &[&str]) -> Result<AppState> {
     let labels = vec!["background".into(), "building".into()];
     state(Arc::new(BrightSegmenter { labels }), args)
 }
 
-fn detector(args: &[&str]) -> Result<AppState> {
+pub(crate) fn detector(args: &[&str]) -> Result<AppState> {
     let labels = vec!["person".into(), "cat".into()];
     state(Arc::new(BrightDetector { labels }), args)
 }
 
 /// A 60x40 dark photo with a bright 20x10 rectangle at (30, 5).
-fn photo_png() -> Result<Vec<u8>> {
+pub(crate) fn photo_png() -> Result<Vec<u8>> {
     let image = RgbImage::from_fn(60, 40, |x, y| {
         if (30..50).contains(&x) && (5..15).contains(&y) {
             Rgb([200, 200, 200])
@@ -184,7 +184,7 @@ async fn invoke(
     })
 }
 
-fn bright_mask() -> Vec<u8> {
+pub(crate) fn bright_mask() -> Vec<u8> {
     RgbImage::from_fn(60, 40, |x, y| {
         Rgb([u8::from((30..50).contains(&x) && (5..15).contains(&y)); 3])
     })

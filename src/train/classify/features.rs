@@ -123,7 +123,7 @@ pub(crate) fn extract(
     save: &mut dyn FnMut(&FeatureTable) -> Result<()>,
 ) -> Result<(bool, Vec<Unreadable>)> {
     let mut unreadable = Vec::new();
-    let mut progress = Progress::new(pass.label, table.len(), table.done);
+    let mut progress = Progress::new(pass.label, "images", table.len(), table.done);
     let mut last_save = Instant::now();
     while table.done < table.len() {
         if stop.is_set() {

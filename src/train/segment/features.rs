@@ -159,7 +159,7 @@ pub(crate) fn encode(
         .collect();
     let (h, w) = spec.size;
     let mut cache = FeatureCache::default();
-    let mut progress = Progress::new(label, items.len(), 0);
+    let mut progress = Progress::new(label, "images", items.len(), 0);
     for chunk in items.chunks(ENCODER_BATCH) {
         if stop.is_set() {
             progress.finish();
