@@ -52,6 +52,8 @@ pub(crate) fn parse_body(
     }
 }
 
+// A `map_err` adapter: it takes the error by value.
+#[allow(clippy::needless_pass_by_value)]
 pub(super) fn spool(err: std::io::Error) -> CodecError {
     CodecError::Spool(err.to_string())
 }

@@ -39,6 +39,9 @@ const WINDOW_BYTES: usize = 16 << 20;
 /// While a request's later windows wait for room in a full queue, it looks this often.
 const QUEUE_POLL: Duration = Duration::from_millis(5);
 
+/// A record's image (kept for overlays and sizes) and its resolved options.
+type Resolved = (Option<Arc<RgbImage>>, RequestOptions);
+
 /// One record ready for the engine.
 struct Prepared {
     input: Input,
@@ -307,8 +310,7 @@ async fn run_window(
     let ready = state.ready().ok_or(ApiError::NotReady)?;
     let labels = ready.predictor.labels();
     let first_index = answer.records();
-    let mut records: Vec<Result<(Option<Arc<RgbImage>>, RequestOptions), ApiError>> =
-        Vec::with_capacity(items.len());
+    let mut records: Vec<Result<Resolved, ApiError>> = Vec::with_capacity(items.len());
     let mut inputs = Vec::with_capacity(items.len());
     for (offset, item) in items.into_iter().enumerate() {
         let resolved = item.and_then(|prepared| {

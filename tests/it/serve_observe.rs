@@ -252,9 +252,10 @@ fn metrics_count_known_traffic_exactly_and_scrapes_stay_fast_under_load() -> Res
     expect("wick_requests_total", &unsupported, 1.0);
     expect("wick_request_duration_seconds_count", &[], 7.0);
     expect("wick_request_duration_seconds", &[], 7.0);
-    // Decoding is timed for the requests whose images decoded; the rest stop before.
-    expect("wick_decode_duration_seconds_count", &[], 4.0);
-    expect("wick_preprocess_duration_seconds_count", &[], 4.0);
+    // Decoding and preprocessing are timed for every request that reached them, the two
+    // undecodable images included (their records fail there); only the 4 good ones queue.
+    expect("wick_decode_duration_seconds_count", &[], 6.0);
+    expect("wick_preprocess_duration_seconds_count", &[], 6.0);
     expect("wick_queue_duration_seconds_count", &[], 4.0);
     expect("wick_inference_duration_seconds_count", &[], 4.0);
     // One forward pass per request (sent one at a time): 1 + 1 + 1 + 2 images.
