@@ -7,15 +7,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use image::RgbImage;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 use wick::model::package::Task;
 use wick::model::{InferenceOptions, Input, ModelError, Output, Prediction};
-use wick::serve::{app, AppState, Predictor};
+use wick::serve::{AppState, Predictor};
 
-use crate::serve_tasks::{bright_mask, detector, photo_png, segmenter, state};
+use crate::serve_tasks::{bright_mask, detector, photo_png, segmenter, send, state, Reply};
 
 /// "bright" or "dark" from the mean red value, then the other class.
 pub(crate) struct BrightClassifier {
@@ -96,35 +94,6 @@ pub(crate) fn form(parts: &[Part]) -> Vec<u8> {
     }
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
     out
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-async fn send(state: &AppState, request: Request<Body>) -> Result<Reply> {
-    let response = app(state.clone()).oneshot(request).await?;
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Reply {
-        status,
-        content_type,
-        body,
-    })
 }
 
 async fn post_form(

@@ -140,14 +140,15 @@ pub(crate) fn photo_png() -> Result<Vec<u8>> {
     Ok(out.into_inner())
 }
 
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Vec<u8>,
+/// A router answer, read whole.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 }
@@ -166,9 +167,12 @@ async fn invoke(
     if let Some(attributes) = attributes {
         request = request.header("x-amzn-sagemaker-custom-attributes", attributes);
     }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::from(body))?)
-        .await?;
+    send(state, request.body(Body::from(body))?).await
+}
+
+/// Runs `request` through the whole router.
+pub(crate) async fn send(state: &AppState, request: Request<Body>) -> Result<Reply> {
+    let response = app(state.clone()).oneshot(request).await?;
     let status = response.status();
     let content_type = response
         .headers()

@@ -346,9 +346,12 @@ impl Backbone for Classification {
     }
 }
 
-/// PyTorch's `x * relu6(x + 3) / 6`.
+/// PyTorch's `x * relu6(x + 3) / 6` on the pooled features, with the kernels' activation
+/// (the one the convolutions fuse).
 fn hardswish(xs: &Tensor) -> candle_core::Result<Tensor> {
-    xs.mul(&((xs + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)
+    let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
+    Activation::Hardswish.apply(&mut values);
+    Tensor::from_vec(values, xs.shape(), xs.device())
 }
 
 #[cfg(test)]
