@@ -134,12 +134,16 @@ function showMask(entries) {
     const swatch = el("span", undefined, "swatch"); swatch.style.background = color;
     item.append(swatch, el("span", `${entry.label}: ${(100 * entry.pixels / total).toFixed(1)}%`));
     $("legend").append(item);
+    let drawn = 0;
     if (entry.mask && entry.mask.counts) rleIndices(entry.mask, (y, x) => {
       if (x >= canvas.width || y >= canvas.height) return;
       const i = 4 * (y * canvas.width + x);
       pixels.data[i] = (pixels.data[i] + r) / 2; pixels.data[i + 1] = (pixels.data[i + 1] + g) / 2;
       pixels.data[i + 2] = (pixels.data[i + 2] + b) / 2;
+      drawn++;
     });
+    // How many of the photo's pixels were tinted for this class (checked by the browser test).
+    item.dataset.drawn = drawn;
   });
   context.putImageData(pixels, 0, 0);
 }
