@@ -18,7 +18,7 @@ use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
+use crate::model::layers::{global_avg_pool, inverted_residual, BatchNorm, Conv, ConvSpec};
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
 
@@ -246,15 +246,19 @@ impl LiteTrunk {
         let mut xs = self.stem.forward(xs)?;
         let mut low = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut ys = match &block.expand {
-                Some(expand) => expand.forward(&xs)?,
-                None => xs.clone(),
-            };
-            ys = block.depthwise.forward(&ys)?;
-            xs = if block.has_skip {
-                block.project.forward_add(&ys, &xs)?
-            } else {
-                block.project.forward(&ys)?
+            xs = match &block.expand {
+                Some(expand) => {
+                    let convs = (expand, &block.depthwise, &block.project);
+                    inverted_residual(&xs, convs, block.has_skip)?
+                }
+                None => {
+                    let ys = block.depthwise.forward(&xs)?;
+                    if block.has_skip {
+                        block.project.forward_add(&ys, &xs)?
+                    } else {
+                        block.project.forward(&ys)?
+                    }
+                }
             };
             let stage_ends = self.stages.get(i + 1) != Some(&self.stages[i]);
             if stage_ends && self.stages[i] == low_stage {

@@ -10,7 +10,7 @@ use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
 use crate::model::error::ModelError;
 use crate::model::kernels::Activation;
-use crate::model::layers::{global_avg_pool, BatchNorm, Conv, ConvSpec};
+use crate::model::layers::{global_avg_pool, inverted_residual, BatchNorm, Conv, ConvSpec};
 use crate::model::registry::Family;
 
 pub(super) const NAMES: &[&str] = &["mobilenet_v2"];
@@ -116,15 +116,19 @@ impl Backbone for MobileNetV2 {
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut xs = self.stem.forward(xs)?;
         for block in &self.blocks {
-            let (project, rest) = block.convs.split_last().expect("a block has convolutions");
-            let mut ys = xs.clone();
-            for conv in rest {
-                ys = conv.forward(&ys)?;
-            }
-            xs = if block.has_skip {
-                project.forward_add(&ys, &xs)?
-            } else {
-                project.forward(&ys)?
+            xs = match block.convs.as_slice() {
+                [expand, depthwise, project] => {
+                    inverted_residual(&xs, (expand, depthwise, project), block.has_skip)?
+                }
+                [depthwise, project] => {
+                    let ys = depthwise.forward(&xs)?;
+                    if block.has_skip {
+                        project.forward_add(&ys, &xs)?
+                    } else {
+                        project.forward(&ys)?
+                    }
+                }
+                other => candle_core::bail!("a block of {} convolutions", other.len()),
             };
         }
         global_avg_pool(&self.head.forward(&xs)?)

@@ -17,7 +17,9 @@ use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::{global_avg_pool, scale_channels, BatchNorm, Conv, ConvSpec};
+use crate::model::layers::{
+    expand_depthwise, global_avg_pool, inverted_residual, scale_channels, BatchNorm, Conv, ConvSpec,
+};
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
 
@@ -165,6 +167,32 @@ struct InvertedResidual {
     has_skip: bool,
 }
 
+impl InvertedResidual {
+    /// The block on `(n, h, w, c_in)`: banded as one op where no squeeze-excitation sits
+    /// between the depthwise and the projection.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if let (Some(expand), None) = (&self.expand, &self.se) {
+            let convs = (expand, &self.depthwise, &self.project);
+            return inverted_residual(xs, convs, self.has_skip);
+        }
+        let mut ys = match &self.expand {
+            Some(expand) => expand_depthwise(xs, expand, &self.depthwise)?,
+            None => self.depthwise.forward(xs)?,
+        };
+        if let Some(se) = &self.se {
+            let (n, _, _, c) = ys.dims4()?;
+            let pooled = global_avg_pool(&ys)?.reshape((n, 1, 1, c))?;
+            let gate = se.fc2.forward(&se.fc1.forward(&pooled)?)?;
+            ys = scale_channels(&ys, &gate)?;
+        }
+        if self.has_skip {
+            self.project.forward_add(&ys, xs)
+        } else {
+            self.project.forward(&ys)
+        }
+    }
+}
+
 /// The modules of `features`, ready to run.
 pub(crate) struct MobileNetV3 {
     stem: Conv,
@@ -287,22 +315,7 @@ impl MobileNetV3 {
         let mut xs = self.stem.forward(xs)?;
         let mut low = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut ys = match &block.expand {
-                Some(expand) => expand.forward(&xs)?,
-                None => xs.clone(),
-            };
-            ys = block.depthwise.forward(&ys)?;
-            if let Some(se) = &block.se {
-                let (n, _, _, c) = ys.dims4()?;
-                let pooled = global_avg_pool(&ys)?.reshape((n, 1, 1, c))?;
-                let gate = se.fc2.forward(&se.fc1.forward(&pooled)?)?;
-                ys = scale_channels(&ys, &gate)?;
-            }
-            xs = if block.has_skip {
-                block.project.forward_add(&ys, &xs)?
-            } else {
-                block.project.forward(&ys)?
-            };
+            xs = block.forward(&xs)?;
             if i + 1 == LOW_INDEX {
                 low = Some(xs.clone());
             }

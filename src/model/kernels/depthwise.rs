@@ -115,6 +115,8 @@ unsafe fn run_raw(
         res,
         lanes,
         out: SendPtr(out),
+        first_row: 0,
+        first_out_row: 0,
     };
     // Units are (image, channel block); each is cut into row ranges until there are about
     // three parts per thread, so a core the hypervisor slows down takes fewer of them.
@@ -141,6 +143,55 @@ unsafe fn run_raw(
     });
 }
 
+/// Output rows `rows.0..rows.1` of one image, every channel, on this thread: the depthwise
+/// step of [`super::expand_depthwise`], which holds only a band of the input and the output.
+///
+/// # Safety
+/// `image.n` must be 1; `input` must hold rows `first_row..` of the image, through the last
+/// row the window of output row `rows.1 - 1` reads (rows past the image are padding and not
+/// read); `out` must be valid for writes of output rows `first_out_row..rows.1` and overlap
+/// nothing else.
+pub(crate) unsafe fn depthwise_band(
+    input: &[f32],
+    image: Nhwc,
+    first_row: usize,
+    params: &DepthwiseParams<'_>,
+    out: *mut f32,
+    first_out_row: usize,
+    rows: (usize, usize),
+) {
+    let Some(res) = params.geometry.resolve(image.h, image.w) else {
+        return;
+    };
+    debug_assert_eq!(image.n, 1);
+    debug_assert!(rows.0 >= first_out_row && rows.1 <= res.out_h);
+    let isa = Isa::detect();
+    let lanes = match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 | Isa::Portable => 8,
+    };
+    let plan = Plan {
+        input,
+        shape: image,
+        params,
+        res,
+        lanes,
+        out: SendPtr(out),
+        first_row,
+        first_out_row,
+    };
+    for c0 in (0..image.c).step_by(lanes) {
+        let block = Block { n: 0, c0, rows };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => block_avx512(&plan, &block),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => block_avx2(&plan, &block),
+            _ => run_block::<Portable>(&plan, &block),
+        }
+    }
+}
+
 /// Everything a part needs, shared by all parts of one call.
 struct Plan<'a> {
     input: &'a [f32],
@@ -149,6 +200,10 @@ struct Plan<'a> {
     res: Resolved,
     lanes: usize,
     out: SendPtr,
+    /// The image row `input`'s first row holds (a band of one image; 0 for whole maps).
+    first_row: usize,
+    /// The output row `out`'s first row holds.
+    first_out_row: usize,
 }
 
 /// One part: image `n`, channels `c0..c0 + lanes`, output rows `rows.0..rows.1`.
@@ -261,7 +316,7 @@ unsafe fn fill_scratch<S: Simd>(
         for x in 0..left {
             S::store(dst.add(x * S::LANES), zero);
         }
-        let line = (block.n * shape.h + iy as usize) * shape.w;
+        let line = (block.n * shape.h + iy as usize - plan.first_row) * shape.w;
         let src = plan.input.as_ptr().add(line * shape.c + block.c0);
         if width == S::LANES {
             for x in 0..inside {
@@ -295,7 +350,7 @@ struct RowOut {
 impl RowOut {
     unsafe fn new(plan: &Plan<'_>, block: &Block, oy: usize) -> Self {
         let c = plan.shape.c;
-        let pixel = (block.n * plan.res.out_h + oy) * plan.res.out_w;
+        let pixel = (block.n * plan.res.out_h + oy - plan.first_out_row) * plan.res.out_w;
         RowOut {
             dst: plan.out.0.add(pixel * c + block.c0),
             stride: c,

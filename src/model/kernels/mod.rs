@@ -13,6 +13,7 @@
 mod conv;
 mod dense;
 mod depthwise;
+mod expand_depthwise;
 mod pool;
 mod resize;
 mod simd;
@@ -26,6 +27,7 @@ pub use conv::{
 pub(crate) use dense::PackedWeights;
 pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
+pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;

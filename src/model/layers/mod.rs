@@ -14,6 +14,9 @@ use super::kernels::{
 };
 use super::weights::Weights;
 
+mod inverted_residual;
+pub(crate) use inverted_residual::{expand_depthwise, inverted_residual};
+
 /// Hyper-parameters of a convolution as the checkpoint's module declared them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConvSpec {
@@ -281,6 +284,15 @@ impl Conv {
         }
     }
 
+    fn depthwise_params(&self) -> DepthwiseParams<'_> {
+        DepthwiseParams {
+            geometry: &self.geometry,
+            weight: &self.weight,
+            bias: &self.bias,
+            activation: self.activation,
+        }
+    }
+
     fn output_shape(&self, shape: Nhwc) -> candle_core::Result<Nhwc> {
         if shape.c != self.c_in {
             candle_core::bail!(
@@ -330,13 +342,7 @@ impl Conv {
                 if residual.is_some() {
                     candle_core::bail!("a fused residual needs a dense convolution")
                 }
-                let params = DepthwiseParams {
-                    geometry: &self.geometry,
-                    weight: &self.weight,
-                    bias: &self.bias,
-                    activation: self.activation,
-                };
-                depthwise_conv_new(input, shape, &params)
+                depthwise_conv_new(input, shape, &self.depthwise_params())
             }
         };
         Ok((out, nhwc_shape(out_shape)))
