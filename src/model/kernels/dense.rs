@@ -26,7 +26,7 @@ use super::conv::Resolved;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Simd};
-use super::{team, Activation, ConvGeometry, Nhwc};
+use super::{team, Activation, ConvGeometry, Nhwc, SendPtr};
 
 /// 64 bytes of weights: packed panels start on a cache line.
 #[derive(Clone, Copy, Default)]
@@ -235,14 +235,6 @@ pub(crate) struct Target<'a> {
 // SAFETY: the raw pointers are only written through in disjoint tiles by `run`'s parts (see
 // `Target::data`); the slices are shared reads.
 unsafe impl Sync for Target<'_> {}
-
-/// The raw output pointer crosses to team workers, which write disjoint rows or columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `Target`: parts write disjoint tiles of one buffer the caller owns mutably.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 /// `target = activation(rows * weights + bias (+ residual))` for every output pixel of `rows`.
 ///

@@ -21,7 +21,7 @@ use super::conv::Resolved;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Simd};
-use super::{team, Activation, ConvGeometry, Fresh, Nhwc};
+use super::{team, Activation, ConvGeometry, Fresh, Nhwc, SendPtr};
 
 /// Weights of a depthwise convolution (groups = channels) with batch norm folded in.
 pub struct DepthwiseParams<'a> {
@@ -212,14 +212,6 @@ struct Block {
     c0: usize,
     rows: (usize, usize),
 }
-
-/// The output pointer, shared by parts that write disjoint channel blocks and rows.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `run_with`: each part writes its own block only.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 thread_local! {
     /// The padded input of one block, reused across calls on the same thread.

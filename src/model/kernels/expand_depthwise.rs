@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use super::dense::{self, PackedWeights, Rows, Target};
 use super::depthwise::depthwise_band;
-use super::{team, ConvGeometry, DenseParams, DepthwiseParams, Fresh, Nhwc};
+use super::{team, ConvGeometry, DenseParams, DepthwiseParams, Fresh, Nhwc, SendPtr};
 
 /// Expanded maps smaller than this (per image) stay layer by layer: they fit in L2 anyway,
 /// and the band's halo rows would cost more than the memory traffic saved.
@@ -93,14 +93,6 @@ pub(crate) fn expand_depthwise_banded(
     // is written (by the projection's tiles or the depthwise channel blocks).
     Some(unsafe { out.assume_init() })
 }
-
-/// The raw output pointer, shared by runs that write disjoint rows.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `expand_depthwise_banded`: each run writes its own rows only.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 thread_local! {
     /// The expanded input rows of the current band.

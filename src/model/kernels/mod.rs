@@ -70,6 +70,18 @@ impl Fresh {
     }
 }
 
+/// An output pointer handed to the team's parts, each of which writes its own disjoint
+/// rows, columns or channel blocks of one buffer the caller owns mutably.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only written through in disjoint regions (each kernel says which),
+// while the caller that owns the buffer waits for every part.
+#[allow(unsafe_code)]
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for SendPtr {}
+
 /// The shape of an NHWC activation: batch, height, width, channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nhwc {
