@@ -134,8 +134,13 @@ pub(crate) struct PackageConfig {
     /// Outputs of the classifier; inferred from the labels when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) num_classes: Option<usize>,
-    /// Class names in output order (timm's field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Class names in output order (timm's field: a list, or an `{index: name}` map, which is
+    /// read into index order).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "label_names_in_order"
+    )]
     pub(crate) label_names: Option<Vec<String>>,
     /// Class names by index (Hugging Face's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,6 +362,16 @@ fn find_weights(dir: &Path) -> Result<PathBuf, PackageError> {
             .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
     };
     let mut found = find_files(dir, &is_weights)?;
+    // timm's and transformers' hub writers save the same weights twice, as `model.safetensors`
+    // and `pytorch_model.bin`: the safetensors one is the same model, read without pickle.
+    let is_named = |p: &Path, name: &str| p.file_name().is_some_and(|n| n == name);
+    let twins = found.len() == 2
+        && found.iter().any(|p| is_named(p, "model.safetensors"))
+        && found.iter().any(|p| is_named(p, "pytorch_model.bin"))
+        && found[0].parent() == found[1].parent();
+    if twins {
+        found.retain(|p| is_named(p, "model.safetensors"));
+    }
     match found.len() {
         0 => Err(PackageError::NoWeights {
             dir: dir.to_path_buf(),
@@ -367,6 +382,42 @@ fn find_weights(dir: &Path) -> Result<PathBuf, PackageError> {
             found,
         }),
     }
+}
+
+/// `label_names` as a list, or as an `{index: name}` map with every index `0..n` once.
+fn label_names_in_order<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        ByIndex(BTreeMap<String, String>),
+    }
+    let names = match Option::<Names>::deserialize(deserializer)? {
+        None => return Ok(None),
+        Some(Names::List(list)) => list,
+        Some(Names::ByIndex(map)) => {
+            let mut names = vec![None; map.len()];
+            for (key, name) in map {
+                let slot = key
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| names.get_mut(i))
+                    .filter(|slot| slot.is_none());
+                let Some(slot) = slot else {
+                    return Err(serde::de::Error::custom(format!(
+                        "label_names: keys must be the class indices 0..{}, each once; got `{key}`",
+                        names.len()
+                    )));
+                };
+                *slot = Some(name);
+            }
+            names.into_iter().flatten().collect()
+        }
+    };
+    Ok(Some(names))
 }
 
 /// Labels from `label_names`, else `id2label`, else `labels.txt`, else `class_<i>`.
@@ -496,6 +547,47 @@ mod tests {
             labels,
             vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]
         );
+    }
+
+    /// timm's hub writer: both weight formats side by side, `label_names` as an index map.
+    #[test]
+    fn a_timm_hub_folder_with_both_weight_files_takes_the_safetensors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "num_classes": 3, "label_names": {"2": "c", "0": "a", "1": "b"}}"#,
+        );
+        write(dir.path(), "model.safetensors", "");
+        write(dir.path(), "pytorch_model.bin", "");
+        let package = Package::open(dir.path()).expect("opens");
+        assert_eq!(package.labels, vec!["a", "b", "c"]);
+        assert!(
+            package.weights_path.ends_with("model.safetensors"),
+            "{package:?}"
+        );
+
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "label_names": {"0": "a", "2": "c"}}"#,
+        );
+        let err = Package::open(dir.path())
+            .expect_err("a gap in the indices")
+            .to_string();
+        assert!(err.contains("label_names") && err.contains("`2`"), "{err}");
+
+        // Any other pair is still ambiguous.
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "resnet18", "num_classes": 3}"#,
+        );
+        write(dir.path(), "other.pth", "");
+        let err = Package::open(dir.path())
+            .expect_err("three files")
+            .to_string();
+        assert!(err.contains("several weights files"), "{err}");
     }
 
     #[test]
