@@ -105,6 +105,8 @@ parity_tests!(
     torchvision_resnet101,
     torchvision_resnet152,
     timm_resnet50,
+    timm_mobilenetv3_large_100,
+    timm_mobilenetv3_small_100,
     torchvision_densenet121,
     torchvision_mobilenet_v2,
     torchvision_mobilenet_v3_large,

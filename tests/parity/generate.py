@@ -153,6 +153,8 @@ def registry():
     for a in ["mobilenet_v3_large", "mobilenet_v3_small"]:
         models.append((f"torchvision_{a}", a, "torchvision", _tv(a), TV_INPUT, "classifier.3"))
     models.append(("timm_resnet50", "resnet50", "timm", _timm("resnet50"), TV_INPUT, "fc"))
+    for a in ["mobilenetv3_large_100", "mobilenetv3_small_100"]:
+        models.append((f"timm_{a}", a, "timm", _timm(a), TV_INPUT, "classifier"))
     for pre in ["", "tf_"]:
         a = f"{pre}efficientnet_lite0"
         models.append((f"timm_{a}", a, "timm", _timm(a), TV_INPUT, "classifier"))

@@ -23,7 +23,12 @@ use crate::model::layers::{
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
 
-pub(super) const NAMES: &[&str] = &["mobilenet_v3_large", "mobilenet_v3_small"];
+pub(super) const NAMES: &[&str] = &[
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "mobilenetv3_large_100",
+    "mobilenetv3_small_100",
+];
 
 /// This file's architectures, for the classification registry (`registry.rs`).
 pub(super) const FAMILY: Family<Builder> = Family {
@@ -34,8 +39,6 @@ pub(super) const FAMILY: Family<Builder> = Family {
 /// Checkpoint prefix of the final linear layer (`classifier.0` is the hidden linear layer,
 /// `classifier.1` hardswish, `classifier.2` dropout).
 const CLASSIFIER_KEY: &str = "classifier.3";
-
-const BN_EPS: f64 = 0.001;
 
 /// One inverted-residual setting: input, kernel, expanded, output channels, squeeze-excitation,
 /// hardswish (else ReLU), stride, and whether the block is in the dilatable last stage.
@@ -128,11 +131,126 @@ impl Size {
         6 * self.blocks().last().map_or(0, |s| s.c_out)
     }
 
+    /// Blocks per stage in timm's `arch_def` (the head is one stage more).
+    fn timm_stages(self) -> &'static [usize] {
+        match self {
+            Size::Large => &[1, 2, 3, 4, 2, 3],
+            Size::Small => &[1, 2, 3, 2, 3],
+        }
+    }
+
+    /// timm's `(stage, index)` of block `i` of the table.
+    fn timm_stage(self, mut i: usize) -> (usize, usize) {
+        for (stage, &count) in self.timm_stages().iter().enumerate() {
+            if i < count {
+                return (stage, i);
+            }
+            i -= count;
+        }
+        (self.timm_stages().len(), i)
+    }
+
     /// Features of the classifier's hidden linear layer (torchvision's `last_channel`).
     fn hidden_features(self) -> usize {
         match self {
             Size::Large => 1280,
             Size::Small => 1024,
+        }
+    }
+}
+
+/// Whose checkpoint names the trunk's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keys {
+    /// `features.{i}.block.{j}.{0,1}` (conv, batch norm), `fc1` / `fc2`; batch norm eps 1e-3.
+    Torchvision,
+    /// timm's `conv_stem` / `bn1`, `blocks.{stage}.{i}.conv_pw` / `conv_dw` / `conv_pwl` with
+    /// `bn1..3`, `se.conv_reduce` / `se.conv_expand`, the last stage's `conv` / `bn1`; eps 1e-5.
+    Timm,
+}
+
+/// `(conv, batch norm)` names of one block's convolutions, and its SE's (reduce, expand).
+struct BlockNames {
+    expand: Option<(String, String)>,
+    depthwise: (String, String),
+    se: (String, String),
+    project: (String, String),
+}
+
+impl Keys {
+    fn bn_eps(self) -> f64 {
+        match self {
+            Keys::Torchvision => 0.001,
+            Keys::Timm => 1e-5,
+        }
+    }
+
+    fn stem(self, prefix: &str) -> (String, String) {
+        match self {
+            Keys::Torchvision => (format!("{prefix}0.0"), format!("{prefix}0.1")),
+            Keys::Timm => (format!("{prefix}conv_stem"), format!("{prefix}bn1")),
+        }
+    }
+
+    /// Block `i` of the table; `expands` when it has a 1x1 expansion.
+    fn block(self, prefix: &str, size: Size, i: usize, expands: bool) -> BlockNames {
+        let pair = |p: &str, conv: &str, bn: &str| (format!("{p}.{conv}"), format!("{p}.{bn}"));
+        match self {
+            Keys::Torchvision => {
+                let p = format!("{prefix}{}.block", i + 1);
+                let first = usize::from(expands);
+                let expand = expands.then(|| pair(&p, "0.0", "0.1"));
+                let depthwise = (format!("{p}.{first}.0"), format!("{p}.{first}.1"));
+                let se = (
+                    format!("{p}.{}.fc1", first + 1),
+                    format!("{p}.{}.fc2", first + 1),
+                );
+                // The projection follows the SE where there is one.
+                let uses_se = size.blocks()[i].se;
+                let last = first + 1 + usize::from(uses_se);
+                let project = (format!("{p}.{last}.0"), format!("{p}.{last}.1"));
+                BlockNames {
+                    expand,
+                    depthwise,
+                    se,
+                    project,
+                }
+            }
+            Keys::Timm => {
+                let (stage, index) = size.timm_stage(i);
+                let p = format!("{prefix}blocks.{stage}.{index}");
+                let se = (format!("{p}.se.conv_reduce"), format!("{p}.se.conv_expand"));
+                if expands {
+                    BlockNames {
+                        expand: Some(pair(&p, "conv_pw", "bn1")),
+                        depthwise: pair(&p, "conv_dw", "bn2"),
+                        se,
+                        project: pair(&p, "conv_pwl", "bn3"),
+                    }
+                } else {
+                    BlockNames {
+                        expand: None,
+                        depthwise: pair(&p, "conv_dw", "bn1"),
+                        se,
+                        project: pair(&p, "conv_pw", "bn2"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The final 1x1 convolution to six times the last block's channels.
+    fn head(self, prefix: &str, size: Size) -> (String, String) {
+        match self {
+            Keys::Torchvision => {
+                let i = size.blocks().len() + 1;
+                (format!("{prefix}{i}.0"), format!("{prefix}{i}.1"))
+            }
+            Keys::Timm => {
+                let stage = size.timm_stages().len();
+                let p = format!("{prefix}blocks.{stage}.0");
+                (format!("{p}.conv"), format!("{p}.bn1"))
+            }
         }
     }
 }
@@ -157,6 +275,30 @@ fn make_divisible(v: usize) -> usize {
 struct SqueezeExcitation {
     fc1: Conv,
     fc2: Conv,
+}
+
+impl SqueezeExcitation {
+    /// `names`: the reduce and expand convolutions (both with a bias) over `channels`.
+    fn load(w: &Weights, names: &(String, String), channels: usize) -> Result<Self, ModelError> {
+        let squeeze = make_divisible(channels / 4);
+        let fc = |name: &str, spec: ConvSpec| {
+            let spec = ConvSpec {
+                has_bias: true,
+                ..spec
+            };
+            Conv::load(w, name, None, spec)
+        };
+        Ok(SqueezeExcitation {
+            fc1: fc(
+                &names.0,
+                ConvSpec::new(channels, squeeze, 1, 1).act(Activation::Relu),
+            )?,
+            fc2: fc(
+                &names.1,
+                ConvSpec::new(squeeze, channels, 1, 1).act(Activation::Hardsigmoid),
+            )?,
+        })
+    }
 }
 
 struct InvertedResidual {
@@ -207,34 +349,28 @@ pub(crate) struct MobileNetFeatures {
 }
 
 impl MobileNetV3 {
-    /// Loads `{prefix}0.*` .. `{prefix}{blocks + 1}.*`; `prefix` is e.g. `backbone.` and ends
-    /// with a dot.
+    /// Loads the trunk under `prefix` (e.g. `backbone.`, ending with a dot) with `keys`' names.
     pub(crate) fn load(
         w: &Weights,
-        prefix: &str,
+        (prefix, keys): (&str, Keys),
         size: Size,
         dilated: bool,
     ) -> Result<Self, ModelError> {
-        let conv_bn = |name: String, spec: ConvSpec| {
-            let bn = format!("{name}.1");
-            Conv::load(
-                w,
-                &format!("{name}.0"),
-                Some(BatchNorm {
-                    prefix: &bn,
-                    eps: BN_EPS,
-                }),
-                spec,
-            )
+        let conv_bn = |(conv, bn): (String, String), spec: ConvSpec| {
+            let bn = BatchNorm {
+                prefix: &bn,
+                eps: keys.bn_eps(),
+            };
+            Conv::load(w, &conv, Some(bn), spec)
         };
         let stem = conv_bn(
-            format!("{prefix}0"),
+            keys.stem(prefix),
             ConvSpec::new(3, 16, 3, 2).act(Activation::Hardswish),
         )?;
         let settings = size.blocks();
         let mut blocks = Vec::with_capacity(settings.len());
         for (i, s) in settings.iter().enumerate() {
-            let p = format!("{prefix}{}.block", i + 1);
+            let names = keys.block(prefix, size, i, s.expanded != s.c_in);
             let act = if s.hardswish {
                 Activation::Hardswish
             } else {
@@ -243,21 +379,15 @@ impl MobileNetV3 {
             let dilation = if dilated && s.last_stage { 2 } else { 1 };
             // torchvision drops the stride wherever it dilates.
             let stride = if dilation > 1 { 1 } else { s.stride };
-            let mut j = 0;
-            let mut next = || {
-                j += 1;
-                format!("{p}.{}", j - 1)
-            };
-            let expand = if s.expanded != s.c_in {
-                Some(conv_bn(
-                    next(),
+            let expand = match names.expand {
+                Some(pair) => Some(conv_bn(
+                    pair,
                     ConvSpec::new(s.c_in, s.expanded, 1, 1).act(act),
-                )?)
-            } else {
-                None
+                )?),
+                None => None,
             };
             let depthwise = conv_bn(
-                next(),
+                names.depthwise,
                 ConvSpec {
                     dilation,
                     padding: Padding::symmetric((s.kernel - 1) / 2 * dilation),
@@ -266,34 +396,11 @@ impl MobileNetV3 {
                 .depthwise()
                 .act(act),
             )?;
-            let se = if s.se {
-                let name = next();
-                let squeeze = make_divisible(s.expanded / 4);
-                let fc = |leaf: &str, spec: ConvSpec| {
-                    Conv::load(
-                        w,
-                        &format!("{name}.{leaf}"),
-                        None,
-                        ConvSpec {
-                            has_bias: true,
-                            ..spec
-                        },
-                    )
-                };
-                Some(SqueezeExcitation {
-                    fc1: fc(
-                        "fc1",
-                        ConvSpec::new(s.expanded, squeeze, 1, 1).act(Activation::Relu),
-                    )?,
-                    fc2: fc(
-                        "fc2",
-                        ConvSpec::new(squeeze, s.expanded, 1, 1).act(Activation::Hardsigmoid),
-                    )?,
-                })
-            } else {
-                None
+            let se = match s.se {
+                true => Some(SqueezeExcitation::load(w, &names.se, s.expanded)?),
+                false => None,
             };
-            let project = conv_bn(next(), ConvSpec::new(s.expanded, s.c_out, 1, 1))?;
+            let project = conv_bn(names.project, ConvSpec::new(s.expanded, s.c_out, 1, 1))?;
             blocks.push(InvertedResidual {
                 expand,
                 depthwise,
@@ -304,7 +411,7 @@ impl MobileNetV3 {
         }
         let last = settings.last().map_or(16, |s| s.c_out);
         let head = conv_bn(
-            format!("{prefix}{}", settings.len() + 1),
+            keys.head(prefix, size),
             ConvSpec::new(last, size.head_channels(), 1, 1).act(Activation::Hardswish),
         )?;
         Ok(MobileNetV3 { stem, blocks, head })
@@ -329,19 +436,36 @@ impl MobileNetV3 {
 }
 
 pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
-    let size = match args.name {
-        "mobilenet_v3_small" => Size::Small,
-        _ => Size::Large,
+    let (size, keys) = match args.name {
+        "mobilenet_v3_small" => (Size::Small, Keys::Torchvision),
+        "mobilenetv3_large_100" => (Size::Large, Keys::Timm),
+        "mobilenetv3_small_100" => (Size::Small, Keys::Timm),
+        _ => (Size::Large, Keys::Torchvision),
     };
     let w = args.weights;
-    let trunk = MobileNetV3::load(w, "features.", size, false)?;
-    let hidden = size.hidden_features();
-    let pre_logits = Linear::load(w, "classifier.0", (size.head_channels(), hidden))?;
-    let classifier = Linear::load(w, CLASSIFIER_KEY, (hidden, args.num_classes))?;
+    let (head, hidden) = (size.head_channels(), size.hidden_features());
+    let (trunk, pre_logits, classifier_key) = match keys {
+        Keys::Torchvision => (
+            MobileNetV3::load(w, ("features.", keys), size, false)?,
+            Linear::load(w, "classifier.0", (head, hidden))?,
+            CLASSIFIER_KEY,
+        ),
+        // timm's `conv_head` is the same hidden layer as a 1x1 convolution with a bias.
+        Keys::Timm => {
+            let weight = w.get("conv_head.weight", &[hidden, head, 1, 1])?;
+            let bias = w.get("conv_head.bias", &[hidden])?;
+            (
+                MobileNetV3::load(w, ("", keys), size, false)?,
+                Linear::from_tensors(&weight.reshape((hidden, head))?, bias)?,
+                "classifier",
+            )
+        }
+    };
+    let classifier = Linear::load(w, classifier_key, (hidden, args.num_classes))?;
     Ok(Network {
         backbone: Box::new(Classification { trunk, pre_logits }),
         classifier,
-        classifier_key: CLASSIFIER_KEY,
+        classifier_key,
     })
 }
 

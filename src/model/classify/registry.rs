@@ -38,6 +38,7 @@ mod tests {
             ("mobilenet_v2", "classifier.1"),
             ("mobilenet_v3_large", "classifier.3"),
             ("mobilenet_v3_small", "classifier.3"),
+            ("mobilenetv3_large_100", "classifier"),
             ("densenet121", "classifier"),
             // Synthetic weights have no `_conv_stem.weight`, so this is the timm flavour.
             ("efficientnet_lite0", "classifier"),

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::aspp::{Aspp, Conv3x3, ASPP_CHANNELS};
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
 use super::ops::resize;
-use crate::model::classify::mobilenet_v3::{MobileNetV3, Size, HIGH_CHANNELS};
+use crate::model::classify::mobilenet_v3::{Keys, MobileNetV3, Size, HIGH_CHANNELS};
 use crate::model::classify::resnet::{Dilation, ResNetTrunk};
 use crate::model::error::ModelError;
 use crate::model::layers::{Conv, ConvSpec};
@@ -60,7 +60,12 @@ pub(super) fn build(
     let w = args.weights;
     let (backbone, channels) = match args.name {
         "deeplabv3_mobilenet_v3_large" => (
-            Backbone::MobileNet(MobileNetV3::load(w, "backbone.", Size::Large, true)?),
+            Backbone::MobileNet(MobileNetV3::load(
+                w,
+                ("backbone.", Keys::Torchvision),
+                Size::Large,
+                true,
+            )?),
             HIGH_CHANNELS,
         ),
         name => {

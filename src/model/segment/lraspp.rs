@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
 use super::ops::resize;
 use crate::model::classify::efficientnet_lite::LiteTrunk;
-use crate::model::classify::mobilenet_v3::{MobileNetV3, Size, HIGH_CHANNELS, LOW_CHANNELS};
+use crate::model::classify::mobilenet_v3::{Keys, MobileNetV3, Size, HIGH_CHANNELS, LOW_CHANNELS};
 use crate::model::error::ModelError;
 use crate::model::kernels::Activation;
 use crate::model::layers::scale_channels;
@@ -100,7 +100,7 @@ pub(super) fn build(
 ) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
     let w = args.weights;
     let (trunk, low_channels, high_channels) = if args.name == "lraspp_mobilenet_v3_large" {
-        let net = MobileNetV3::load(w, "backbone.", Size::Large, true)?;
+        let net = MobileNetV3::load(w, ("backbone.", Keys::Torchvision), Size::Large, true)?;
         (Trunk::MobileNet(net), LOW_CHANNELS, HIGH_CHANNELS)
     } else {
         let trunk = LiteTrunk::load_prefixed(w, "backbone.", args.name)?;
