@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod handlers;
 mod invoke;
+mod large;
 mod metrics;
 mod multipart;
 mod openapi;
