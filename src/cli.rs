@@ -197,6 +197,15 @@ pub struct ServeArgs {
     /// Images larger than this many pixels are refused with 413 before decoding.
     #[arg(long, env = "WICK_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
+    /// Segmentation only: PNG and TIFF images over --max-image-pixels, up to this many
+    /// pixels, are read row by row and answered with a label map PNG written row by row (a
+    /// raw image body, `Accept: image/png`); 0 turns this off.
+    #[arg(
+        long,
+        env = "WICK_MAX_STREAMED_IMAGE_PIXELS",
+        default_value_t = 1_000_000_000
+    )]
+    pub max_streamed_image_pixels: u64,
     /// Batch transform mode (`SAGEMAKER_BATCH`, set by SageMaker; any case of true/1).
     #[arg(long, env = "SAGEMAKER_BATCH", default_value = "false")]
     pub batch: String,

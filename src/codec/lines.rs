@@ -3,6 +3,7 @@
 //! base64 string. Lines are read one at a time from the (possibly spooled) body, so a body of
 //! any size is never all in memory; blank lines are not records.
 
+use std::borrow::Cow;
 use std::io::BufRead;
 
 use serde::Deserialize;
@@ -13,10 +14,13 @@ use super::error::CodecError;
 use super::options::RawOptions;
 use super::request::{BodyShape, ParsedRequest, RawImage, Record};
 
+/// A line's object. `inputs` borrows from the line: a record of tens of megabytes of base64
+/// is not copied before it is decoded.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LineObject {
-    inputs: String,
+struct LineObject<'a> {
+    #[serde(borrow)]
+    inputs: Cow<'a, str>,
     #[serde(default)]
     parameters: serde_json::Map<String, Value>,
 }
@@ -26,7 +30,8 @@ pub(super) fn records(reader: Box<dyn BufRead + Send>, first: Option<Vec<u8>>) -
     ParsedRequest {
         records: Box::new(LineRecords {
             reader,
-            pending: first,
+            has_pending: first.is_some(),
+            line: first.unwrap_or_default(),
             index: 0,
             is_done: false,
         }),
@@ -37,16 +42,23 @@ pub(super) fn records(reader: Box<dyn BufRead + Send>, first: Option<Vec<u8>>) -
 
 /// The next line holding more than whitespace, without its line ending; `None` at the end.
 pub(super) fn next_line(reader: &mut dyn BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    Ok(read_line_into(reader, &mut line)?.then_some(line))
+}
+
+/// [`next_line`] into `line` (cleared first), so one buffer serves every line of a body;
+/// `false` at the end.
+fn read_line_into(reader: &mut dyn BufRead, line: &mut Vec<u8>) -> std::io::Result<bool> {
     loop {
-        let mut line = Vec::new();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(None);
+        line.clear();
+        if reader.read_until(b'\n', line)? == 0 {
+            return Ok(false);
         }
         if line.iter().any(|b| !b.is_ascii_whitespace()) {
             while line.last().is_some_and(|b| b.is_ascii_whitespace()) {
                 line.pop();
             }
-            return Ok(Some(line));
+            return Ok(true);
         }
     }
 }
@@ -68,7 +80,10 @@ pub(super) fn only_whitespace_left(reader: &mut dyn BufRead) -> std::io::Result<
 
 struct LineRecords {
     reader: Box<dyn BufRead + Send>,
-    pending: Option<Vec<u8>>,
+    /// The current line; reused, so a body of large records does not allocate one per line.
+    line: Vec<u8>,
+    /// Whether `line` holds a line already read and not yet parsed.
+    has_pending: bool,
     index: usize,
     is_done: bool,
 }
@@ -80,39 +95,47 @@ impl Iterator for LineRecords {
         if self.is_done {
             return None;
         }
-        let line = match self
-            .pending
-            .take()
-            .map(Ok)
-            .or_else(|| next_line(&mut *self.reader).transpose())
-        {
-            Some(Ok(line)) => line,
-            Some(Err(err)) => {
-                self.is_done = true;
-                return Some(Err(CodecError::Spool(err.to_string())));
-            }
-            None => {
+        let has_line = if std::mem::take(&mut self.has_pending) {
+            Ok(true)
+        } else {
+            read_line_into(&mut *self.reader, &mut self.line)
+        };
+        match has_line {
+            Ok(true) => {}
+            Ok(false) => {
                 self.is_done = true;
                 return None;
             }
-        };
+            Err(err) => {
+                self.is_done = true;
+                return Some(Err(CodecError::Spool(err.to_string())));
+            }
+        }
         let index = self.index;
         self.index += 1;
-        Some(parse_line(index, &line))
+        Some(parse_line(index, &self.line))
     }
 }
 
 fn parse_line(index: usize, line: &[u8]) -> Result<Record, CodecError> {
     let invalid = |reason: String| CodecError::InvalidRecord { index, reason };
-    let value: Value = serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
-    let (text, parameters) = match value {
-        Value::String(text) => (text, RawOptions::default()),
-        Value::Object(_) => {
+    // Parsed straight into borrowed text (no `Value` holding a copy of the image): the line
+    // is the only copy of the base64 until it is decoded.
+    let (text, parameters) = match line.first() {
+        Some(b'"') => {
+            let text: Cow<'_, str> =
+                serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
+            (text, RawOptions::default())
+        }
+        Some(b'{') => {
             let object: LineObject =
-                serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+                serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
             (object.inputs, RawOptions::from_json(object.parameters))
         }
-        other => return Err(invalid(format!("a JSON {}", kind(&other)))),
+        _ => {
+            let value: Value = serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
+            return Err(invalid(format!("a JSON {}", kind(&value))));
+        }
     };
     let bytes = decode_base64(&text).map_err(|reason| invalid(format!("`inputs` {reason}")))?;
     Ok(Record {

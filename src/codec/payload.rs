@@ -5,6 +5,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 
+use crate::model::preprocess::rows::SeekRead;
+
 /// A request body, in memory or spooled to disk.
 pub(crate) enum Payload {
     /// The whole body.
@@ -50,6 +52,32 @@ impl Payload {
                     Self::rewound(file)?,
                 )))
             }
+        }
+    }
+
+    /// Runs `look` on the body from its first byte, leaving the payload as it was (a header
+    /// probe before choosing how to read the body).
+    pub(crate) fn peek<T>(
+        &mut self,
+        look: impl FnOnce(&mut dyn SeekRead) -> T,
+    ) -> std::io::Result<T> {
+        match self {
+            Payload::Memory(bytes) => Ok(look(&mut Cursor::new(bytes.as_slice()))),
+            Payload::Spooled { file, .. } => {
+                file.seek(SeekFrom::Start(0))?;
+                Ok(look(&mut BufReader::new(&*file)))
+            }
+        }
+    }
+
+    /// The body as a seekable reader from its first byte (TIFF directories point anywhere).
+    pub(crate) fn into_seek_reader(self) -> std::io::Result<Box<dyn SeekRead>> {
+        match self {
+            Payload::Memory(bytes) => Ok(Box::new(Cursor::new(bytes))),
+            Payload::Spooled { file, .. } => Ok(Box::new(BufReader::with_capacity(
+                1 << 20,
+                Self::rewound(file)?,
+            ))),
         }
     }
 

@@ -34,7 +34,7 @@ impl Answer<'_> {
         match format {
             ResponseFormat::Json | ResponseFormat::JsonLines => Ok(to_json(&self.json()?)),
             ResponseFormat::Png | ResponseFormat::Jpeg => self.picture(format),
-            ResponseFormat::Npy => Ok(self.npy()),
+            ResponseFormat::Npy => self.npy(),
         }
     }
 
@@ -44,6 +44,7 @@ impl Answer<'_> {
             Output::Classes(classes) => Ok(json!(classes)),
             Output::Segmentation(map) => self.segmentation_json(map),
             Output::Detections(boxes) => Ok(self.detection_json(boxes)),
+            Output::Streamed { .. } => Err(streamed("json")),
         }
     }
 
@@ -64,8 +65,8 @@ impl Answer<'_> {
     /// The `.npy` answer: scores `(1, classes)` float32, the label map `(h, w)` uint8 (class
     /// indices; 0/1 for a binary model), or boxes `(k, 6)` float32 rows `[class, score, xmin,
     /// ymin, xmax, ymax]` in pixels (fractions of the image with `format=sagemaker`).
-    pub(crate) fn npy(&self) -> Vec<u8> {
-        match self.output {
+    pub(crate) fn npy(&self) -> Result<Vec<u8>, RenderError> {
+        Ok(match self.output {
             Output::Classes(_) => {
                 npy::encode_f32(&[1, self.labels.len()], &self.scores_in_label_order())
             }
@@ -76,7 +77,8 @@ impl Answer<'_> {
                 let rows = self.detection_rows(boxes);
                 npy::encode_f32(&[rows.len(), 6], &rows.concat())
             }
-        }
+            Output::Streamed { .. } => return Err(streamed("npy")),
+        })
     }
 
     fn segmentation_json(&self, map: &LabelMap) -> Result<Value, RenderError> {
@@ -192,7 +194,16 @@ impl Answer<'_> {
                 format: "image",
                 reason: "a classification has no image answer".into(),
             }),
+            Output::Streamed { .. } => Err(streamed("image")),
         }
+    }
+}
+
+/// A streamed label map was written as it was computed; there is nothing left to encode.
+fn streamed(format: &'static str) -> RenderError {
+    RenderError {
+        format,
+        reason: "a streamed label map is answered as it is computed".into(),
     }
 }
 

@@ -37,6 +37,9 @@ pub enum ModelError {
         /// The value given.
         value: String,
     },
+    /// Writing an answer as it was computed (a streamed label map) failed.
+    #[error("writing the answer: {0}")]
+    Output(#[from] std::io::Error),
     /// A tensor operation failed (shapes that do not fit together, an input too small).
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),

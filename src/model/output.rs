@@ -71,6 +71,14 @@ pub enum Output {
     Segmentation(LabelMap),
     /// Object detection: boxes sorted by score, best first.
     Detections(Vec<Detection>),
+    /// Semantic segmentation of an [`Input::Streamed`](super::task::Input) image: the label
+    /// map went to the input's sink as it was computed.
+    Streamed {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
 }
 
 /// A class index per pixel, row-major, at the size of the image that was segmented.

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub(crate) mod rows;
 
 use candle_core::{Device, Tensor};
 use fast_image_resize::{self as fr, ResizeAlg, ResizeOptions};

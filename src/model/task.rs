@@ -14,6 +14,7 @@ use super::output::{DetectOptions, Output, ScoreFunction};
 use super::package::{Package, Task};
 use super::preprocess::{preprocess, to_batch};
 use super::segment::segmenter::Segmenter;
+use super::segment::streamed::StreamedImage;
 
 /// An image made ready for [`Model::predict`].
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ pub enum Input {
     /// and maps its answer back to this image's pixels. Shared so a caller can keep it for an
     /// overlay.
     Image(Arc<RgbImage>),
+    /// Segmentation of an image too large to decode whole: read row by row, its label map
+    /// written row by row to the image's sink (the answer is [`Output::Streamed`]).
+    Streamed(Arc<StreamedImage>),
 }
 
 /// Per-image settings of a request; each task reads the ones that concern it.
@@ -118,10 +122,15 @@ impl Model {
             // every core busy.
             Model::Segmenter(s) => batch
                 .iter()
-                .map(|(input, options)| {
-                    Ok(Output::Segmentation(
+                .map(|(input, options)| match input {
+                    Input::Streamed(image) => {
+                        s.segment_streamed(image, options.mask_threshold)?;
+                        let (width, height) = image.dimensions();
+                        Ok(Output::Streamed { width, height })
+                    }
+                    _ => Ok(Output::Segmentation(
                         s.segment(image_of(input)?, options.mask_threshold)?,
-                    ))
+                    )),
                 })
                 .collect(),
             Model::Detector(d) => batch
@@ -151,6 +160,9 @@ fn image_of(input: &Input) -> Result<&RgbImage, ModelError> {
         Input::Tensor(_) => Err(ModelError::Unsupported(
             "segmentation and detection take images, not prepared tensors".into(),
         )),
+        Input::Streamed(_) => Err(ModelError::Unsupported(
+            "only segmentation reads images row by row".into(),
+        )),
     }
 }
 
@@ -164,7 +176,7 @@ fn classify(
         .iter()
         .map(|(input, _)| match input {
             Input::Tensor(t) => Ok(t.as_slice()),
-            Input::Image(_) => Err(ModelError::Unsupported(
+            Input::Image(_) | Input::Streamed(_) => Err(ModelError::Unsupported(
                 "a classifier needs prepared tensors, not images".into(),
             )),
         })

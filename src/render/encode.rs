@@ -2,10 +2,12 @@
 //! with the VOC palette), pictures as PNG or JPEG.
 
 use std::io::Cursor;
+use std::sync::{Arc, Mutex};
 
 use image::RgbImage;
 
 use super::palette::voc_palette;
+use crate::model::segment::streamed::LabelRows;
 use crate::model::LabelMap;
 
 /// An encoder failure (only a bug or an out-of-memory can cause one).
@@ -74,6 +76,91 @@ pub(crate) fn encode_jpeg(image: &RgbImage) -> Result<Vec<u8>, RenderError> {
     Ok(out.into_inner())
 }
 
+/// A label map PNG written a row at a time as the segmenter produces it, so a map of
+/// hundreds of megapixels never exists whole: only its compressed bytes do. Same pixels as
+/// [`label_map_png`].
+pub(crate) struct LabelMapPngStream {
+    writer: png::StreamWriter<'static, SharedBytes>,
+    bytes: SharedBytes,
+    is_binary: bool,
+    row: Vec<u8>,
+}
+
+/// The PNG's bytes, shared between the encoder (writing) and [`LabelMapPngStream::finish`].
+#[derive(Clone, Default)]
+struct SharedBytes(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBytes {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LabelMapPngStream {
+    /// A `width x height` label map; see [`label_map_png`] for `is_binary` and `voc_palette`.
+    pub(crate) fn new(
+        width: u32,
+        height: u32,
+        is_binary: bool,
+        voc_palette_colors: bool,
+    ) -> Result<Self, RenderError> {
+        let bytes = SharedBytes::default();
+        let mut encoder = png::Encoder::new(bytes.clone(), width, height);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        if voc_palette_colors {
+            encoder.set_color(png::ColorType::Indexed);
+            encoder.set_palette(voc_palette().iter().flatten().copied().collect::<Vec<u8>>());
+        } else {
+            encoder.set_color(png::ColorType::Grayscale);
+        }
+        let writer = encoder
+            .write_header()
+            .and_then(png::Writer::into_stream_writer)
+            .map_err(png_error)?;
+        Ok(LabelMapPngStream {
+            writer,
+            bytes,
+            is_binary: is_binary && !voc_palette_colors,
+            row: Vec::with_capacity(width as usize),
+        })
+    }
+}
+
+impl LabelRows for LabelMapPngStream {
+    fn write_row(&mut self, classes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if !self.is_binary {
+            return self.writer.write_all(classes);
+        }
+        self.row.clear();
+        self.row
+            .extend(classes.iter().map(|&c| if c > 0 { 255 } else { 0 }));
+        self.writer.write_all(&self.row)
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<u8>> {
+        let LabelMapPngStream { writer, bytes, .. } = *self;
+        writer.finish().map_err(std::io::Error::other)?;
+        let mut shared = bytes.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(std::mem::take(&mut *shared))
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // a `map_err` adapter
+fn png_error(err: png::EncodingError) -> RenderError {
+    RenderError {
+        format: "PNG",
+        reason: err.to_string(),
+    }
+}
+
 fn write_png(
     width: u32,
     height: u32,
@@ -97,13 +184,9 @@ fn write_png(
 }
 
 fn finish<W: std::io::Write>(encoder: png::Encoder<'_, W>, data: &[u8]) -> Result<(), RenderError> {
-    let fail = |e: png::EncodingError| RenderError {
-        format: "PNG",
-        reason: e.to_string(),
-    };
-    let mut writer = encoder.write_header().map_err(fail)?;
-    writer.write_image_data(data).map_err(fail)?;
-    writer.finish().map_err(fail)
+    let mut writer = encoder.write_header().map_err(png_error)?;
+    writer.write_image_data(data).map_err(png_error)?;
+    writer.finish().map_err(png_error)
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ pub(crate) mod plot;
 mod rle;
 
 pub(crate) use boxes::draw_detections;
-pub(crate) use encode::{class_mask_png, encode_jpeg, encode_png, label_map_png, RenderError};
+pub(crate) use encode::{
+    class_mask_png, encode_jpeg, encode_png, label_map_png, LabelMapPngStream, RenderError,
+};
 pub(crate) use overlay::overlay_mask;
 pub(crate) use overlay::training_overlay;
 pub use palette::{class_color, voc_palette};

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub(crate) default_top_k: usize,
     /// Decompression-bomb guard.
     pub(crate) max_image_pixels: u64,
+    /// Segmentation: PNG/TIFF images over `max_image_pixels` and up to this are streamed.
+    pub(crate) max_streamed_image_pixels: u64,
     /// Whether SageMaker batch transform runs this container.
     pub(crate) is_batch: bool,
     /// `BatchStrategy` for /execution-parameters.
@@ -210,6 +212,7 @@ impl ServeConfig {
             max_batch_size: args.max_batch_size,
             default_top_k: args.default_top_k,
             max_image_pixels: args.max_image_pixels,
+            max_streamed_image_pixels: args.max_streamed_image_pixels,
             is_batch,
             batch_strategy,
             max_concurrent_transforms,

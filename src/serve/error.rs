@@ -24,6 +24,31 @@ pub(crate) enum ApiError {
     /// An image does not decode or is too large.
     #[error(transparent)]
     Image(#[from] PreprocessError),
+    /// A segmentation image over `--max-image-pixels` that is also over the streamed limit
+    /// (or streaming is off).
+    #[error("image is {width}x{height} = {pixels} pixels; the limit is {max_image_pixels} (WICK_MAX_IMAGE_PIXELS), and {max_streamed_image_pixels} for PNG and TIFF images segmented row by row (WICK_MAX_STREAMED_IMAGE_PIXELS)")]
+    ImageTooLargeToStream {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// `width * height`.
+        pixels: u64,
+        /// The in-memory limit.
+        max_image_pixels: u64,
+        /// The streamed limit.
+        max_streamed_image_pixels: u64,
+    },
+    /// A streamed image's answer was asked in a format that would hold every pixel in memory.
+    #[error("a {width}x{height} image is over WICK_MAX_IMAGE_PIXELS and is segmented row by row, so its answer can only be the label map PNG (Accept: image/png, without output=overlay); {asked} would hold every pixel in memory")]
+    StreamedAnswerFormat {
+        /// Image width.
+        width: u32,
+        /// Image height.
+        height: u32,
+        /// What was asked.
+        asked: &'static str,
+    },
     /// The body exceeds the payload limit.
     #[error("the request body exceeds the payload limit of {limit_bytes} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB={limit_mb})")]
     PayloadTooLarge {
@@ -145,7 +170,9 @@ impl ApiError {
                 | MultipartError::NotText { .. } => (StatusCode::BAD_REQUEST, "validation"),
             },
             ApiError::Image(err) => match err {
-                PreprocessError::TooManyPixels { .. } | PreprocessError::LimitExceeded { .. } => {
+                PreprocessError::TooManyPixels { .. }
+                | PreprocessError::LimitExceeded { .. }
+                | PreprocessError::NotStreamable { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
                 }
                 PreprocessError::InvalidConfig { .. } | PreprocessError::Resize(_) => {
@@ -155,8 +182,15 @@ impl ApiError {
                 | PreprocessError::UnsupportedFormat { .. }
                 | PreprocessError::UnsupportedFeature { .. }
                 | PreprocessError::Corrupt { .. }
+                | PreprocessError::StreamCorrupt { .. }
                 | PreprocessError::NoPixels { .. } => (StatusCode::BAD_REQUEST, "invalid_image"),
             },
+            ApiError::ImageTooLargeToStream { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
+            }
+            ApiError::StreamedAnswerFormat { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "response_too_large")
+            }
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::body::{read_body, BodyLimits};
 use super::engine::{EngineError, Predictor};
 use super::error::ApiError;
+use super::large;
 use super::metrics::StageTimes;
 use super::multipart;
 use super::state::AppState;
@@ -121,6 +122,14 @@ pub(super) async fn handle(
     )?;
     let record_errors = attributes.record_errors()?.unwrap_or(config.record_errors);
     let max_pixels = config.max_image_pixels;
+    let mut payload = payload;
+    if boundary.is_none() && request_format == RequestFormat::Image && task == Task::Segmentation {
+        let (body, oversized) = large::oversized(payload, max_pixels).await?;
+        if let Some(image) = oversized {
+            return large::answer(state, body, &image, format, &attributes, timings).await;
+        }
+        payload = body;
+    }
     let span = tracing::Span::current();
     let parsed = match boundary {
         // A form's parts are split in memory (a spooled form is read back first).
@@ -276,7 +285,7 @@ fn prepare_window(
         let input = predictor.prepare(image).map_err(model_error)?;
         let image = match &input {
             Input::Image(image) => Some(Arc::clone(image)),
-            Input::Tensor(_) => None,
+            Input::Tensor(_) | Input::Streamed(_) => None,
         };
         Ok(Prepared {
             input,

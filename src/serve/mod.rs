@@ -2,6 +2,7 @@
 //! model on a blocking thread while `/ping` answers 503, then serves `/invocations` until
 //! SIGTERM or SIGINT, after which it finishes the requests that have arrived and exits 0.
 
+mod allocator;
 mod body;
 mod card;
 mod compat;
@@ -10,6 +11,7 @@ mod engine;
 mod error;
 mod handlers;
 mod invoke;
+mod large;
 mod metrics;
 mod multipart;
 mod openapi;
@@ -38,6 +40,7 @@ use server::{serve_connections, HttpLimits};
 /// Runs the server until a shutdown signal (exit 0) or a model that fails to load (exit 1).
 pub fn run(args: &ServeArgs) -> Result<ExitCode> {
     let config = ServeConfig::from_args(args)?;
+    allocator::limit_arenas();
     // HTTP work is light (decoding runs on the blocking pool, inference on its own threads):
     // two I/O threads keep /ping answering while every core computes.
     let runtime = tokio::runtime::Builder::new_multi_thread()

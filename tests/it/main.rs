@@ -19,6 +19,7 @@ mod segmentation;
 mod segmentation_pipeline;
 mod serve_clients;
 mod serve_hostile;
+mod serve_large;
 mod serve_observe;
 mod serve_process;
 mod serve_records;

@@ -67,6 +67,24 @@ pub enum PreprocessError {
         /// Image height.
         height: u32,
     },
+    /// A large image read row by row is damaged or truncated.
+    #[error("corrupt or truncated {format} image: {reason}")]
+    StreamCorrupt {
+        /// Detected format name.
+        format: &'static str,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// An image over the in-memory limit that cannot be read row by row either.
+    #[error(
+        "this {format} image is over --max-image-pixels and cannot be read row by row: {reason}"
+    )]
+    NotStreamable {
+        /// Detected format name.
+        format: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// A [`PreprocessConfig`](super::PreprocessConfig) field is out of range.
     #[error("invalid preprocessing config: {field} = {value}: {reason}")]
     InvalidConfig {

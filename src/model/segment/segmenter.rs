@@ -9,14 +9,13 @@ use std::time::Instant;
 use candle_core::Tensor;
 use fast_image_resize::{self as fr, FilterType, ResizeAlg, ResizeOptions};
 use image::RgbImage;
-use rayon::prelude::*;
 
 use super::config::{self, SegmentationConfig};
 use super::network::{SegmentationArgs, SegmentationNetwork};
 use super::registry;
-use super::tiling::{run_tiled, TileSettings};
+use super::streamed::{downscale, upsample_labels, RowWindow, StreamedImage};
+use super::tiling::{run_tiled, TileSettings, WholeImage, TILE_ALIGN};
 use crate::model::error::ModelError;
-use crate::model::kernels::ResizeAxis;
 use crate::model::layers::to_nhwc;
 use crate::model::output::LabelMap;
 use crate::model::package::{Package, PackageError, Task};
@@ -132,68 +131,34 @@ impl Segmenter {
         image: &RgbImage,
         threshold: Option<f32>,
     ) -> Result<LabelMap, ModelError> {
-        let threshold = match threshold {
-            Some(t) => config::check_threshold("threshold", t)?,
-            None => self.config.threshold,
-        };
         let (width, height) = image.dimensions();
         if width == 0 || height == 0 {
             return Err(PreprocessError::NoPixels { width, height }.into());
         }
         let working = self.working_image(image)?;
-        let channels = self.network.out_channels();
-        // sigmoid(x) > t  <=>  x > ln(t / (1 - t)): no exp per pixel.
-        let logit_threshold = (threshold / (1.0 - threshold)).ln();
-        let label = |px: &[f32]| -> u8 {
-            if channels == 1 {
-                u8::from(px[0] > logit_threshold)
-            } else {
-                argmax(px) as u8
-            }
-        };
-        let settings = TileSettings {
-            tile_size: self.config.tile_size,
-            tile_overlap: self.config.tile_overlap,
-            mean: self.config.mean,
-            std: self.config.std,
-        };
+        let labeler = self.labeler(threshold)?;
         let (w, h) = (width as usize, height as usize);
         let mut classes = vec![0u8; w * h];
         if working.dimensions() == image.dimensions() {
-            run_tiled(self.network.as_ref(), &working, &settings, &mut |y, row| {
-                for (x, px) in row.chunks_exact(channels).enumerate() {
-                    classes[y * w + x] = label(px);
-                }
-            })?;
-        } else {
-            // The working image is small by construction (its shorter side is configured), so
-            // its logits fit in memory; the full-size logits never exist: each output pixel
-            // interpolates its four neighbours and is labelled at once.
-            let (ww, wh) = (working.width() as usize, working.height() as usize);
-            let mut logits = vec![0.0f32; ww * wh * channels];
-            run_tiled(self.network.as_ref(), &working, &settings, &mut |y, row| {
-                logits[y * ww * channels..][..ww * channels].copy_from_slice(row);
-            })?;
-            let rows = ResizeAxis::plan(wh, h, false);
-            let cols = ResizeAxis::plan(ww, w, false);
-            classes
-                .par_chunks_mut(w)
-                .zip(rows.par_iter())
-                .for_each(|(out, ry)| {
-                    let mut px = vec![0.0f32; channels];
-                    let top = &logits[ry.i0 * ww * channels..][..ww * channels];
-                    let bottom = &logits[ry.i1 * ww * channels..][..ww * channels];
-                    for (o, rx) in out.iter_mut().zip(&cols) {
-                        for (k, v) in px.iter_mut().enumerate() {
-                            let upper = rx.w0 * top[rx.i0 * channels + k]
-                                + rx.w1 * top[rx.i1 * channels + k];
-                            let lower = rx.w0 * bottom[rx.i0 * channels + k]
-                                + rx.w1 * bottom[rx.i1 * channels + k];
-                            *v = ry.w0 * upper + ry.w1 * lower;
-                        }
-                        *o = label(&px);
+            let channels = self.network.out_channels();
+            run_tiled(
+                self.network.as_ref(),
+                &mut WholeImage(&working),
+                &self.tile_settings(),
+                &mut |y, row| {
+                    for (x, px) in row.chunks_exact(channels).enumerate() {
+                        classes[y * w + x] = labeler.label(px);
                     }
-                });
+                    Ok(())
+                },
+            )?;
+        } else {
+            let logits = self.working_logits(&working)?;
+            let working_size = (working.width() as usize, working.height() as usize);
+            upsample_labels(&logits, working_size, (w, h), &labeler, &mut |y, row| {
+                classes[y * w..][..w].copy_from_slice(row);
+                Ok(())
+            })?;
         }
         Ok(LabelMap {
             width,
@@ -202,24 +167,95 @@ impl Segmenter {
         })
     }
 
+    /// Segments an image read row by row and writes its label map row by row: memory holds
+    /// one tile row of pixels and logits (full resolution), or the working image and its
+    /// logits (`resize_shorter_side`), never the whole image or map.
+    pub(crate) fn segment_streamed(
+        &self,
+        image: &StreamedImage,
+        threshold: Option<f32>,
+    ) -> Result<(), ModelError> {
+        let labeler = self.labeler(threshold)?;
+        let (width, height) = image.dimensions();
+        let (w, h) = (width as usize, height as usize);
+        let mut rows = image.take_rows()?;
+        let mut sink = image.sink()?;
+        let working = working_size(width, height, self.config.resize_shorter_side);
+        if working == (width, height) {
+            let channels = self.network.out_channels();
+            let mut labels = vec![0u8; w];
+            let mut window = RowWindow::new(&mut *rows, self.config.tile_size + TILE_ALIGN);
+            return run_tiled(
+                self.network.as_ref(),
+                &mut window,
+                &self.tile_settings(),
+                &mut |_, row| {
+                    for (label, px) in labels.iter_mut().zip(row.chunks_exact(channels)) {
+                        *label = labeler.label(px);
+                    }
+                    sink.write_row(&labels).map_err(ModelError::from)
+                },
+            );
+        }
+        let working = downscale(&mut *rows, working)?;
+        let logits = self.working_logits(&working)?;
+        let working_size = (working.width() as usize, working.height() as usize);
+        upsample_labels(&logits, working_size, (w, h), &labeler, &mut |_, row| {
+            sink.write_row(row).map_err(ModelError::from)
+        })
+    }
+
+    /// How logits become classes: argmax, or a binary model's threshold (`threshold`
+    /// overrides the package's).
+    fn labeler(&self, threshold: Option<f32>) -> Result<Labeler, ModelError> {
+        let threshold = match threshold {
+            Some(t) => config::check_threshold("threshold", t)?,
+            None => self.config.threshold,
+        };
+        Ok(Labeler {
+            channels: self.network.out_channels(),
+            // sigmoid(x) > t  <=>  x > ln(t / (1 - t)): no exp per pixel.
+            logit_threshold: (threshold / (1.0 - threshold)).ln(),
+        })
+    }
+
+    fn tile_settings(&self) -> TileSettings {
+        TileSettings {
+            tile_size: self.config.tile_size,
+            tile_overlap: self.config.tile_overlap,
+            mean: self.config.mean,
+            std: self.config.std,
+        }
+    }
+
+    /// The logits of a (small) working image, all in memory.
+    fn working_logits(&self, working: &RgbImage) -> Result<Vec<f32>, ModelError> {
+        let (ww, wh) = (working.width() as usize, working.height() as usize);
+        let channels = self.network.out_channels();
+        let mut logits = vec![0.0f32; ww * wh * channels];
+        run_tiled(
+            self.network.as_ref(),
+            &mut WholeImage(working),
+            &self.tile_settings(),
+            &mut |y, row| {
+                logits[y * ww * channels..][..ww * channels].copy_from_slice(row);
+                Ok(())
+            },
+        )?;
+        Ok(logits)
+    }
+
     /// The image the network sees: the original, or resized (bilinear, antialiased like PIL)
     /// so its shorter side is `resize_shorter_side`.
     fn working_image<'a>(&self, image: &'a RgbImage) -> Result<Cow<'a, RgbImage>, ModelError> {
-        let Some(side) = self.config.resize_shorter_side else {
-            return Ok(Cow::Borrowed(image));
-        };
-        let (w, h) = (u64::from(image.width()), u64::from(image.height()));
-        let short = w.min(h);
-        if short == side as u64 {
+        let (new_w, new_h) = working_size(
+            image.width(),
+            image.height(),
+            self.config.resize_shorter_side,
+        );
+        if (new_w, new_h) == image.dimensions() {
             return Ok(Cow::Borrowed(image));
         }
-        // torchvision `Resize(int)`: the longer side is truncated, as in classification.
-        let long = ((side as u64 * w.max(h)) as f64 / short as f64).max(1.0) as u32;
-        let (new_w, new_h) = if w <= h {
-            (side as u32, long)
-        } else {
-            (long, side as u32)
-        };
         let mut dst = fr::images::Image::new(new_w, new_h, fr::PixelType::U8x3);
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         fr::Resizer::new()
@@ -228,6 +264,45 @@ impl Segmenter {
         let resized = RgbImage::from_raw(new_w, new_h, dst.into_vec())
             .ok_or_else(|| ModelError::Unsupported("resized image buffer size".into()))?;
         Ok(Cow::Owned(resized))
+    }
+}
+
+/// The size the network sees: the image's own, or (`resize_shorter_side`) the shorter side
+/// set to `side` and the longer one scaled and truncated, as torchvision's `Resize(int)`.
+pub(crate) fn working_size(width: u32, height: u32, side: Option<usize>) -> (u32, u32) {
+    let Some(side) = side else {
+        return (width, height);
+    };
+    let (w, h) = (u64::from(width), u64::from(height));
+    let short = w.min(h);
+    if short == side as u64 {
+        return (width, height);
+    }
+    let long = ((side as u64 * w.max(h)) as f64 / short as f64).max(1.0) as u32;
+    if w <= h {
+        (side as u32, long)
+    } else {
+        (long, side as u32)
+    }
+}
+
+/// Turns one pixel's logits into its class.
+pub(crate) struct Labeler {
+    channels: usize,
+    logit_threshold: f32,
+}
+
+impl Labeler {
+    pub(crate) fn label(&self, px: &[f32]) -> u8 {
+        if self.channels == 1 {
+            u8::from(px[0] > self.logit_threshold)
+        } else {
+            argmax(px) as u8
+        }
+    }
+
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
     }
 }
 

@@ -13,6 +13,31 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 
 use super::network::SegmentationNetwork;
+use crate::model::error::ModelError;
+
+/// Where tiles read their pixels: 8-bit RGB rows, asked for top to bottom, so a source can be
+/// an image in memory or one decoded as the tiles move down ([`super::streamed`]).
+pub(crate) trait PixelRows {
+    /// `(width, height)` in pixels.
+    fn dimensions(&self) -> (usize, usize);
+    /// Rows `y0 .. y0 + rows` as `rows * width * 3` bytes. Neither `y0` nor `y0 + rows` ever
+    /// moves up between calls.
+    fn band(&mut self, y0: usize, rows: usize) -> Result<&[u8], ModelError>;
+}
+
+/// An image already in memory.
+pub(crate) struct WholeImage<'a>(pub(crate) &'a RgbImage);
+
+impl PixelRows for WholeImage<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.0.width() as usize, self.0.height() as usize)
+    }
+
+    fn band(&mut self, y0: usize, rows: usize) -> Result<&[u8], ModelError> {
+        let row_len = self.0.width() as usize * 3;
+        Ok(&self.0.as_raw()[y0 * row_len..(y0 + rows) * row_len])
+    }
+}
 
 /// Smallest side a tile is padded to: tiny images would otherwise shrink below one pixel of
 /// feature map in the stride-16 backbones.
@@ -76,15 +101,19 @@ pub(crate) struct TileSettings {
     pub(crate) std: [f32; 3],
 }
 
+/// Where finished rows of blended logits go: `(y, width * channels values)`, top to bottom.
+pub(crate) type LogitRowSink<'a> = dyn FnMut(usize, &[f32]) -> Result<(), ModelError> + 'a;
+
 /// Runs `network` over `image` tile by tile and hands every finished row of blended logits
-/// (`width * channels` values, channels innermost) to `sink`, top to bottom.
+/// (`width * channels` values, channels innermost) to `sink`, top to bottom. Memory: one tile
+/// row of pixels (`image` decides) and of logits (`tile_h * width * (channels + 1)` floats).
 pub(crate) fn run_tiled(
     network: &dyn SegmentationNetwork,
-    image: &RgbImage,
+    image: &mut dyn PixelRows,
     settings: &TileSettings,
-    sink: &mut dyn FnMut(usize, &[f32]),
-) -> candle_core::Result<()> {
-    let (width, height) = (image.width() as usize, image.height() as usize);
+    sink: &mut LogitRowSink<'_>,
+) -> Result<(), ModelError> {
+    let (width, height) = image.dimensions();
     let channels = network.out_channels();
     let (tile, overlap) = (settings.tile_size, settings.tile_overlap);
     let ys = tile_spans(height, tile, overlap);
@@ -105,12 +134,13 @@ pub(crate) fn run_tiled(
             (top, y0),
             (width, channels),
             sink,
-        );
+        )?;
         top = y0;
         let wy = ramp(th, overlap, row > 0, row + 1 < ys.len());
         for (col, &(x0, tw)) in xs.iter().enumerate() {
             let wx = ramp(tw, overlap, col > 0, col + 1 < xs.len());
-            let out = run_tile(network, image, (x0, y0, tw, th), &lut)?;
+            let band = image.band(y0, th)?;
+            let out = run_tile(network, band, width, (x0, tw, th), &lut)?;
             for ty in 0..th {
                 let acc_row = (y0 + ty - top) * width;
                 for tx in 0..tw {
@@ -132,8 +162,7 @@ pub(crate) fn run_tiled(
         (top, height),
         (width, channels),
         sink,
-    );
-    Ok(())
+    )
 }
 
 /// Emits rows `from..to` (image coordinates; the buffers start at `from`), normalised by their
@@ -143,11 +172,11 @@ fn flush(
     weights: &mut [f32],
     (from, to): (usize, usize),
     (width, channels): (usize, usize),
-    sink: &mut dyn FnMut(usize, &[f32]),
-) {
+    sink: &mut LogitRowSink<'_>,
+) -> Result<(), ModelError> {
     let done = to - from;
     if done == 0 {
-        return;
+        return Ok(());
     }
     let row_len = width * channels;
     for r in 0..done {
@@ -159,7 +188,7 @@ fn flush(
             // Every pixel is covered by at least one tile, whose weights are positive.
             px.iter_mut().for_each(|v| *v /= w);
         }
-        sink(from + r, row);
+        sink(from + r, row)?;
     }
     logits.copy_within(done * row_len.., 0);
     let kept = logits.len() - done * row_len;
@@ -167,14 +196,16 @@ fn flush(
     weights.copy_within(done * width.., 0);
     let kept = weights.len() - done * width;
     weights[kept..].fill(0.0);
+    Ok(())
 }
 
-/// Cuts the `tw x th` tile at `(x0, y0)`, pads, normalises and runs it; returns its
-/// `th * tw * channels` logits.
+/// Cuts the `tw x th` tile at column `x0` of `band` (the tile's rows, `width` pixels each),
+/// pads, normalises and runs it; returns its `th * tw * channels` logits.
 fn run_tile(
     network: &dyn SegmentationNetwork,
-    image: &RgbImage,
-    (x0, y0, tw, th): (usize, usize, usize, usize),
+    band: &[u8],
+    width: usize,
+    (x0, tw, th): (usize, usize, usize),
     lut: &[[f32; 256]; 3],
 ) -> candle_core::Result<Vec<f32>> {
     let multiple = network.size_multiple().max(1);
@@ -182,10 +213,9 @@ fn run_tile(
     let (ph, pw) = (pad(th), pad(tw));
     let mut input = Vec::with_capacity(ph * pw * 3);
     for y in 0..ph {
-        let sy = (y0 + y.min(th - 1)) as u32;
+        let row = &band[y.min(th - 1) * width * 3..][..width * 3];
         for x in 0..pw {
-            let sx = (x0 + x.min(tw - 1)) as u32;
-            let px = image.get_pixel(sx, sy).0;
+            let px = &row[(x0 + x.min(tw - 1)) * 3..][..3];
             input.extend((0..3).map(|c| lut[c][usize::from(px[c])]));
         }
     }
@@ -288,10 +318,11 @@ mod tests {
         };
         let mut rows = Vec::new();
         let mut next = 0;
-        run_tiled(network, image, &settings, &mut |y, row| {
+        run_tiled(network, &mut WholeImage(image), &settings, &mut |y, row| {
             assert_eq!(y, next, "rows arrive in order, once each");
             next += 1;
             rows.extend_from_slice(row);
+            Ok(())
         })
         .unwrap();
         assert_eq!(next, image.height() as usize);
