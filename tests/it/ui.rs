@@ -250,6 +250,20 @@ fn chelsea_jpeg() -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// `WICK_UI=false` in the environment (as a container would set it) turns off the page and
+/// the API description of the real server; the SageMaker routes stay.
+#[test]
+fn the_wick_ui_variable_turns_the_page_off_in_the_real_server() -> Result<()> {
+    let server = Server::start(&lite0_package()?, &[("WICK_UI", "false")])?;
+    server.wait_ready()?;
+    for path in ["/", "/openapi.json", "/ui/page.js"] {
+        let reply = request(server.addr, "GET", path, &[], &[])?;
+        assert_eq!(reply.status, 404, "{path}");
+    }
+    assert_eq!(request(server.addr, "GET", "/ping", &[], &[])?.status, 200);
+    Ok(())
+}
+
 #[test]
 fn the_page_shows_lite0s_imagenet_label_for_the_real_photo() -> Result<()> {
     let server = ready_server(&lite0_package()?)?;
