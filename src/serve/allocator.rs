@@ -3,12 +3,11 @@
 //! arena for that arena's later use. A request's large buffers (a 13 MB JSON line, a 10 MB
 //! decoded image) are allocated on whichever HTTP, blocking-pool or rayon thread handles them,
 //! so each arena grows to its own high-water mark and peak RSS becomes the sum of those marks
-//! rather than the memory actually in use. Two arenas bound that without `malloc_trim`: the 1 GB
-//! request of `tests/it/serve_records.rs` peaks at 223-263 MB RSS with glibc's default and at
-//! 130-135 MB with two. `MALLOC_ARENA_MAX` in the environment (read by glibc itself) wins.
+//! rather than the memory actually in use. Two arenas bound that without `malloc_trim` (the
+//! 1 GB request of `tests/it/serve_records.rs` and the serving comparison with two arenas:
+//! `docs/performance.md`). `MALLOC_ARENA_MAX` in the environment (read by glibc itself) wins.
 
-/// Arenas the server's threads share. Allocation is a small part of inference (a few hundred
-/// tensors per forward pass, most from the per-thread cache), so two do not slow it down.
+/// Arenas the server's threads share: one per core of the machines wick is measured on.
 const ARENAS: i32 = 2;
 
 /// Limits the arenas, unless `MALLOC_ARENA_MAX` is set; called before the runtime's threads

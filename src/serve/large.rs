@@ -35,10 +35,10 @@ pub(super) struct Oversized {
 /// (the caller then answers with [`answer`]), `None` for anything else. The payload comes back
 /// either way.
 pub(super) async fn oversized(
-    mut payload: Payload,
+    payload: Payload,
     max_pixels: u64,
 ) -> Result<(Payload, Option<Oversized>), ApiError> {
-    tokio::task::spawn_blocking(move || {
+    let look = move |mut payload: Payload| {
         let found = payload
             .peek(probe)
             .map_err(|e| ApiError::Internal(format!("reading the spooled body: {e}")))?;
@@ -50,9 +50,15 @@ pub(super) async fn oversized(
                 height,
             });
         Ok((payload, oversized))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("probing task failed: {e}")))?
+    };
+    // A body in memory is probed in place (a few header bytes); only a spooled one reads the
+    // disk, which belongs on the blocking pool.
+    if matches!(payload, Payload::Memory(_)) {
+        return look(payload);
+    }
+    tokio::task::spawn_blocking(move || look(payload))
+        .await
+        .map_err(|e| ApiError::Internal(format!("probing task failed: {e}")))?
 }
 
 /// Segments the image row by row on an inference worker and answers its label map PNG.

@@ -103,12 +103,9 @@ unsafe fn run_raw(
     if shape.is_empty() || res.out_h * res.out_w == 0 {
         return;
     }
-    let lanes = match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Portable => 8,
-    };
+    let lanes = lanes(isa);
     let plan = Plan {
+        isa,
         input,
         shape,
         params,
@@ -131,16 +128,32 @@ unsafe fn run_raw(
             c0: unit % shape.c.div_ceil(lanes) * lanes,
             rows,
         };
-        // SAFETY (both arms): `Isa::detect` (or the test) saw the instruction set; blocks
-        // write disjoint channel ranges and rows of `out`, whose size is checked above.
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { block_avx512(&plan, &block) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { block_avx2(&plan, &block) },
-            _ => unsafe { run_block::<Portable>(&plan, &block) },
-        }
+        // SAFETY: `Isa::detect` (or the test) saw the instruction set; blocks write disjoint
+        // channel ranges and rows of `out`, whose size is checked above.
+        unsafe { run_part(&plan, &block) }
     });
+}
+
+/// Vector lanes of a channel block on `isa` (the portable loop mirrors AVX2's 8).
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 | Isa::Portable => 8,
+    }
+}
+
+/// One block with the plan's instruction set.
+///
+/// # Safety
+/// The CPU must have `plan.isa`; the block's part of `plan.out` must be writable by it alone.
+unsafe fn run_part(plan: &Plan<'_>, block: &Block) {
+    match plan.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => block_avx512(plan, block),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => block_avx2(plan, block),
+        _ => run_block::<Portable>(plan, block),
+    }
 }
 
 /// Output rows `rows.0..rows.1` of one image, every channel, on this thread: the depthwise
@@ -166,11 +179,9 @@ pub(crate) unsafe fn depthwise_band(
     debug_assert_eq!(image.n, 1);
     debug_assert!(rows.0 >= first_out_row && rows.1 <= res.out_h);
     let isa = Isa::detect();
-    let lanes = match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 | Isa::Portable => 8,
-    };
+    let lanes = lanes(isa);
     let plan = Plan {
+        isa,
         input,
         shape: image,
         params,
@@ -181,19 +192,14 @@ pub(crate) unsafe fn depthwise_band(
         first_out_row,
     };
     for c0 in (0..image.c).step_by(lanes) {
-        let block = Block { n: 0, c0, rows };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => block_avx512(&plan, &block),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => block_avx2(&plan, &block),
-            _ => run_block::<Portable>(&plan, &block),
-        }
+        run_part(&plan, &Block { n: 0, c0, rows });
     }
 }
 
 /// Everything a part needs, shared by all parts of one call.
 struct Plan<'a> {
+    /// The instruction set every part runs with.
+    isa: Isa,
     input: &'a [f32],
     shape: Nhwc,
     params: &'a DepthwiseParams<'a>,

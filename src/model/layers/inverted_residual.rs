@@ -60,7 +60,7 @@ impl Chain<'_> {
         let kinds_fit = self.expand.kind == ConvKind::Dense
             && self.depthwise.kind == ConvKind::Depthwise
             && self.project.is_none_or(|p| p.kind == ConvKind::Dense);
-        if kinds_fit && input.len() >= shape.len() {
+        if kinds_fit {
             let project_params = self.project.map(Conv::dense_params);
             let projection = project_params
                 .as_ref()
