@@ -88,8 +88,11 @@ const DEEPLABV3PLUS: &[(&str, Rule)] = &[
     ("upsampling", Rule::Only("4")),
 ];
 
+/// A class's constructor arguments and what each may hold.
+type Arguments = &'static [(&'static str, Rule)];
+
 /// `(smp class, wick architecture prefix, its arguments)`.
-const CLASSES: &[(&str, &str, &[(&str, Rule)])] = &[
+const CLASSES: &[(&str, &str, Arguments)] = &[
     ("Unet", "unet", UNET),
     ("FPN", "fpn", FPN),
     ("DeepLabV3Plus", "deeplabv3plus", DEEPLABV3PLUS),

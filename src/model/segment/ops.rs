@@ -59,7 +59,7 @@ impl GroupNormRelu {
         channels: usize,
         groups: usize,
     ) -> Result<Self, ModelError> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(ModelError::Unsupported(format!(
                 "`{prefix}`: {channels} channels do not split into {groups} groups"
             )));
