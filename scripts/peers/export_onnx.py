@@ -13,6 +13,7 @@ packages); nothing else in scripts/peers/ imports torch.
   resnet50 mobilenet_v2 densenet121   torchvision, 1000 classes, 224, dynamic batch
   deeplabv3plus_resnet50 deeplabv3plus_resnet34   segmentation_models_pytorch DeepLabV3Plus,
                                21 classes (wick bench builds segmentation nets with 21), 512
+  unet_resnet34                segmentation_models_pytorch Unet, 21 classes, 512
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
   yolov8n yolov8s              ultralytics DetectionModel, 80 classes, 640, the decoded output
                                (what wick bench's "forward" column times)
@@ -71,6 +72,12 @@ def smp_deeplabv3plus(encoder, classes):
     import segmentation_models_pytorch as smp
 
     return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes)
+
+
+def smp_unet(encoder, classes):
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet(encoder_name=encoder, encoder_weights=None, classes=classes)
 
 
 def yolov8(scale, dynamic=False):
@@ -144,6 +151,7 @@ BENCH = {
     "densenet121": (lambda: torchvision_model("densenet121"), 224, True),
     "deeplabv3plus_resnet50": (lambda: smp_deeplabv3plus("resnet50", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
+    "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3_resnet50": (lambda: torchvision_model("deeplabv3_resnet50"), 512, False),
     "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), 512, False),
     "yolov8n": (lambda: yolov8("yolov8n"), 640, False),

@@ -17,6 +17,7 @@ pub(crate) mod pools;
 pub mod preprocess;
 pub(crate) mod registry;
 pub mod segment;
+pub mod smp_config;
 pub(crate) mod task;
 pub mod weights;
 

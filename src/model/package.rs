@@ -1,6 +1,7 @@
 //! The model package: a directory holding `config.json` and one weights file, possibly nested
 //! (SageMaker's uncompressed S3 layouts add folders). `config.json` is a superset of the timm
-//! hub config, so a directory downloaded from a timm model repository loads unchanged; see
+//! hub config, so a directory downloaded from a timm model repository loads unchanged, and a
+//! segmentation_models_pytorch `save_pretrained` folder is read through `smp_config.rs`; see
 //! `docs/model-package.md`.
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::{Interpolation, PreprocessConfig};
+use super::smp_config::{self, SmpConfigError};
 
 /// The canvas a YOLOv8 detector letterboxes an image onto (`letterbox` in config.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -78,6 +80,9 @@ pub enum PackageError {
         /// The files.
         found: Vec<PathBuf>,
     },
+    /// A segmentation_models_pytorch config names a model wick does not run.
+    #[error(transparent)]
+    Smp(#[from] SmpConfigError),
     /// A config field holds a value wick cannot use.
     #[error("config.json field `{field}`: {message} (given: {value})")]
     InvalidField {
@@ -187,11 +192,15 @@ impl Package {
         let config_path = find_config(dir)?;
         let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
         let text = read_to_string(&config_path)?;
-        let config: PackageConfig =
-            serde_json::from_str(&text).map_err(|cause| PackageError::Config {
-                path: config_path.clone(),
-                cause,
-            })?;
+        let invalid = |cause| PackageError::Config {
+            path: config_path.clone(),
+            cause,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+        if smp_config::is_smp(&value) {
+            value = smp_config::translate(&value)?;
+        }
+        let config: PackageConfig = serde_json::from_value(value).map_err(invalid)?;
         let weights_path = match &config.weights {
             Some(name) => {
                 let path = config_dir.join(name);

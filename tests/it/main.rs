@@ -25,6 +25,7 @@ mod serve_process;
 mod serve_records;
 mod serve_router;
 mod serve_tasks;
+mod smp_folder;
 mod support;
 mod train;
 mod train_resume;

@@ -15,7 +15,12 @@ segmentation_models_pytorch DeepLabV3Plus) is overwritten, the model runs in eva
 - `argmax`: the label map, one string of base-36 digits per row (a binary model's map is
   `logit > 0`, i.e. sigmoid > 0.5).
 
-Usage: python tests/parity/generate_segmentation.py [--only SUBSTRING]
+U-Net and FPN fixtures also hold `smp_config`, the `config.json` smp's own `save_pretrained`
+wrote for the model, so the Rust side loads them as an smp folder. With `--photos DIR` it
+instead runs smp U-Net and FPN end to end on `DIR/chelsea.png` (451x300: padded to 480x320
+with zeros after normalisation, logits cropped back) into `tests/fixtures/segmentation_photo/`.
+
+Usage: python tests/parity/generate_segmentation.py [--only SUBSTRING] [--photos DIR]
 """
 import argparse
 import json
@@ -32,6 +37,7 @@ torch.set_num_threads(1)
 
 TV_INPUT = [1, 3, 97, 131]  # torchvision models take any size: odd and non-square on purpose
 SMP_INPUT = [1, 3, 96, 144]  # smp requires multiples of the output stride (16)
+SMP32_INPUT = [1, 3, 96, 160]  # U-Net and FPN: multiples of 32, non-square
 SAMPLES = 64
 
 
@@ -42,11 +48,27 @@ def _tv(name, num_classes):
     return build
 
 
-def _smp(encoder, classes):
+def _smp(encoder, classes, cls="DeepLabV3Plus"):
     def build():
         import segmentation_models_pytorch as smp
-        return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=classes)
+        return getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=classes)
     return build
+
+
+def smp_saved_config(model):
+    """The `config.json` smp's own `save_pretrained` writes for `model` (a real folder,
+    written to a temporary directory and read back), and what its `model.safetensors` holds."""
+    import tempfile
+    from safetensors import safe_open
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        with open(os.path.join(tmp, "config.json")) as fh:
+            config = json.load(fh)
+        with safe_open(os.path.join(tmp, "model.safetensors"), "pt") as st:
+            dtypes = sorted({str(st.get_slice(k).get_dtype()) for k in st.keys()})
+            metadata = st.metadata()
+    print(f"  save_pretrained: files ok, dtypes {dtypes}, metadata {metadata}", flush=True)
+    return config
 
 
 class LiteLRASPP(torch.nn.Module):
@@ -95,6 +117,10 @@ def registry():
         ("smp_deeplabv3plus_resnet50", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 3), 3, SMP_INPUT, 1.0),
         ("smp_deeplabv3plus_resnet34", "deeplabv3plus_resnet34", "segmentation_models_pytorch", _smp("resnet34", 5), 5, SMP_INPUT, 1.0),
         ("smp_deeplabv3plus_resnet50_binary", "deeplabv3plus_resnet50", "segmentation_models_pytorch", _smp("resnet50", 1), 1, SMP_INPUT, 1.0),
+        ("smp_unet_resnet34", "unet_resnet34", "segmentation_models_pytorch", _smp("resnet34", 3, "Unet"), 3, SMP32_INPUT, 1.0),
+        ("smp_unet_resnet50_binary", "unet_resnet50", "segmentation_models_pytorch", _smp("resnet50", 1, "Unet"), 1, SMP32_INPUT, 1.0),
+        ("smp_fpn_resnet34", "fpn_resnet34", "segmentation_models_pytorch", _smp("resnet34", 4, "FPN"), 4, SMP32_INPUT, 1.0),
+        ("smp_fpn_resnet50", "fpn_resnet50", "segmentation_models_pytorch", _smp("resnet50", 2, "FPN"), 2, SMP32_INPUT, 1.0),
         ("timm_lraspp_efficientnet_lite0", "lraspp_efficientnet_lite0", "timm", _lite("efficientnet_lite0", 3), 3, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite0", "lraspp_tf_efficientnet_lite0", "timm", _lite("tf_efficientnet_lite0", 4), 4, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite2_binary", "lraspp_tf_efficientnet_lite2", "timm", _lite("tf_efficientnet_lite2", 1), 1, TV_INPUT, 4.0),
@@ -161,6 +187,8 @@ def run(entry, out_dir):
         "samples": samples,
         "argmax": ["".join(digits[v] for v in row) for row in labels.tolist()],
     }
+    if shape is SMP32_INPUT:
+        doc["smp_config"] = smp_saved_config(model)
     with open(os.path.join(out_dir, f"{mid}.json"), "w") as fh:
         json.dump(doc, fh, separators=(",", ":"))
         fh.write("\n")
@@ -173,11 +201,70 @@ def run(entry, out_dir):
     )
 
 
+# (id, smp class, encoder, classes): run end to end on a real photo.
+PHOTO_MODELS = [
+    ("smp_unet_resnet34_chelsea", "Unet", "resnet34", 3),
+    ("smp_fpn_resnet34_chelsea", "FPN", "resnet34", 3),
+]
+PHOTO = "chelsea.png"
+# Pixels whose two best logits are closer than this are listed as ties: wick's f32 logits may
+# order them either way.
+PHOTO_TIE_GAP = 1e-3
+
+
+def run_photo(entry, photos_dir, out_dir):
+    """smp's way on a whole photo: /255, ImageNet mean/std, zeros (the mean colour) padded at
+    the bottom and right up to a multiple of 32, the model, logits cropped back; the label map
+    and its near ties are saved with the config smp's `save_pretrained` writes."""
+    from PIL import Image
+    mid, cls, encoder, classes = entry
+    torch.manual_seed(0)
+    model = _smp(encoder, classes, cls)()
+    tensors = fill_state_dict(model)
+    model.eval()
+    rgb = np.asarray(Image.open(os.path.join(photos_dir, PHOTO)).convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    x = torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)[None].copy())
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (0, -w % 32, 0, -h % 32))
+    with torch.inference_mode():
+        logits = model(padded)[0, :, :h, :w].double()
+    top2 = logits.topk(2, dim=0).values
+    gap = top2[0] - top2[1]
+    ties = [[int(y), int(xx)] for y, xx in (gap < PHOTO_TIE_GAP).nonzero().tolist()]
+    labels = logits.argmax(dim=0)
+    doc = {
+        "id": mid,
+        "source": _version("segmentation_models_pytorch"),
+        "torch": torch.__version__.split("+")[0],
+        "photo": PHOTO,
+        "padded_size": list(padded.shape[-2:]),
+        "smp_config": smp_saved_config(model),
+        "tensors": tensors,
+        "ties": ties,
+        "argmax": ["".join(str(v) for v in row) for row in labels.tolist()],
+    }
+    with open(os.path.join(out_dir, f"{mid}.json"), "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+        fh.write("\n")
+    counts = np.bincount(labels.flatten().numpy(), minlength=classes)
+    print(f"{mid:40s} {w}x{h} padded to {list(padded.shape[-2:])} classes present={counts.tolist()} ties={len(ties)}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", action="append", default=[])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "fixtures", "segmentation"))
+    ap.add_argument("--photos", help="folder holding chelsea.png: run the photo fixtures instead")
+    ap.add_argument("--photo-out", default=os.path.join(os.path.dirname(__file__), "..", "fixtures", "segmentation_photo"))
     args = ap.parse_args()
+    if args.photos:
+        os.makedirs(args.photo_out, exist_ok=True)
+        for entry in PHOTO_MODELS:
+            if not args.only or any(s in entry[0] for s in args.only):
+                run_photo(entry, args.photos, args.photo_out)
+        return
     os.makedirs(args.out, exist_ok=True)
     for entry in registry():
         if args.only and not any(s in entry[0] for s in args.only):

@@ -50,10 +50,11 @@ pub(crate) enum Dilation {
 pub(crate) struct ResNetTrunk {
     stem: Conv,
     blocks: Vec<Block>,
-    /// Blocks `..layer1_end` form layer1 (DeepLabV3+ taps its output).
-    layer1_end: usize,
-    channels: usize,
-    layer1_channels: usize,
+    /// Blocks `..stage_ends[i]` form layers 1..=i+1 (DeepLabV3+ taps layer1; U-Net and FPN
+    /// every stage).
+    stage_ends: [usize; 4],
+    /// Output channels of layer1 .. layer4.
+    stage_channels: [usize; 4],
 }
 
 /// The trunk's outputs: layer1 (stride 4) and layer4.
@@ -92,7 +93,8 @@ impl ResNetTrunk {
         )?;
         let mut blocks = Vec::new();
         let mut c_in = 64;
-        let mut layer1 = (0, 0);
+        let mut stage_ends = [0; 4];
+        let mut stage_channels = [0; 4];
         for (stage, (&depth, width)) in depths.iter().zip([64, 128, 256, 512]).enumerate() {
             for i in 0..depth {
                 let geometry = block_geometry(dilation, stage, i);
@@ -102,33 +104,50 @@ impl ResNetTrunk {
                 blocks.push(block);
                 c_in = c_out;
             }
-            if stage == 0 {
-                layer1 = (blocks.len(), c_in);
-            }
+            stage_ends[stage] = blocks.len();
+            stage_channels[stage] = c_in;
         }
         Ok(ResNetTrunk {
             stem,
             blocks,
-            layer1_end: layer1.0,
-            channels: c_in,
-            layer1_channels: layer1.1,
+            stage_ends,
+            stage_channels,
         })
     }
 
     /// Channels of the layer4 output.
     pub(crate) fn channels(&self) -> usize {
-        self.channels
+        self.stage_channels[3]
     }
 
     /// Channels of the layer1 output.
     pub(crate) fn layer1_channels(&self) -> usize {
-        self.layer1_channels
+        self.stage_channels[0]
+    }
+
+    /// Output channels of the stem (64) and of layer1 .. layer4, the order of
+    /// [`ResNetTrunk::forward_stages`].
+    pub(crate) fn stage_channels(&self) -> [usize; 5] {
+        let [a, b, c, d] = self.stage_channels;
+        [64, a, b, c, d]
     }
 
     /// `(n, h, w, 3)` NHWC -> layer1 and layer4 outputs.
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<TrunkFeatures> {
-        let mut xs = max_pool(&self.stem.forward(xs)?, ConvGeometry::square(3, 2, 1))?;
-        let mut layer1 = None;
+        let mut stages = self.forward_stages(xs)?;
+        let last = stages.pop().expect("five stages");
+        Ok(TrunkFeatures {
+            layer1: stages.swap_remove(1),
+            last,
+        })
+    }
+
+    /// `(n, h, w, 3)` NHWC -> the outputs of the stem's ReLU (stride 2, before the max pool)
+    /// and of layer1 .. layer4: the features smp's ResNet encoders hand their decoders.
+    pub(crate) fn forward_stages(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let stem = self.stem.forward(xs)?;
+        let mut xs = max_pool(&stem, ConvGeometry::square(3, 2, 1))?;
+        let mut stages = vec![stem];
         for (i, block) in self.blocks.iter().enumerate() {
             let shortcut = match &block.downsample {
                 Some(downsample) => downsample.forward(&xs)?,
@@ -140,14 +159,11 @@ impl ResNetTrunk {
                 ys = conv.forward(&ys)?;
             }
             xs = last.forward_add(&ys, &shortcut)?;
-            if i + 1 == self.layer1_end {
-                layer1 = Some(xs.clone());
+            if self.stage_ends.contains(&(i + 1)) {
+                stages.push(xs.clone());
             }
         }
-        Ok(TrunkFeatures {
-            layer1: layer1.unwrap_or_else(|| xs.clone()),
-            last: xs,
-        })
+        Ok(stages)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::tiling::TilePadding;
 use crate::model::package::{Package, PackageError};
 
 /// Default tile side in pixels: the size the building-footprint models are trained on and
@@ -25,6 +26,7 @@ struct RawSegmentationConfig {
     tile_size: Option<usize>,
     tile_overlap: Option<usize>,
     threshold: Option<f32>,
+    padding: Option<TilePadding>,
 }
 
 /// How [`Segmenter::segment`](super::segmenter::Segmenter::segment) prepares an image,
@@ -44,6 +46,8 @@ pub(crate) struct SegmentationConfig {
     pub(crate) mean: [f32; 3],
     /// Per-channel standard deviation (`pretrained_cfg.std`).
     pub(crate) std: [f32; 3],
+    /// What pads a tile up to the network's size multiple.
+    pub(crate) padding: TilePadding,
 }
 
 /// A threshold must be a probability strictly between 0 and 1.
@@ -110,6 +114,7 @@ impl SegmentationConfig {
             threshold,
             mean: preprocess.mean,
             std: preprocess.std,
+            padding: raw.padding.unwrap_or_default(),
         })
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod aspp;
 pub(crate) mod config;
 pub(crate) mod deeplabv3;
 pub(crate) mod deeplabv3plus;
+pub(crate) mod fpn;
 pub(crate) mod lraspp;
 pub(crate) mod network;
 pub(crate) mod ops;
@@ -20,6 +21,7 @@ pub(crate) mod registry;
 pub(crate) mod segmenter;
 pub(crate) mod streamed;
 pub(crate) mod tiling;
+pub(crate) mod unet;
 
 pub use network::{Decoder, SegmentationArgs, SegmentationNetwork, Trainable};
 pub use registry::{build, supported};

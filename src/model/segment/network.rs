@@ -115,6 +115,14 @@ pub enum Decoder {
         /// Channels of layer1 (ResNet-50 256, ResNet-34 64).
         low_channels: usize,
     },
+    /// Only the final 3x3 convolution with bias (padding 1) on the features before it, which
+    /// are at the input resolution (smp U-Net's `segmentation_head.0`). Reads `[its input]`.
+    FinalConv3x3 {
+        /// Checkpoint key of the convolution.
+        key: &'static str,
+        /// Its input channels.
+        channels: usize,
+    },
     /// Only the final 1x1 convolution (`{key}.weight`, `{key}.bias`) on the features before it,
     /// followed by a bilinear resize to the input. Reads `[its input]`.
     FinalConv {

@@ -225,6 +225,7 @@ impl Segmenter {
             tile_overlap: self.config.tile_overlap,
             mean: self.config.mean,
             std: self.config.std,
+            padding: self.config.padding,
         }
     }
 

@@ -3,9 +3,10 @@
 //! `tile_overlap` pixels, blended with linear weights so no seam shows, streamed row band by row
 //! band so memory grows with the image's width, not its area.
 //!
-//! Each tile is cut from the 8-bit image, padded (edge pixels repeated) up to the network's
-//! size multiple and at least [`MIN_SIDE`], normalised into an NHWC tensor, run, and its
-//! logits cropped back. Along each axis a tile's weight ramps from `1 / (overlap + 1)` to 1
+//! Each tile is cut from the 8-bit image, padded at the bottom and right up to the network's
+//! size multiple and at least [`MIN_SIDE`] ([`TilePadding`]: edge pixels repeated, or zeros
+//! after normalisation as smp users pad), normalised into an NHWC tensor, run, and its logits
+//! cropped back. Along each axis a tile's weight ramps from `1 / (overlap + 1)` to 1
 //! over `overlap` pixels on every side that has a neighbour, so in an overlap the two tiles'
 //! logits are averaged with weights that change smoothly from one to the other.
 
@@ -93,12 +94,26 @@ fn ramp(len: usize, overlap: usize, has_before: bool, has_after: bool) -> Vec<f3
         .collect()
 }
 
+/// What fills a tile from its last row and column up to the network's size multiple
+/// (`segmentation.padding` in `config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TilePadding {
+    /// The tile's edge pixels repeated.
+    #[default]
+    Edge,
+    /// Zeros after normalisation (the mean colour): what segmentation_models_pytorch's
+    /// examples do to reach a multiple of 32.
+    Zeros,
+}
+
 /// What [`run_tiled`] needs to know about the network input.
 pub(crate) struct TileSettings {
     pub(crate) tile_size: usize,
     pub(crate) tile_overlap: usize,
     pub(crate) mean: [f32; 3],
     pub(crate) std: [f32; 3],
+    pub(crate) padding: TilePadding,
 }
 
 /// Where finished rows of blended logits go: `(y, width * channels values)`, top to bottom.
@@ -140,7 +155,7 @@ pub(crate) fn run_tiled(
         for (col, &(x0, tw)) in xs.iter().enumerate() {
             let wx = ramp(tw, overlap, col > 0, col + 1 < xs.len());
             let band = image.band(y0, th)?;
-            let out = run_tile(network, band, width, (x0, tw, th), &lut)?;
+            let out = run_tile(network, band, width, (x0, tw, th), (&lut, settings.padding))?;
             for ty in 0..th {
                 let acc_row = (y0 + ty - top) * width;
                 for tx in 0..tw {
@@ -206,7 +221,7 @@ fn run_tile(
     band: &[u8],
     width: usize,
     (x0, tw, th): (usize, usize, usize),
-    lut: &[[f32; 256]; 3],
+    (lut, padding): (&[[f32; 256]; 3], TilePadding),
 ) -> candle_core::Result<Vec<f32>> {
     let multiple = network.size_multiple().max(1);
     let pad = |n: usize| n.max(MIN_SIDE).div_ceil(multiple) * multiple;
@@ -215,6 +230,10 @@ fn run_tile(
     for y in 0..ph {
         let row = &band[y.min(th - 1) * width * 3..][..width * 3];
         for x in 0..pw {
+            if padding == TilePadding::Zeros && (y >= th || x >= tw) {
+                input.extend([0.0; 3]);
+                continue;
+            }
             let px = &row[(x0 + x.min(tw - 1)) * 3..][..3];
             input.extend((0..3).map(|c| lut[c][usize::from(px[c])]));
         }
@@ -315,6 +334,7 @@ mod tests {
             tile_overlap: overlap,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
+            padding: TilePadding::Edge,
         };
         let mut rows = Vec::new();
         let mut next = 0;

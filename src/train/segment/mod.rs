@@ -306,6 +306,7 @@ fn describe(decoder: Decoder) -> &'static str {
             "the whole DeepLabV3+ decoder (decoder.*) and segmentation_head.0"
         }
         Decoder::FinalConv { .. } => "the final 1x1 classifier convolution",
+        Decoder::FinalConv3x3 { .. } => "the final 3x3 classifier convolution",
     }
 }
 

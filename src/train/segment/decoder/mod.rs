@@ -95,6 +95,10 @@ impl TrainableDecoder {
                 low_channels,
             } => deeplabv3plus::specs(&mut specs, high_channels, low_channels, k),
             Decoder::FinalConv { key, channels, .. } => specs.classifier(key, k, channels),
+            Decoder::FinalConv3x3 { key, channels } => {
+                specs.conv(key, k, channels, 3);
+                specs.bias(key, k, channels * 9);
+            }
         }
         Ok(TrainableDecoder {
             kind,
@@ -176,6 +180,13 @@ impl TrainableDecoder {
                     candle_core::bail!("a final convolution reads one feature map")
                 };
                 (p.conv1x1_bias(x, key)?, batch.sizes[0], align_corners)
+            }
+            Decoder::FinalConv3x3 { key, .. } => {
+                let [x] = batch.maps.as_slice() else {
+                    candle_core::bail!("a final convolution reads one feature map")
+                };
+                let size = batch.sizes[0];
+                (p.conv3x3_bias(x, size, key)?, size, true)
             }
         };
         upsample_logits(&small, size, out, align_corners)

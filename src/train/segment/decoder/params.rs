@@ -228,6 +228,17 @@ impl Params {
         self.bn_relu(&self.conv1x1(&dw, &format!("{key}.1"))?, bn)
     }
 
+    /// Dense 3x3 convolution `key` (padding 1) with its bias.
+    pub(super) fn conv3x3_bias(
+        &self,
+        x: &Tensor,
+        size: (usize, usize),
+        key: &str,
+    ) -> candle_core::Result<Tensor> {
+        conv3x3(x, size, self.var(&format!("{key}.weight"))?, 1)?
+            .broadcast_add(self.var(&format!("{key}.bias"))?)
+    }
+
     /// Dense 3x3 convolution `key` (padding 1, no bias) then batch norm `bn` and ReLU.
     pub(super) fn conv3x3_bn_relu(
         &self,

@@ -86,6 +86,19 @@ fn final_conv_gradients_match_finite_differences() {
     }
 }
 
+/// smp U-Net's head: a 3x3 convolution with bias at the input resolution.
+#[test]
+fn final_conv3x3_gradients_match_finite_differences() {
+    let kind = Decoder::FinalConv3x3 {
+        key: "head",
+        channels: 4,
+    };
+    let batch = features(2, &[(5, 6, 4)], 4);
+    let keys = gradient_check(kind, 3, &batch, (5, 6));
+    assert_eq!(keys, ["head.weight", "head.bias"]);
+    gradient_check(kind, 1, &batch, (5, 6));
+}
+
 /// DeepLabV3's head after the dilated branches: 1x1 branch, pooling branch, projection,
 /// dense 3x3, classifier; features = encoder output and three 256-channel branch outputs.
 #[test]
