@@ -2,11 +2,16 @@
 //! (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{Builder, SegmentationArgs, SegmentationNetwork};
-use super::{deeplabv3, deeplabv3plus, lraspp};
+use super::{deeplabv3, deeplabv3plus, lraspp, segformer};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
-const REGISTRY: &[Family<Builder>] = &[deeplabv3::FAMILY, lraspp::FAMILY, deeplabv3plus::FAMILY];
+const REGISTRY: &[Family<Builder>] = &[
+    deeplabv3::FAMILY,
+    lraspp::FAMILY,
+    deeplabv3plus::FAMILY,
+    segformer::FAMILY,
+];
 
 /// Every segmentation architecture name wick can build.
 pub fn supported() -> Vec<&'static str> {

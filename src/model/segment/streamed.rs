@@ -207,7 +207,7 @@ pub(crate) fn downscale(
             crate::model::preprocess::PreprocessError::NotStreamable {
                 format: "image",
                 reason: format!(
-                    "the package's resize_shorter_side would enlarge it ({in_w}x{in_h} to {out_w}x{out_h})"
+                    "the package's resize (resize_to or resize_shorter_side) would enlarge it ({in_w}x{in_h} to {out_w}x{out_h})"
                 ),
             },
         ));
