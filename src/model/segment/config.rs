@@ -168,3 +168,53 @@ fn shorter_side_size(width: u32, height: u32, side: Option<usize>) -> (u32, u32)
         (long, side as u32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(segmentation: serde_json::Value) -> Result<SegmentationConfig, PackageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = serde_json::json!({
+            "architecture": "segformer_b0",
+            "task": "segmentation",
+            "num_classes": 3,
+            "segmentation": segmentation,
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("writes");
+        std::fs::write(dir.path().join("model.safetensors"), b"").expect("writes");
+        SegmentationConfig::from_package(&Package::open(dir.path()).expect("package"))
+    }
+
+    #[test]
+    fn the_working_size_follows_the_configured_resize() {
+        let squash = config(serde_json::json!({"resize_to": [512, 256]})).expect("valid");
+        assert_eq!(squash.working_size(1000, 300), (256, 512), "width x height");
+        let shorter = config(serde_json::json!({"resize_shorter_side": 150})).expect("valid");
+        assert_eq!(shorter.working_size(1000, 300), (500, 150));
+        let native = config(serde_json::json!({})).expect("valid");
+        assert_eq!(native.working_size(1000, 300), (1000, 300));
+    }
+
+    #[test]
+    fn a_bad_resize_to_is_refused_by_name() {
+        for (section, needle) in [
+            (
+                serde_json::json!({"resize_to": [512, 512], "resize_shorter_side": 520}),
+                "not both",
+            ),
+            (serde_json::json!({"resize_to": [0, 512]}), "[0, 512]"),
+            (serde_json::json!({"resize_to": [512, 9000]}), "2048"),
+        ] {
+            let err = config(section.clone()).expect_err("refused").to_string();
+            assert!(
+                err.contains("segmentation.resize_to") && err.contains(needle),
+                "{section}: {err}"
+            );
+        }
+        let err = config(serde_json::json!({"resize_to": [512]}))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("segmentation"), "{err}");
+    }
+}
