@@ -72,8 +72,3 @@ pub(crate) fn attention(
         .reshape((n, h, w, c))?
         .contiguous()
 }
-
-/// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
-pub(crate) fn gelu(xs: &Tensor) -> candle_core::Result<Tensor> {
-    xs.gelu_erf()
-}

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::attention::{attention, gelu, LayerNorm};
+use crate::model::layers::attention::{attention, LayerNorm};
 use crate::model::layers::{Conv, ConvSpec};
 use crate::model::weights::Weights;
 
@@ -182,7 +182,9 @@ impl Block {
                 None,
                 ConvSpec {
                     has_bias: true,
-                    ..ConvSpec::new(hidden, hidden, 3, 1).depthwise()
+                    ..ConvSpec::new(hidden, hidden, 3, 1)
+                        .depthwise()
+                        .act(Activation::Gelu)
                 },
             )?,
             project: linear("mlp.dense2", hidden, width)?,
@@ -203,7 +205,7 @@ impl Block {
         )?;
         let xs = self.output.forward_add(&attended, xs)?;
         let hidden = self.expand.forward(&self.norm2.forward(&xs)?)?;
-        let hidden = gelu(&self.depthwise.forward(&hidden)?)?;
+        let hidden = self.depthwise.forward(&hidden)?;
         self.project.forward_add(&hidden, &xs)
     }
 }
