@@ -51,6 +51,8 @@ NETWORKS = [
     Network("unet_resnet34", "U-Net ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3_resnet50", "DeepLabV3 ResNet-50 (torchvision, 21 classes)", 512, (1,), "synthetic"),
     Network("lraspp_mobilenet_v3_large", "LR-ASPP MobileNetV3-Large (21 classes)", 512, (1,), "synthetic"),
+    Network("segformer_b0", "SegFormer-B0 (transformers, 21 classes)", 512, (1,), "synthetic"),
+    Network("segformer_b2", "SegFormer-B2 (transformers, 21 classes)", 512, (1,), "synthetic"),
     Network("yolov8n", "YOLOv8n (80 classes)", 640, (1,), "detector"),
     Network("yolov8s", "YOLOv8s (80 classes)", 640, (1,), "detector"),
 ]

@@ -15,6 +15,8 @@ packages); nothing else in scripts/peers/ imports torch.
                                21 classes (wick bench builds segmentation nets with 21), 512
   unet_resnet34                segmentation_models_pytorch Unet, 21 classes, 512
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
+  segformer_b0 segformer_b2    transformers SegformerForSemanticSegmentation, 21 classes, 512,
+                               logits resized to the input
   yolov8n yolov8s              ultralytics DetectionModel, 80 classes, 640, the decoded output
                                (what wick bench's "forward" column times)
 Random weights (the libraries' default initialisation, seed 0, batch norm statistics
@@ -78,6 +80,23 @@ def smp_unet(encoder, classes):
     import segmentation_models_pytorch as smp
 
     return smp.Unet(encoder_name=encoder, encoder_weights=None, classes=classes)
+
+
+class UpsampledSegformer(torch.nn.Module):
+    """transformers' SegFormer with its quarter-size logits resized to the input, as wick's
+    segformer_bN returns them (and as post_process_semantic_segmentation does)."""
+
+    def __init__(self, variant):
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        super().__init__()
+        sizes = {"b0": {}, "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768}}
+        config = SegformerConfig(num_labels=SEG_CLASSES_BENCH, **sizes[variant])
+        self.model = SegformerForSemanticSegmentation(config)
+
+    def forward(self, x):
+        logits = self.model(pixel_values=x).logits
+        return torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def yolov8(scale, dynamic=False):
@@ -154,6 +173,8 @@ BENCH = {
     "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3_resnet50": (lambda: torchvision_model("deeplabv3_resnet50"), 512, False),
     "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), 512, False),
+    "segformer_b0": (lambda: UpsampledSegformer("b0"), 512, False),
+    "segformer_b2": (lambda: UpsampledSegformer("b2"), 512, False),
     "yolov8n": (lambda: yolov8("yolov8n"), 640, False),
     "yolov8s": (lambda: yolov8("yolov8s"), 640, False),
 }

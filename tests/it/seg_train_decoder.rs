@@ -177,6 +177,7 @@ fn trainable_head_trains_only_the_final_convolutions() -> Result<()> {
             21,
             &["classifier.low_classifier.", "classifier.high_classifier."],
         ),
+        ("hf_segformer_b0", 5, &["decode_head.classifier."]),
     ];
     for (fixture, classes, heads) in cases {
         let dir = tempfile::tempdir()?;
@@ -205,6 +206,7 @@ fn the_written_package_reproduces_the_trainer_for_every_family() -> Result<()> {
         ("torchvision_deeplabv3_mobilenet_v3_large", 4),
         ("torchvision_lraspp_mobilenet_v3_large", 21),
         ("timm_lraspp_efficientnet_lite0", 3),
+        ("hf_segformer_b0", 5),
     ] {
         let dir = tempfile::tempdir()?;
         let package = dir.path().join("base");

@@ -1,5 +1,5 @@
 //! Segmentation networks against the real PyTorch implementations (torchvision,
-//! segmentation_models_pytorch; wick's `lraspp_*efficientnet_lite*` against torchvision's
+//! segmentation_models_pytorch, transformers' SegFormer; wick's `lraspp_*efficientnet_lite*` against torchvision's
 //! `LRASPPHead` on timm's EfficientNet-Lite). `tests/parity/generate_segmentation.py` ran each model once
 //! with the deterministic `synth` weights on a non-square input and committed a checksum of
 //! its logits, 64 sampled logits and the argmax map; here the same weights are rebuilt and
@@ -162,4 +162,6 @@ segmentation_parity_tests!(
     timm_lraspp_efficientnet_lite0,
     timm_lraspp_tf_efficientnet_lite0,
     timm_lraspp_tf_efficientnet_lite2_binary,
+    hf_segformer_b0,
+    hf_segformer_b2,
 );

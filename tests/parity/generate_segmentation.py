@@ -5,8 +5,8 @@ wick's own `lraspp_[tf_]efficientnet_liteN` is checked against torchvision's rea
 on timm's real EfficientNet-Lite (`LiteLRASPP` below).
 
 Same deterministic weights as `generate.py` (`synth(name, shape)`, see README.md): every
-floating-point state-dict entry of the REAL model (torchvision segmentation, and
-segmentation_models_pytorch DeepLabV3Plus) is overwritten, the model runs in eval mode on
+floating-point state-dict entry of the REAL model (torchvision segmentation,
+segmentation_models_pytorch DeepLabV3Plus, transformers SegFormer) is overwritten, the model runs in eval mode on
 `synth("input", shape) * input_scale`, and `tests/fixtures/segmentation/<id>.json` gets:
 
 - `tensors`: ordered `[name, shape]` of the state dict (incl. `aux_classifier.*`, which wick
@@ -105,6 +105,51 @@ def _lite(trunk, classes):
     return build
 
 
+# transformers' SegformerConfig arguments of the MiT variants wick names segformer_bN
+# (the defaults are B0's).
+SEGFORMER_VARIANTS = {
+    "b0": {},
+    "b1": {"hidden_sizes": [64, 128, 320, 512]},
+    "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
+}
+
+
+def _segformer(variant, classes):
+    """transformers' real SegformerForSemanticSegmentation, its quarter-size logits resized to
+    the input as post_process_semantic_segmentation does. transformers 5 renames the weights
+    in memory (`segformer.stages.*`, `q_proj`, ...) but reads and writes the Hub's names
+    (`segformer.encoder.block.*`, `attention.self.query`, ...), which wick reads: the synth
+    weights are made under the Hub's names and loaded with from_pretrained (see `run`)."""
+
+    def build():
+        import tempfile
+
+        from safetensors.torch import load_file, save_file
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        class Upsampled(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                logits = self.model(pixel_values=x).logits
+                return torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+        # The plain class: transformers picks its renaming by the class name.
+        config = SegformerConfig(num_labels=classes, **SEGFORMER_VARIANTS[variant])
+        with tempfile.TemporaryDirectory() as tmp:
+            SegformerForSemanticSegmentation(config).save_pretrained(tmp)
+            path = os.path.join(tmp, "model.safetensors")
+            hub = load_file(path)
+            filled = {k: (torch.from_numpy(synth(k, list(v.shape))) if v.is_floating_point() else v) for k, v in hub.items()}
+            save_file(filled, path, metadata={"format": "pt"})
+            model = Upsampled(SegformerForSemanticSegmentation.from_pretrained(tmp))
+        model.hub_tensors = [[k, list(v.shape)] for k, v in sorted(filled.items()) if v.is_floating_point()]
+        return model
+    return build
+
+
 def registry():
     # (id, wick architecture, package, builder, classes, input shape, input scale)
     # MobileNetV3 runs at x4 input so hardswish / hardsigmoid leave their linear range; the Lite
@@ -124,6 +169,8 @@ def registry():
         ("timm_lraspp_efficientnet_lite0", "lraspp_efficientnet_lite0", "timm", _lite("efficientnet_lite0", 3), 3, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite0", "lraspp_tf_efficientnet_lite0", "timm", _lite("tf_efficientnet_lite0", 4), 4, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite2_binary", "lraspp_tf_efficientnet_lite2", "timm", _lite("tf_efficientnet_lite2", 1), 1, TV_INPUT, 4.0),
+        ("hf_segformer_b0", "segformer_b0", "transformers", _segformer("b0", 5), 5, TV_INPUT, 1.0),
+        ("hf_segformer_b2", "segformer_b2", "transformers", _segformer("b2", 3), 3, TV_INPUT, 1.0),
     ]
 
 
@@ -134,6 +181,8 @@ def _version(pkg):
         import timm
         import torchvision
         return f"timm {timm.__version__} + torchvision {torchvision.__version__} LRASPPHead"
+    elif pkg == "transformers":
+        import transformers as m
     else:
         import segmentation_models_pytorch as m
     return f"{pkg} {m.__version__}"
@@ -143,7 +192,8 @@ def run(entry, out_dir):
     mid, arch, pkg, build, classes, shape, scale = entry
     torch.manual_seed(0)
     model = build()
-    tensors = fill_state_dict(model)
+    # A model built from Hub-named files is filled already (`_segformer`).
+    tensors = getattr(model, "hub_tensors", None) or fill_state_dict(model)
     model.eval()
     hs = {"n": 0, "sat": 0}
 

@@ -723,6 +723,7 @@ mod tests {
             Activation::Hardsigmoid,
             Activation::LeakyRelu(0.1),
             Activation::Sigmoid,
+            Activation::Gelu,
         ] {
             for residual in [false, true] {
                 check(shape, ConvGeometry::square(1, 1, 0), 48, residual, act);

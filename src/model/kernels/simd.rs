@@ -101,6 +101,23 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
                 let gate = Self::min(Self::max(Self::add(x, Self::splat(3.0)), zero), six);
                 Self::div(gate, six)
             }
+            Activation::Gelu => {
+                // relu(x) - |x| erfc(|x| / sqrt 2) / 2, erfc as in `super::gelu_erfc`.
+                let ax = Self::max(x, Self::mul(x, Self::splat(-1.0)));
+                let z = Self::mul(ax, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
+                let one = Self::splat(1.0);
+                let t = Self::div(one, Self::fma(z, Self::splat(super::ERFC_P), one));
+                let mut poly = Self::splat(super::ERFC_A[4]);
+                for a in super::ERFC_A[..4].iter().rev() {
+                    poly = Self::fma(poly, t, Self::splat(*a));
+                }
+                let erfc = Self::mul(
+                    Self::mul(poly, t),
+                    Self::exp(Self::mul(Self::mul(z, z), Self::splat(-1.0))),
+                );
+                let half_tail = Self::mul(Self::mul(erfc, ax), Self::splat(0.5));
+                Self::add(Self::max(x, zero), Self::mul(half_tail, Self::splat(-1.0)))
+            }
         }
     }
 }
@@ -398,6 +415,7 @@ mod tests {
             Activation::LeakyRelu(0.1),
             Activation::Hardswish,
             Activation::Hardsigmoid,
+            Activation::Gelu,
         ];
         for len in [1, 7, 8, 15, 16, 17, 33] {
             let xs: Vec<f32> = (0..len).map(|i| (i as f32 - 12.0) * 0.7).collect();

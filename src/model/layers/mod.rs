@@ -14,6 +14,7 @@ use super::kernels::{
 };
 use super::weights::Weights;
 
+pub(crate) mod attention;
 mod inverted_residual;
 pub(crate) use inverted_residual::{expand_depthwise, inverted_residual};
 
@@ -159,17 +160,56 @@ impl Conv {
         };
         let c_in_per_group = c_in / groups;
         let w = weights.get(&format!("{conv}.weight"), &[c_out, c_in_per_group, k, k])?;
+        let bias = spec
+            .has_bias
+            .then(|| weights.get(&format!("{conv}.bias"), &[c_out]))
+            .transpose()?;
+        let bn = bn
+            .map(|bn| load_batch_norm(weights, bn, c_out))
+            .transpose()?;
+        Self::from_torch(&w, bias.as_ref(), bn, spec, kind)
+    }
+
+    /// A linear layer on the channels of every pixel (`{prefix}.weight` `(out, in)`,
+    /// `{prefix}.bias`) as a 1x1 convolution, so token-wise layers (transformer MLPs and
+    /// projections) run on the packed dense kernel.
+    pub(crate) fn load_linear(
+        weights: &Weights,
+        prefix: &str,
+        (c_in, c_out): (usize, usize),
+        activation: Activation,
+    ) -> Result<Self, ModelError> {
+        let w = weights.get(&format!("{prefix}.weight"), &[c_out, c_in])?;
+        let bias = weights.get(&format!("{prefix}.bias"), &[c_out])?;
+        let spec = ConvSpec {
+            has_bias: true,
+            ..ConvSpec::new(c_in, c_out, 1, 1).act(activation)
+        };
+        Self::from_torch(&w, Some(&bias), None, spec, ConvKind::Dense)
+    }
+
+    /// Lays out a PyTorch weight (`(c_out, c_in / groups, k, k)`, or `(c_out, c_in)` for
+    /// k = 1) for the NHWC kernels, folding in the batch norm's `(scale, shift)`.
+    fn from_torch(
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        bn: Option<(Vec<f32>, Vec<f32>)>,
+        spec: ConvSpec,
+        kind: ConvKind,
+    ) -> Result<Self, ModelError> {
+        let ConvSpec {
+            c_in,
+            c_out,
+            kernel: k,
+            ..
+        } = spec;
         let w = w.flatten_all()?.to_vec1::<f32>()?;
-        let mut bias = if spec.has_bias {
-            weights
-                .get(&format!("{conv}.bias"), &[c_out])?
-                .to_vec1::<f32>()?
-        } else {
-            vec![0.0; c_out]
+        let mut bias = match bias {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; c_out],
         };
         let mut scale = vec![1.0f32; c_out];
-        if let Some(bn) = bn {
-            let (s, shift) = load_batch_norm(weights, bn, c_out)?;
+        if let Some((s, shift)) = bn {
             for o in 0..c_out {
                 bias[o] = bias[o] * s[o] + shift[o];
             }

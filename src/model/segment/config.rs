@@ -23,6 +23,7 @@ pub(crate) const MAX_TILE_SIZE: usize = 2048;
 #[serde(deny_unknown_fields)]
 struct RawSegmentationConfig {
     resize_shorter_side: Option<usize>,
+    resize_to: Option<[usize; 2]>,
     tile_size: Option<usize>,
     tile_overlap: Option<usize>,
     threshold: Option<f32>,
@@ -36,6 +37,9 @@ pub(crate) struct SegmentationConfig {
     /// Resize the image so its shorter side has this many pixels before the network (the
     /// torchvision presets use 520); `None` runs at the image's own resolution.
     pub(crate) resize_shorter_side: Option<usize>,
+    /// Resize the image to exactly `(height, width)` (squashed, as transformers' image
+    /// processors do) before the network; exclusive with `resize_shorter_side`.
+    pub(crate) resize_to: Option<(usize, usize)>,
     /// Largest square the network runs on at once; bigger images are tiled.
     pub(crate) tile_size: usize,
     /// Pixels shared by neighbouring tiles, blended with linear weights.
@@ -64,6 +68,15 @@ pub(crate) fn check_threshold(field: &'static str, t: f32) -> Result<f32, Packag
 }
 
 impl SegmentationConfig {
+    /// The size the network sees for a `width x height` image: `resize_to`, or the shorter
+    /// side set to `resize_shorter_side`, or the image's own.
+    pub(crate) fn working_size(&self, width: u32, height: u32) -> (u32, u32) {
+        match self.resize_to {
+            Some((h, w)) => (w as u32, h as u32),
+            None => shorter_side_size(width, height, self.resize_shorter_side),
+        }
+    }
+
     /// Reads `config.json`'s `segmentation` section (absent = defaults) and the normalisation
     /// of `pretrained_cfg`.
     pub(crate) fn from_package(package: &Package) -> Result<Self, PackageError> {
@@ -103,12 +116,35 @@ impl SegmentationConfig {
                 });
             }
         }
+        let resize_to = match raw.resize_to {
+            Some(_) if raw.resize_shorter_side.is_some() => {
+                return Err(PackageError::InvalidField {
+                    field: "segmentation.resize_to",
+                    message: "give either resize_to or resize_shorter_side, not both".into(),
+                    value: format!("{:?}", raw.resize_to),
+                })
+            }
+            Some([h, w])
+                if !(1..=MAX_TILE_SIZE).contains(&h) || !(1..=MAX_TILE_SIZE).contains(&w) =>
+            {
+                return Err(PackageError::InvalidField {
+                    field: "segmentation.resize_to",
+                    message: format!(
+                        "[height, width] must each be between 1 and {MAX_TILE_SIZE} pixels"
+                    ),
+                    value: format!("[{h}, {w}]"),
+                })
+            }
+            Some([h, w]) => Some((h, w)),
+            None => None,
+        };
         let threshold = check_threshold(
             "segmentation.threshold",
             raw.threshold.unwrap_or(DEFAULT_THRESHOLD),
         )?;
         Ok(SegmentationConfig {
             resize_shorter_side: raw.resize_shorter_side,
+            resize_to,
             tile_size,
             tile_overlap,
             threshold,
@@ -116,5 +152,74 @@ impl SegmentationConfig {
             std: preprocess.std,
             padding: raw.padding.unwrap_or_default(),
         })
+    }
+}
+
+/// The size the network sees: the image's own, or (`resize_shorter_side`) the shorter side
+/// set to `side` and the longer one scaled and truncated, as torchvision's `Resize(int)`.
+fn shorter_side_size(width: u32, height: u32, side: Option<usize>) -> (u32, u32) {
+    let Some(side) = side else {
+        return (width, height);
+    };
+    let (w, h) = (u64::from(width), u64::from(height));
+    let short = w.min(h);
+    if short == side as u64 {
+        return (width, height);
+    }
+    let long = ((side as u64 * w.max(h)) as f64 / short as f64).max(1.0) as u32;
+    if w <= h {
+        (side as u32, long)
+    } else {
+        (long, side as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(segmentation: serde_json::Value) -> Result<SegmentationConfig, PackageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = serde_json::json!({
+            "architecture": "segformer_b0",
+            "task": "segmentation",
+            "num_classes": 3,
+            "segmentation": segmentation,
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("writes");
+        std::fs::write(dir.path().join("model.safetensors"), b"").expect("writes");
+        SegmentationConfig::from_package(&Package::open(dir.path()).expect("package"))
+    }
+
+    #[test]
+    fn the_working_size_follows_the_configured_resize() {
+        let squash = config(serde_json::json!({"resize_to": [512, 256]})).expect("valid");
+        assert_eq!(squash.working_size(1000, 300), (256, 512), "width x height");
+        let shorter = config(serde_json::json!({"resize_shorter_side": 150})).expect("valid");
+        assert_eq!(shorter.working_size(1000, 300), (500, 150));
+        let native = config(serde_json::json!({})).expect("valid");
+        assert_eq!(native.working_size(1000, 300), (1000, 300));
+    }
+
+    #[test]
+    fn a_bad_resize_to_is_refused_by_name() {
+        for (section, needle) in [
+            (
+                serde_json::json!({"resize_to": [512, 512], "resize_shorter_side": 520}),
+                "not both",
+            ),
+            (serde_json::json!({"resize_to": [0, 512]}), "[0, 512]"),
+            (serde_json::json!({"resize_to": [512, 9000]}), "2048"),
+        ] {
+            let err = config(section.clone()).expect_err("refused").to_string();
+            assert!(
+                err.contains("segmentation.resize_to") && err.contains(needle),
+                "{section}: {err}"
+            );
+        }
+        let err = config(serde_json::json!({"resize_to": [512]}))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("segmentation"), "{err}");
     }
 }

@@ -18,6 +18,7 @@ pub(crate) mod lraspp;
 pub(crate) mod network;
 pub(crate) mod ops;
 pub(crate) mod registry;
+pub(crate) mod segformer;
 pub(crate) mod segmenter;
 pub(crate) mod streamed;
 pub(crate) mod tiling;

@@ -2,7 +2,7 @@
 //! (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{Builder, SegmentationArgs, SegmentationNetwork};
-use super::{deeplabv3, deeplabv3plus, fpn, lraspp, unet};
+use super::{deeplabv3, deeplabv3plus, fpn, lraspp, segformer, unet};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
@@ -12,6 +12,7 @@ const REGISTRY: &[Family<Builder>] = &[
     deeplabv3plus::FAMILY,
     unet::FAMILY,
     fpn::FAMILY,
+    segformer::FAMILY,
 ];
 
 /// Every segmentation architecture name wick can build.

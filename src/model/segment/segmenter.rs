@@ -123,7 +123,8 @@ impl Segmenter {
         Ok(logits.permute((0, 3, 1, 2))?.contiguous()?)
     }
 
-    /// The whole pipeline for one image: resize (`segmentation.resize_shorter_side`) or tile,
+    /// The whole pipeline for one image: resize (`segmentation.resize_to` or
+    /// `resize_shorter_side`) or tile,
     /// normalise, run, upsample the logits bilinearly to the ORIGINAL size, then argmax (or
     /// sigmoid > threshold for a binary model: 0/1). `threshold` overrides the package's.
     pub fn segment(
@@ -180,7 +181,7 @@ impl Segmenter {
         let (w, h) = (width as usize, height as usize);
         let mut rows = image.take_rows()?;
         let mut sink = image.sink()?;
-        let working = working_size(width, height, self.config.resize_shorter_side);
+        let working = self.config.working_size(width, height);
         if working == (width, height) {
             let channels = self.network.out_channels();
             let mut labels = vec![0u8; w];
@@ -247,13 +248,9 @@ impl Segmenter {
     }
 
     /// The image the network sees: the original, or resized (bilinear, antialiased like PIL)
-    /// so its shorter side is `resize_shorter_side`.
+    /// to `resize_to` or so its shorter side is `resize_shorter_side`.
     fn working_image<'a>(&self, image: &'a RgbImage) -> Result<Cow<'a, RgbImage>, ModelError> {
-        let (new_w, new_h) = working_size(
-            image.width(),
-            image.height(),
-            self.config.resize_shorter_side,
-        );
+        let (new_w, new_h) = self.config.working_size(image.width(), image.height());
         if (new_w, new_h) == image.dimensions() {
             return Ok(Cow::Borrowed(image));
         }
@@ -265,25 +262,6 @@ impl Segmenter {
         let resized = RgbImage::from_raw(new_w, new_h, dst.into_vec())
             .ok_or_else(|| ModelError::Unsupported("resized image buffer size".into()))?;
         Ok(Cow::Owned(resized))
-    }
-}
-
-/// The size the network sees: the image's own, or (`resize_shorter_side`) the shorter side
-/// set to `side` and the longer one scaled and truncated, as torchvision's `Resize(int)`.
-pub(crate) fn working_size(width: u32, height: u32, side: Option<usize>) -> (u32, u32) {
-    let Some(side) = side else {
-        return (width, height);
-    };
-    let (w, h) = (u64::from(width), u64::from(height));
-    let short = w.min(h);
-    if short == side as u64 {
-        return (width, height);
-    }
-    let long = ((side as u64 * w.max(h)) as f64 / short as f64).max(1.0) as u32;
-    if w <= h {
-        (side as u32, long)
-    } else {
-        (long, side as u32)
     }
 }
 

@@ -207,7 +207,7 @@ pub(crate) fn downscale(
             crate::model::preprocess::PreprocessError::NotStreamable {
                 format: "image",
                 reason: format!(
-                    "the package's resize_shorter_side would enlarge it ({in_w}x{in_h} to {out_w}x{out_h})"
+                    "the package's resize (resize_to or resize_shorter_side) would enlarge it ({in_w}x{in_h} to {out_w}x{out_h})"
                 ),
             },
         ));
@@ -409,20 +409,25 @@ mod tests {
         assert!(whole.classes.iter().any(|&c| c != whole.classes[0]));
         // Resized: the streamed downscale is within a level of the in-memory one, so a few
         // pixels on class boundaries may differ.
-        let resized = segmenter(&serde_json::json!({"resize_shorter_side": 96}));
-        let whole = resized.segment(&image, None).expect("segments");
-        let streamed = streamed_map(&resized, &image);
-        assert_eq!(streamed.len(), whole.classes.len());
-        let differing = streamed
-            .iter()
-            .zip(&whole.classes)
-            .filter(|(a, b)| a != b)
-            .count();
-        assert!(
-            differing * 100 < streamed.len(),
-            "{differing} of {} pixels differ",
-            streamed.len()
-        );
+        for section in [
+            serde_json::json!({"resize_shorter_side": 96}),
+            serde_json::json!({"resize_to": [80, 150]}),
+        ] {
+            let resized = segmenter(&section);
+            let whole = resized.segment(&image, None).expect("segments");
+            let streamed = streamed_map(&resized, &image);
+            assert_eq!(streamed.len(), whole.classes.len(), "{section}");
+            let differing = streamed
+                .iter()
+                .zip(&whole.classes)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(
+                differing * 100 < streamed.len(),
+                "{section}: {differing} of {} pixels differ",
+                streamed.len()
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! SegFormer (MiT-B0 ... B5) with Hugging Face transformers' key names, as
+//! `SegformerForSemanticSegmentation` saves them: the Mix Transformer encoder under
+//! `segformer.encoder.` (`encoder.rs`) and the all-MLP decode head under `decode_head.`.
+//!
+//! The head projects each stage to the decoder width (`linear_c.{i}.proj`, a linear layer per
+//! token), resizes all four to the first stage's map (bilinear, `align_corners=False`),
+//! concatenates them deepest first, fuses them with a 1x1 convolution + batch norm + ReLU
+//! (`linear_fuse`, `batch_norm`) and classifies (`classifier`, 1x1). Its logits are at a
+//! quarter of the input; like every wick network this one returns them at the input size,
+//! resized bilinearly with `align_corners=False` as transformers' `post_process_semantic_segmentation`
+//! and its training loss do.
+//!
+//! `wick train` can fit the classifier (`trainable=head`); the MLP decoder has no trainable
+//! twin, so `trainable=decoder` trains the same classifier.
+// Based on transformers 5 `models/segformer/modeling_segformer.py` (read, not copied).
+
+mod encoder;
+
+use candle_core::Tensor;
+
+use self::encoder::{MitConfig, MixTransformer};
+use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
+use super::ops::resize;
+use crate::model::error::ModelError;
+use crate::model::kernels::Activation;
+use crate::model::layers::{BatchNorm, Conv, ConvSpec};
+use crate::model::registry::Family;
+
+pub(super) const NAMES: &[&str] = &[
+    "segformer_b0",
+    "segformer_b1",
+    "segformer_b2",
+    "segformer_b3",
+    "segformer_b4",
+    "segformer_b5",
+];
+/// This file's architectures, for the segmentation registry (`registry.rs`).
+pub(super) const FAMILY: Family<Builder> = Family {
+    names: NAMES,
+    build,
+};
+
+/// The encoder's key prefix.
+const ENCODER_PREFIX: &str = "segformer.encoder.";
+/// The final 1x1 convolution to the classes.
+pub(crate) const HEAD_KEY: &str = "decode_head.classifier";
+
+/// Encoder widths of B1 ... B5 (B0 is narrower).
+const WIDE: [usize; 4] = [64, 128, 320, 512];
+
+/// The MiT variant of each name, and the decode head's width (`decoder_hidden_size`).
+fn variant(name: &str) -> Option<(MitConfig, usize)> {
+    let (widths, depths, decoder) = match name {
+        "segformer_b0" => ([32, 64, 160, 256], [2, 2, 2, 2], 256),
+        "segformer_b1" => (WIDE, [2, 2, 2, 2], 256),
+        "segformer_b2" => (WIDE, [3, 4, 6, 3], 768),
+        "segformer_b3" => (WIDE, [3, 4, 18, 3], 768),
+        "segformer_b4" => (WIDE, [3, 8, 27, 3], 768),
+        "segformer_b5" => (WIDE, [3, 6, 40, 3], 768),
+        _ => return None,
+    };
+    let config = MitConfig {
+        widths,
+        depths,
+        heads: [1, 2, 5, 8],
+        reductions: [8, 4, 2, 1],
+    };
+    Some((config, decoder))
+}
+
+struct SegFormer {
+    encoder: MixTransformer,
+    /// One token projection per stage, to the decoder width.
+    projections: Vec<Conv>,
+    /// `linear_fuse` + `batch_norm` + ReLU.
+    fuse: Conv,
+    classifier: Conv,
+    decoder_width: usize,
+}
+
+fn build(args: &SegmentationArgs<'_>) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
+    let Some((config, decoder_width)) = variant(args.name) else {
+        return Err(ModelError::Unsupported(format!(
+            "unknown SegFormer variant `{}`; expected one of {NAMES:?}",
+            args.name
+        )));
+    };
+    let w = args.weights;
+    let encoder = MixTransformer::load(w, ENCODER_PREFIX, &config)?;
+    let projections = config
+        .widths
+        .iter()
+        .enumerate()
+        .map(|(i, &width)| {
+            Conv::load_linear(
+                w,
+                &format!("decode_head.linear_c.{i}.proj"),
+                (width, decoder_width),
+                Activation::Identity,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let fuse = Conv::load(
+        w,
+        "decode_head.linear_fuse",
+        Some(BatchNorm {
+            prefix: "decode_head.batch_norm",
+            eps: 1e-5,
+        }),
+        ConvSpec::new(4 * decoder_width, decoder_width, 1, 1).act(Activation::Relu),
+    )?;
+    let classifier = Conv::load(
+        w,
+        HEAD_KEY,
+        None,
+        ConvSpec {
+            has_bias: true,
+            ..ConvSpec::new(decoder_width, args.out_channels, 1, 1)
+        },
+    )?;
+    Ok(Box::new(SegFormer {
+        encoder,
+        projections,
+        fuse,
+        classifier,
+        decoder_width,
+    }))
+}
+
+impl SegFormer {
+    /// The classifier's input: the fused decoder features at a quarter of the input size.
+    fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let stages = self.encoder.forward(xs)?;
+        let (_, h, w, _) = stages[0].dims4()?;
+        let mut projected = stages
+            .iter()
+            .zip(&self.projections)
+            .map(|(stage, projection)| resize(&projection.forward(stage)?, (h, w), false))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        projected.reverse();
+        self.fuse.forward(&Tensor::cat(&projected, 3)?)
+    }
+}
+
+impl SegmentationNetwork for SegFormer {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, h, w, _) = xs.dims4()?;
+        let logits = self.classifier.forward(&self.penultimate(xs)?)?;
+        resize(&logits, (h, w), false)
+    }
+
+    fn out_channels(&self) -> usize {
+        self.classifier.c_out()
+    }
+
+    fn size_multiple(&self) -> usize {
+        1
+    }
+
+    fn decoder(&self) -> Decoder {
+        self.head()
+    }
+
+    fn frozen_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        self.head_features(xs)
+    }
+
+    fn head(&self) -> Decoder {
+        Decoder::FinalConv {
+            key: HEAD_KEY,
+            channels: self.decoder_width,
+            align_corners: false,
+        }
+    }
+
+    fn head_features(&self, xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.penultimate(xs)?])
+    }
+}
