@@ -178,7 +178,7 @@ fn shorter_side_size(width: u32, height: u32, side: Option<usize>) -> (u32, u32)
 mod tests {
     use super::*;
 
-    fn config(segmentation: serde_json::Value) -> Result<SegmentationConfig, PackageError> {
+    fn config(segmentation: &serde_json::Value) -> Result<SegmentationConfig, PackageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = serde_json::json!({
             "architecture": "segformer_b0",
@@ -193,11 +193,11 @@ mod tests {
 
     #[test]
     fn the_working_size_follows_the_configured_resize() {
-        let squash = config(serde_json::json!({"resize_to": [512, 256]})).expect("valid");
+        let squash = config(&serde_json::json!({"resize_to": [512, 256]})).expect("valid");
         assert_eq!(squash.working_size(1000, 300), (256, 512), "width x height");
-        let shorter = config(serde_json::json!({"resize_shorter_side": 150})).expect("valid");
+        let shorter = config(&serde_json::json!({"resize_shorter_side": 150})).expect("valid");
         assert_eq!(shorter.working_size(1000, 300), (500, 150));
-        let native = config(serde_json::json!({})).expect("valid");
+        let native = config(&serde_json::json!({})).expect("valid");
         assert_eq!(native.working_size(1000, 300), (1000, 300));
     }
 
@@ -211,13 +211,13 @@ mod tests {
             (serde_json::json!({"resize_to": [0, 512]}), "[0, 512]"),
             (serde_json::json!({"resize_to": [512, 9000]}), "2048"),
         ] {
-            let err = config(section.clone()).expect_err("refused").to_string();
+            let err = config(&section).expect_err("refused").to_string();
             assert!(
                 err.contains("segmentation.resize_to") && err.contains(needle),
                 "{section}: {err}"
             );
         }
-        let err = config(serde_json::json!({"resize_to": [512]}))
+        let err = config(&serde_json::json!({"resize_to": [512]}))
             .expect_err("refused")
             .to_string();
         assert!(err.contains("segmentation"), "{err}");
