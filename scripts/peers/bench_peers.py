@@ -46,6 +46,8 @@ NETWORKS = [
     Network("resnet50", "ResNet-50", 224, (1, 8), "synthetic"),
     Network("mobilenet_v2", "MobileNetV2", 224, (1, 8), "synthetic"),
     Network("densenet121", "DenseNet-121", 224, (1, 8), "synthetic"),
+    Network("efficientnet_b0", "EfficientNet-B0 (torchvision)", 224, (1, 8), "synthetic"),
+    Network("efficientnet_v2_s", "EfficientNetV2-S (torchvision)", 224, (1, 8), "synthetic"),
     Network("deeplabv3plus_resnet50", "DeepLabV3+ ResNet-50 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3plus_resnet34", "DeepLabV3+ ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("unet_resnet34", "U-Net ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),

