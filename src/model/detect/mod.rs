@@ -1,5 +1,6 @@
 //! Object detection: the networks (YOLOv8 and YOLO11 from ultralytics checkpoints, with what they
-//! share in `ultralytics.rs`, YOLO11's attention in `psa.rs` and the recognition of an
+//! share in `ultralytics.rs` and
+//! `ultralytics_detect.rs`, YOLO11's attention in `psa.rs` and the recognition of an
 //! ultralytics `.pt` in `checkpoint.rs`; darknet cfg + weights networks
 //! such as Tiny YOLOv2; listed in `registry.rs`), what all share (`network.rs`), and
 //! the loaded [`Detector`] with the pipeline around them: letterbox (`letterbox.rs`), class-aware
@@ -15,6 +16,7 @@ pub(crate) mod nms;
 mod psa;
 pub(crate) mod registry;
 pub(crate) mod ultralytics;
+pub(crate) mod ultralytics_detect;
 pub(crate) mod yolo11;
 pub(crate) mod yolov8;
 

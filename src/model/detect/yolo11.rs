@@ -1,8 +1,8 @@
 //! YOLO11 n/s/m/l/x detection network with ultralytics key names (`model.N.*`, the layer list of
 //! `cfg/models/11/yolo11.yaml`): C3k2 blocks (plain bottlenecks, or C3k ones: always for the m, l
 //! and x scales, in layers 6, 8 and 22 for n and s), SPPF, C2PSA attention (`psa.rs`) and the
-//! Detect head whose class branch uses depthwise convolutions; the blocks shared with YOLOv8 are
-//! in `ultralytics.rs`.
+//! Detect head whose class branch uses depthwise convolutions; what it shares with YOLOv8 is in
+//! `ultralytics.rs` and `ultralytics_detect.rs`.
 //!
 //! As for YOLOv8, sizes come from the checkpoint's tensor shapes; the scale name only sizes
 //! synthetic weights and is checked against the shapes otherwise.
@@ -14,9 +14,8 @@ use candle_core::Tensor;
 use super::labels::COCO;
 use super::network::{Builder, DetectionArgs, DetectionNetwork};
 use super::psa::C2Psa;
-use super::ultralytics::{
-    conv, Block, Bottleneck, C2f, ClassBranch, Head, HeadDims, Sppf, Trunk, UltralyticsYolo,
-};
+use super::ultralytics::{conv, Block, Bottleneck, C2f, Sppf};
+use super::ultralytics_detect::{ClassBranch, Head, HeadDims, Trunk, UltralyticsYolo};
 use crate::model::error::ModelError;
 use crate::model::layers::{upsample_nearest, Conv};
 use crate::model::registry::Family;

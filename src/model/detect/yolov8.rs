@@ -1,6 +1,7 @@
 //! YOLOv8 n/s/m/l/x detection network with ultralytics key names (`model.N.*`, the layer list of
-//! `cfg/models/v8/yolov8.yaml`): the C2f blocks and how the layers connect; the blocks it shares
-//! with YOLO11 (Conv, bottleneck, SPPF, the Detect head) are in `ultralytics.rs`.
+//! `cfg/models/v8/yolov8.yaml`): the C2f sizes and how the layers connect; what it shares with
+//! YOLO11 is in `ultralytics.rs` (Conv, bottleneck, C2f, SPPF) and `ultralytics_detect.rs` (the
+//! Detect head).
 //!
 //! Sizes come from the checkpoint's tensor shapes (so custom widths, depths, class counts and
 //! DFL bins load too); the scale name only sizes synthetic weights and is checked against the
@@ -11,9 +12,8 @@ use candle_core::Tensor;
 
 use super::labels::COCO;
 use super::network::{Builder, DetectionArgs, DetectionNetwork};
-use super::ultralytics::{
-    conv, Block, Bottleneck, C2f, ClassBranch, Head, HeadDims, Sppf, Trunk, UltralyticsYolo,
-};
+use super::ultralytics::{conv, Block, Bottleneck, C2f, Sppf};
+use super::ultralytics_detect::{ClassBranch, Head, HeadDims, Trunk, UltralyticsYolo};
 use crate::model::error::ModelError;
 use crate::model::layers::{upsample_nearest, Conv};
 use crate::model::registry::Family;
