@@ -13,7 +13,6 @@ use image::{ImageFormat, Rgb, RgbImage};
 
 use crate::cli::BenchArgs;
 use crate::model::classify::{self, BuildArgs, Network};
-use crate::model::detect::yolov8;
 use crate::model::layers::to_nhwc;
 use crate::model::package::{preprocess_config, Package, Task};
 use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
@@ -67,7 +66,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "`--batch-sizes` must all be at least 1"
     );
     println!("threads: {}", rayon::current_num_threads());
-    let is_detector = |name: &String| yolov8::NAMES.contains(&name.as_str());
+    let is_detector = |name: &String| Detector::has_synthetic(name);
     let detectors: Vec<Detector> = match &args.model_dir {
         Some(dir) if Package::open(dir)?.config.task == Task::Detection => {
             vec![Detector::load(dir)?]
@@ -144,7 +143,7 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
     for name in args
         .architectures
         .iter()
-        .filter(|n| !yolov8::NAMES.contains(&n.as_str()))
+        .filter(|n| !Detector::has_synthetic(n))
     {
         if segment::supported().contains(&name.as_str()) {
             let network = segment::build(&SegmentationArgs {

@@ -114,8 +114,9 @@ pub struct BenchArgs {
     /// Benchmark this model package instead of synthetic-weight architectures.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    /// Architectures to run with synthetic weights (ignored with --model-dir); classification
-    /// or segmentation names (e.g. `deeplabv3plus_resnet50,lraspp_mobilenet_v3_large`).
+    /// Architectures to run with synthetic weights (ignored with --model-dir); classification,
+    /// segmentation or detection names (e.g. `deeplabv3plus_resnet50,yolo11n`; detectors run
+    /// at 640x640).
     #[arg(
         long,
         value_delimiter = ',',

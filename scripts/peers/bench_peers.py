@@ -57,6 +57,8 @@ NETWORKS = [
     Network("segformer_b2", "SegFormer-B2 (transformers, 21 classes)", 512, (1,), "synthetic"),
     Network("yolov8n", "YOLOv8n (80 classes)", 640, (1,), "detector"),
     Network("yolov8s", "YOLOv8s (80 classes)", 640, (1,), "detector"),
+    Network("yolo11n", "YOLO11n (80 classes)", 640, (1,), "detector"),
+    Network("yolo11s", "YOLO11s (80 classes)", 640, (1,), "detector"),
 ]
 NAMES = [n.name for n in NETWORKS]
 

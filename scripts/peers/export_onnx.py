@@ -18,8 +18,8 @@ packages); nothing else in scripts/peers/ imports torch.
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
   segformer_b0 segformer_b2    transformers SegformerForSemanticSegmentation, 21 classes, 512,
                                logits resized to the input
-  yolov8n yolov8s              ultralytics DetectionModel, 80 classes, 640, the decoded output
-                               (what wick bench's "forward" column times)
+  yolov8n yolov8s yolo11n yolo11s   ultralytics DetectionModel, 80 classes, 640, the decoded
+                               output (what wick bench's "forward" column times)
 Random weights (the libraries' default initialisation, seed 0, batch norm statistics
 recalibrated on random images: calibrate_batchnorm says why) except EfficientNet-Lite0.
 
@@ -100,7 +100,7 @@ class UpsampledSegformer(torch.nn.Module):
         return torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def yolov8(scale, dynamic=False):
+def ultralytics_detector(scale, dynamic=False):
     from ultralytics.nn.tasks import DetectionModel
 
     model = DetectionModel(f"{scale}.yaml", nc=80, verbose=False)
@@ -180,8 +180,10 @@ BENCH = {
     "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), 512, False),
     "segformer_b0": (lambda: UpsampledSegformer("b0"), 512, False),
     "segformer_b2": (lambda: UpsampledSegformer("b2"), 512, False),
-    "yolov8n": (lambda: yolov8("yolov8n"), 640, False),
-    "yolov8s": (lambda: yolov8("yolov8s"), 640, False),
+    "yolov8n": (lambda: ultralytics_detector("yolov8n"), 640, False),
+    "yolov8s": (lambda: ultralytics_detector("yolov8s"), 640, False),
+    "yolo11n": (lambda: ultralytics_detector("yolo11n"), 640, False),
+    "yolo11s": (lambda: ultralytics_detector("yolo11s"), 640, False),
 }
 
 
@@ -230,11 +232,12 @@ def bench(names, out):
         torch.manual_seed(0)
         model = build().eval()
         example = torch.randn(1, 3, size, size)
-        if name.startswith("yolov8"):
+        is_yolo = name.startswith(("yolov8", "yolo11"))
+        if is_yolo:
             example = torch.rand(1, 3, size, size)  # letterboxed RGB in [0, 1]
         if name != "efficientnet_lite0":  # real weights keep their statistics
             # Timed on noise (as wick bench is), so calibrated on the same kind of noise.
-            noise = torch.rand if name.startswith("yolov8") else torch.randn
+            noise = torch.rand if is_yolo else torch.randn
             calibrate_batchnorm(model, lambda: noise(2, 3, size, size))
         print(f"exporting {name} ({size}x{size})", file=sys.stderr)
         export(model, example, os.path.join(out, f"{name}.onnx"), {0: "batch"} if dynamic_batch else None)
@@ -292,7 +295,7 @@ def package(scenario, out, packages):
 
         example = (photo_like(1, 512, 512) - mean) / std
     elif scenario == "yolov8n":
-        model = yolov8("yolov8n", dynamic=True).eval()
+        model = ultralytics_detector("yolov8n", dynamic=True).eval()
         config = {"architecture": "yolov8n", "task": "detection"}
         labels = coco_names()
 

@@ -50,8 +50,11 @@ pub enum PackageError {
         /// What serde found wrong.
         cause: serde_json::Error,
     },
-    /// No `config.json` at or below the directory.
-    #[error("no config.json found in `{dir}` (searched {MAX_SEARCH_DEPTH} levels deep)")]
+    /// No `config.json` at or below the directory, and no lone `.pt` to read one from.
+    #[error(
+        "no config.json found in `{dir}` (searched {MAX_SEARCH_DEPTH} levels deep), and no single \
+         ultralytics .pt that would stand in for one"
+    )]
     NoConfig {
         /// The package directory.
         dir: PathBuf,
@@ -189,7 +192,12 @@ pub struct Package {
 impl Package {
     /// Finds and reads the package in `dir`.
     pub fn open(dir: &Path) -> Result<Self, PackageError> {
-        let config_path = find_config(dir)?;
+        let config_path = match find_config(dir) {
+            Err(PackageError::NoConfig { dir: searched }) => {
+                return checkpoint_only(dir)?.ok_or(PackageError::NoConfig { dir: searched })
+            }
+            found => found?,
+        };
         let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
         let text = read_to_string(&config_path)?;
         let invalid = |cause| PackageError::Config {
@@ -233,6 +241,30 @@ impl Package {
     pub(crate) fn preprocess_config(&self) -> Result<PreprocessConfig, PackageError> {
         preprocess_config(&self.config.pretrained_cfg)
     }
+}
+
+/// A folder with no `config.json` and one ultralytics `.pt`: a detection package whose network,
+/// class names and input size the checkpoint describes (architecture `ultralytics`, see
+/// `model/detect/checkpoint.rs`). `None` when the folder holds anything else.
+fn checkpoint_only(dir: &Path) -> Result<Option<Package>, PackageError> {
+    let Ok(weights_path) = find_weights(dir) else {
+        return Ok(None);
+    };
+    if weights_path.extension().is_none_or(|e| e != "pt") {
+        return Ok(None);
+    }
+    let config = serde_json::json!({"architecture": "ultralytics", "task": "detection"});
+    let config: PackageConfig =
+        serde_json::from_value(config).map_err(|cause| PackageError::Config {
+            path: dir.join("config.json"),
+            cause,
+        })?;
+    Ok(Some(Package {
+        config,
+        config_dir: weights_path.parent().unwrap_or(dir).to_path_buf(),
+        weights_path,
+        labels: Vec::new(),
+    }))
 }
 
 /// The evaluation transform described by a `pretrained_cfg`, validated.

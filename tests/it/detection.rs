@@ -20,11 +20,11 @@ use wick::model::{DetectOptions, Detection, Detector, ModelError};
 
 use crate::support::fixture;
 
-fn detection_dir() -> PathBuf {
+pub(crate) fn detection_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/detection")
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
     let path = detection_dir().join(name);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -32,15 +32,15 @@ fn read_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
 }
 
 #[derive(Deserialize)]
-struct Raw {
-    shape: Vec<usize>,
+pub(crate) struct Raw {
+    pub(crate) shape: Vec<usize>,
     abs_sum: f64,
     sample_index: Vec<usize>,
     sample_value: Vec<f64>,
 }
 
 #[derive(Deserialize)]
-struct Letterboxed {
+pub(crate) struct Letterboxed {
     shape: Vec<usize>,
     pixel_y: Vec<usize>,
     pixel_x: Vec<usize>,
@@ -48,16 +48,16 @@ struct Letterboxed {
 }
 
 #[derive(Deserialize)]
-struct Photo {
-    photo: String,
+pub(crate) struct Photo {
+    pub(crate) photo: String,
     /// `square` (ultralytics' `LetterBox(auto=False)`) or `rect` (`auto=True`).
-    letterbox_mode: String,
+    pub(crate) letterbox_mode: String,
     size: [usize; 2],
     letterbox: Letterboxed,
-    threshold: f32,
-    iou: f32,
+    pub(crate) threshold: f32,
+    pub(crate) iou: f32,
     /// `[x1, y1, x2, y2, score, class]` in original pixels, best first.
-    boxes: Vec<(f32, f32, f32, f32, f32, usize)>,
+    pub(crate) boxes: Vec<(f32, f32, f32, f32, f32, usize)>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +75,7 @@ fn package(dir: &Path, config: &str) -> Result<Package> {
 }
 
 /// A package directory with only a config (weights are passed in memory).
-fn config_only(config: &str) -> Result<(tempfile::TempDir, Package)> {
+pub(crate) fn config_only(config: &str) -> Result<(tempfile::TempDir, Package)> {
     let dir = tempfile::tempdir()?;
     // Package::open wants a weights file; its content is never read here.
     std::fs::write(dir.path().join("unused.safetensors"), b"")?;
@@ -105,13 +105,13 @@ fn yolov8n_detector(fixture: &YoloFixture, letterbox: &str) -> Result<Detector> 
 }
 
 /// `(synth("input") + 1) / 2`: image-like values in [0, 1], as the generator feeds.
-fn synthetic_input(shape: &[usize]) -> Result<Tensor> {
+pub(crate) fn synthetic_input(shape: &[usize]) -> Result<Tensor> {
     Ok(((synthesize("input", shape) + 1.0)? / 2.0)?)
 }
 
 /// Compares a raw output with the reference: every sample within 1e-3 (relative above 1), the
 /// absolute sum within 1e-5 relative.
-fn assert_raw_matches(got: &Tensor, want: &Raw, what: &str) -> Result<()> {
+pub(crate) fn assert_raw_matches(got: &Tensor, want: &Raw, what: &str) -> Result<()> {
     assert_eq!(got.dims(), want.shape.as_slice(), "{what}: shape");
     let flat = got.flatten_all()?.to_vec1::<f32>()?;
     let mut worst = 0.0f64;
@@ -148,7 +148,11 @@ fn yolov8n_raw_head_output_matches_ultralytics() -> Result<()> {
     assert_raw_matches(&raw, &fixture.raw, "yolov8n")
 }
 
-fn assert_same_boxes(got: &[Detection], want: &[(f32, f32, f32, f32, f32, usize)], what: &str) {
+pub(crate) fn assert_same_boxes(
+    got: &[Detection],
+    want: &[(f32, f32, f32, f32, f32, usize)],
+    what: &str,
+) {
     assert_eq!(
         got.len(),
         want.len(),
@@ -235,7 +239,7 @@ fn yolov8n_boxes_on_photos_match_ultralytics() -> Result<()> {
     Ok(())
 }
 
-fn fixture_path(name: &str) -> PathBuf {
+pub(crate) fn fixture_path(name: &str) -> PathBuf {
     fixture(name)
 }
 

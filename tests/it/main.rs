@@ -3,6 +3,7 @@
 mod artifacts;
 mod build_and_push;
 mod detection;
+mod detection_yolo11;
 mod http;
 mod openapi;
 mod parity;

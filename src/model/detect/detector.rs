@@ -15,12 +15,16 @@ use super::letterbox::draw;
 use super::network::{DetectionArgs, DetectionNetwork};
 use super::nms::suppress;
 use super::registry;
-use super::yolov8::{self, YoloV8};
+use super::{yolo11, yolov8};
 use crate::model::error::ModelError;
 use crate::model::layers::to_nhwc;
 use crate::model::output::{DetectOptions, Detection};
 use crate::model::package::{Letterbox, Package, PackageError, Task};
 use crate::model::weights::Weights;
+
+/// Families whose named scales [`Detector::synthetic`] builds; the first name of each takes its
+/// sizes from a checkpoint, so it has no synthetic form.
+const SYNTHETIC_FAMILIES: [&[&str]; 2] = [yolov8::NAMES, yolo11::NAMES];
 
 /// Most boxes a request may ask for.
 pub(crate) const MAX_DETECTIONS_LIMIT: usize = 10_000;
@@ -99,16 +103,32 @@ impl Detector {
         })
     }
 
-    /// A YOLOv8 scale (`yolov8n` ... `yolov8x`) with synthetic weights, 80 COCO classes and a
-    /// 640x640 input: for benchmarks, where only the cost matters.
+    /// Whether [`Detector::synthetic`] builds `architecture`.
+    pub(crate) fn has_synthetic(architecture: &str) -> bool {
+        SYNTHETIC_FAMILIES
+            .iter()
+            .any(|names| names[1..].contains(&architecture))
+    }
+
+    /// A YOLOv8 or YOLO11 scale (`yolov8n` ... `yolo11x`) with synthetic weights, 80 COCO
+    /// classes and a 640x640 input: for benchmarks, where only the cost matters.
     pub(crate) fn synthetic(architecture: &str) -> Result<Self, ModelError> {
-        if !yolov8::NAMES.contains(&architecture) || architecture == "yolov8" {
+        let weights = Weights::synthetic();
+        let network = if yolov8::NAMES[1..].contains(&architecture) {
+            yolov8::load(architecture, &weights, COCO.len())?
+        } else if yolo11::NAMES[1..].contains(&architecture) {
+            yolo11::load(architecture, &weights, COCO.len())?
+        } else {
+            let scales: Vec<&str> = SYNTHETIC_FAMILIES
+                .iter()
+                .flat_map(|n| &n[1..])
+                .copied()
+                .collect();
             return Err(ModelError::UnknownArchitecture {
                 name: architecture.to_string(),
-                supported: yolov8::NAMES[1..].join(", "),
+                supported: scales.join(", "),
             });
-        }
-        let network = YoloV8::load(architecture, &Weights::synthetic(), COCO.len())?;
+        };
         Ok(Detector {
             network: Box::new(network),
             labels: COCO.iter().map(|s| s.to_string()).collect(),

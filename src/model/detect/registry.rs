@@ -2,11 +2,16 @@
 //! `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{Builder, DetectionArgs, DetectionNetwork};
-use super::{darknet, yolov8};
+use super::{checkpoint, darknet, yolo11, yolov8};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
-const REGISTRY: &[Family<Builder>] = &[yolov8::FAMILY, darknet::network::FAMILY];
+const REGISTRY: &[Family<Builder>] = &[
+    yolov8::FAMILY,
+    yolo11::FAMILY,
+    checkpoint::FAMILY,
+    darknet::network::FAMILY,
+];
 
 /// Builds the detection network called `args.name`.
 pub(crate) fn build(args: &DetectionArgs<'_>) -> Result<Box<dyn DetectionNetwork>, ModelError> {

@@ -18,6 +18,7 @@ mod synthetic;
 mod tests;
 #[cfg(test)]
 mod tests_handmade;
+mod ultralytics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,6 +29,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use error::WeightsError;
 pub use synthetic::synthesize;
+pub(crate) use ultralytics::UltralyticsModel;
 
 /// Named f32 CPU tensors from a checkpoint, or synthesized on demand.
 #[derive(Clone)]
@@ -36,6 +38,7 @@ pub struct Weights {
     synthesize_missing: bool,
     origin: Option<PathBuf>,
     class_names: Option<Vec<String>>,
+    ultralytics: Option<UltralyticsModel>,
 }
 
 impl fmt::Debug for Weights {
@@ -160,9 +163,9 @@ impl Weights {
 
     /// Parses checkpoint `bytes`; `path` only names the file in errors.
     fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, WeightsError> {
-        let mut class_names = None;
+        let mut module = pth::ModuleFacts::default();
         let mut torch = |loaded: pth::Loaded| {
-            class_names = loaded.class_names;
+            module = loaded.module;
             loaded.tensors
         };
         let loaded = match detect(bytes) {
@@ -198,7 +201,8 @@ impl Weights {
             tensors,
             synthesize_missing: false,
             origin: Some(path.to_owned()),
-            class_names,
+            class_names: module.class_names,
+            ultralytics: module.ultralytics,
         })
     }
 
@@ -210,6 +214,7 @@ impl Weights {
             synthesize_missing: false,
             origin: None,
             class_names: None,
+            ultralytics: None,
         }
     }
 
@@ -221,12 +226,18 @@ impl Weights {
             synthesize_missing: true,
             origin: None,
             class_names: None,
+            ultralytics: None,
         }
     }
 
     /// Class names stored in the checkpoint itself (a pickled ultralytics model's `names`).
     pub(crate) fn class_names(&self) -> Option<&[String]> {
         self.class_names.as_deref()
+    }
+
+    /// The model an ultralytics checkpoint describes (a pickled `DetectionModel` and its kin).
+    pub(crate) fn ultralytics(&self) -> Option<&UltralyticsModel> {
+        self.ultralytics.as_ref()
     }
 
     /// Whether a tensor of this name was really loaded (never true for names

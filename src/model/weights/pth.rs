@@ -14,6 +14,7 @@ use super::gather::{self, Dtype, GatherError};
 use super::module_tree;
 use super::pickle::{self, PickleError, Unpickled, Value};
 use super::state_dict::{self, Entry, StorageRef, TensorRef};
+use super::ultralytics::{self, UltralyticsModel};
 
 /// `torch.serialization.MAGIC_NUMBER` (0x1950a86a20f9469cfc6c), as the
 /// little-endian bytes of the `LONG1` that opens a legacy file.
@@ -109,7 +110,7 @@ pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightsError
     }
     let pkl_bytes = read_entry(ctx, &mut zip, &pkl, &mut budget)?;
     let un = pickle::load(&pkl_bytes).map_err(|e| ctx.pickle("data.pkl", 0, e))?;
-    let (entries, class_names) = tensor_entries(ctx, &un.value)?;
+    let (entries, module) = tensor_entries(ctx, &un.value)?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     for (_, t) in &entries {
@@ -126,17 +127,22 @@ pub(super) fn load_zip(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightsError
         |key| storages.get(key).map(Vec::as_slice),
         bytes.len(),
     )?;
-    Ok(Loaded {
-        tensors,
-        class_names,
-    })
+    Ok(Loaded { tensors, module })
 }
 
-/// What a PyTorch checkpoint yields: its float tensors, and the class names when the file is a
-/// pickled module carrying them (ultralytics' `names`).
+/// What a PyTorch checkpoint yields: its float tensors, and what a pickled module says besides.
 pub(super) struct Loaded {
     pub(super) tensors: Vec<(String, Tensor)>,
+    pub(super) module: ModuleFacts,
+}
+
+/// What a pickled module carries besides its tensors (all `None` for a state dict).
+#[derive(Default)]
+pub(super) struct ModuleFacts {
+    /// Its `names` (ultralytics' class names).
     pub(super) class_names: Option<Vec<String>>,
+    /// The model an ultralytics checkpoint describes.
+    pub(super) ultralytics: Option<UltralyticsModel>,
 }
 
 /// What zip records may still inflate to, shared by all reads of one file.
@@ -285,31 +291,28 @@ pub(super) fn load_legacy(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightsEr
         pos = start + nbytes;
     }
 
-    let (entries, class_names) = tensor_entries(ctx, &object.value)?;
+    let (entries, module) = tensor_entries(ctx, &object.value)?;
     let tensors = materialize(ctx, entries, |key| storages.get(key).copied(), bytes.len())?;
-    Ok(Loaded {
-        tensors,
-        class_names,
-    })
+    Ok(Loaded { tensors, module })
 }
 
-type Entries = (Vec<(String, TensorRef)>, Option<Vec<String>>);
+type Entries = (Vec<(String, TensorRef)>, ModuleFacts);
 
 /// The named tensor references of the state dict inside `root`, or of the pickled module
 /// (with its class names) when there is no state dict.
 fn tensor_entries(ctx: Ctx<'_>, root: &Value) -> Result<Entries, WeightsError> {
-    let (named, class_names): (Vec<(String, Value)>, _) = if let Some(dict) = state_dict::find(root)
-    {
+    let (named, facts): (Vec<(String, Value)>, _) = if let Some(dict) = state_dict::find(root) {
         let named = dict
             .iter()
             .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
             .collect();
-        (named, None)
+        (named, ModuleFacts::default())
     } else if let Some(module) = module_tree::find_module(root) {
-        (
-            module_tree::flatten(module),
-            module_tree::class_names(module),
-        )
+        let facts = ModuleFacts {
+            class_names: module_tree::class_names(module),
+            ultralytics: ultralytics::describe(root, module),
+        };
+        (module_tree::flatten(module), facts)
     } else {
         return Err(WeightsError::NoTensors {
             path: ctx.path.to_owned(),
@@ -338,7 +341,7 @@ fn tensor_entries(ctx: Ctx<'_>, root: &Value) -> Result<Entries, WeightsError> {
             detail: state_dict::describe(root),
         });
     }
-    Ok((out, class_names))
+    Ok((out, facts))
 }
 
 /// Gathers every float tensor from its storage bytes; integer tensors
