@@ -6,6 +6,7 @@ mod detection;
 mod http;
 mod openapi;
 mod parity;
+mod pixels;
 mod progress_terminal;
 mod readme_settings;
 mod real_model;
