@@ -19,6 +19,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+mod jpeg;
 pub(crate) mod rows;
 
 use candle_core::{Device, Tensor};

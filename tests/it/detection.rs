@@ -217,9 +217,9 @@ fn yolov8n_boxes_on_photos_match_ultralytics() -> Result<()> {
                 worst = worst.max(got.abs_diff(want));
             }
         }
-        assert!(
-            worst <= 1,
-            "{}: letterbox pixels differ by {worst} levels",
+        assert_eq!(
+            worst, 0,
+            "{}: letterbox pixels differ from ultralytics' by {worst} levels",
             photo.photo
         );
 

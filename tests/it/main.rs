@@ -7,6 +7,7 @@ mod detection_yolo11;
 mod http;
 mod openapi;
 mod parity;
+mod pixels;
 mod progress_terminal;
 mod readme_settings;
 mod real_model;

@@ -4,12 +4,13 @@
 //! the canvas either the whole input (`auto=False`, [`Placement::new`]) or, as ultralytics'
 //! predictor does, only the resized image padded up to the next stride multiple (`auto=True`,
 //! [`Placement::minimal`]: 640x384 instead of 640x640 for a 16:9 photo, 40% less work).
-//! Padding value 114, the same rounding of the resized size and of the padding,
-//! bilinear resampling with OpenCV's `INTER_LINEAR` geometry (half-pixel centres, no
-//! antialiasing when shrinking). Pixel values differ from OpenCV's fixed-point arithmetic by at
-//! most one level (measured in the detection parity test).
+//! Padding value 114, the same rounding of the resized size and of the padding, and the resize
+//! itself is OpenCV's `INTER_LINEAR` on 8-bit pixels bit for bit (`cv_resize.rs`): the canvas
+//! equals ultralytics' byte for byte (`tests/fixtures/pixels/letterbox.json`).
 
 use image::RgbImage;
+
+use super::cv_resize::resize_linear_rgb;
 
 /// ultralytics' grey, 114 of 255.
 pub const PAD_VALUE: f32 = 114.0 / 255.0;
@@ -85,7 +86,7 @@ fn fit((h, w): (usize, usize), target: (usize, usize)) -> (usize, usize) {
 
 /// The image drawn where `placement` puts it on its canvas, padded with `pad`, as planar RGB
 /// in [0, 1] (`3 * h * w` values for a canvas `(h, w)`, channel-major, ready for an
-/// `(1, 3, h, w)` tensor).
+/// `(1, 3, h, w)` tensor). The resized pixels are 8-bit, as in ultralytics, divided by 255.
 pub fn draw(image: &RgbImage, placement: &Placement, pad: f32) -> Vec<f32> {
     let (src_w, src_h) = (image.width() as usize, image.height() as usize);
     let (new_h, new_w) = placement.resized;
@@ -94,53 +95,18 @@ pub fn draw(image: &RgbImage, placement: &Placement, pad: f32) -> Vec<f32> {
     if src_w == 0 || src_h == 0 {
         return out;
     }
-    let xs = taps(src_w, new_w);
-    let ys = taps(src_h, new_h);
-    let src = image.as_raw();
-    let row_len = src_w * 3;
-    let mut row = vec![0.0f32; new_w * 3];
-    for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
-        let (r0, r1) = (
-            &src[y0 * row_len..][..row_len],
-            &src[y1 * row_len..][..row_len],
-        );
-        for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
-            for c in 0..3 {
-                let top = f32::from(r0[x0 * 3 + c]) * (1.0 - fx) + f32::from(r0[x1 * 3 + c]) * fx;
-                let bottom =
-                    f32::from(r1[x0 * 3 + c]) * (1.0 - fx) + f32::from(r1[x1 * 3 + c]) * fx;
-                row[ox * 3 + c] = top * (1.0 - fy) + bottom * fy;
-            }
-        }
-        let y = oy + placement.pad_top;
-        for (ox, pixel) in row.chunks_exact(3).enumerate() {
-            let x = ox + placement.pad_left;
-            for (c, v) in pixel.iter().enumerate() {
-                // The resized image is u8 in ultralytics: round like OpenCV does.
-                out[(c * ch + y) * cw + x] = v.round().clamp(0.0, 255.0) / 255.0;
+    let resized = resize_linear_rgb(image.as_raw(), (src_w, src_h), (new_w, new_h));
+    let plane = ch * cw;
+    for (y, row) in resized.chunks_exact(new_w * 3).enumerate() {
+        let start = (y + placement.pad_top) * cw + placement.pad_left;
+        for (c, channel) in out.chunks_exact_mut(plane).enumerate() {
+            let dst = &mut channel[start..start + new_w];
+            for (d, pixel) in dst.iter_mut().zip(row.chunks_exact(3)) {
+                *d = f32::from(pixel[c]) / 255.0;
             }
         }
     }
     out
-}
-
-/// OpenCV `INTER_LINEAR` source taps for each output index: `(lower, upper, weight of upper)`.
-fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
-    let scale = src as f64 / dst as f64;
-    (0..dst)
-        .map(|d| {
-            let f = (d as f64 + 0.5) * scale - 0.5;
-            let lower = f.floor();
-            let frac = (f - lower) as f32;
-            if lower < 0.0 {
-                (0, 0, 0.0)
-            } else if lower as usize >= src - 1 {
-                (src - 1, src - 1, 0.0)
-            } else {
-                (lower as usize, lower as usize + 1, frac)
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

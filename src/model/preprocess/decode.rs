@@ -5,10 +5,11 @@
 //! detected from the magic bytes only, never from a file name or content type. The result
 //! matches what PIL's `Image.open(f)` + `ImageOps.exif_transpose` + `convert("RGB")` gives:
 //! grey is replicated, alpha is dropped (not composited), CMYK is converted with the Adobe
-//! inverted-CMYK convention, ICC profiles are ignored. Two deliberate differences: 16-bit
+//! inverted-CMYK convention, ICC profiles are ignored. JPEGs are decoded by libjpeg-turbo
+//! (`jpeg.rs`), as in Pillow's wheels, so their pixels are Pillow's byte for byte; CMYK JPEGs
+//! and the other formats go through the `image` crate. One deliberate difference: 16-bit
 //! samples are scaled to 8 bits with rounding (PIL truncates 16-bit RGB to the high byte and
-//! clips 16-bit grey at 255), and the JPEG decoder is zune-jpeg, not libjpeg-turbo, whose
-//! output differs by up to about 6 levels (mean about 0.2 levels on photos).
+//! clips 16-bit grey at 255).
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,6 +19,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
 
 use super::error::PreprocessError;
+use super::jpeg::{decode_jpeg, Jpeg};
 
 /// Limits applied while decoding untrusted images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -201,14 +203,22 @@ fn decode_format(
     limits: &DecodeLimits,
 ) -> Result<RgbImage, PreprocessError> {
     let fail = |err| classify(format, limits, err);
-    // zune-jpeg, as `image` configures it, fills whatever is missing from a truncated JPEG
-    // with grey and reports success; PIL refuses such a file ("image file is truncated"), and
-    // a half-grey photo would silently get a wrong answer. Require the end-of-image marker.
-    if format == ImageFormat::Jpeg && !jpeg_reaches_eoi(bytes) {
-        return Err(fail(ImageError::Decoding(DecodingError::new(
-            ImageFormatHint::Exact(format),
-            "the data ends before the end-of-image marker (truncated file)",
-        ))));
+    if format == ImageFormat::Jpeg {
+        // libjpeg (with a warning) and zune-jpeg both fill whatever is missing from a
+        // truncated JPEG and report success; PIL refuses such a file ("image file is
+        // truncated"), and a half-grey photo would silently get a wrong answer. Require the
+        // end-of-image marker.
+        if !jpeg_reaches_eoi(bytes) {
+            return Err(fail(ImageError::Decoding(DecodingError::new(
+                ImageFormatHint::Exact(format),
+                "the data ends before the end-of-image marker (truncated file)",
+            ))));
+        }
+        match decode_jpeg(bytes, limits)? {
+            Jpeg::Rgb(image) => return Ok(image),
+            // libjpeg has no CMYK -> RGB conversion; `image` (zune-jpeg) has Pillow's.
+            Jpeg::Cmyk => {}
+        }
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = limits.image_limits();
@@ -630,7 +640,7 @@ mod tests {
 
     #[test]
     fn truncated_jpeg_is_refused_like_pil_does() {
-        // zune-jpeg would return a partly grey image for these; PIL raises "image file is
+        // libjpeg would return a partly filled image for these; PIL raises "image file is
         // truncated" for every one of them, including a file missing only its EOI marker.
         let photo = std::fs::read(fixtures().join("chelsea.jpg")).unwrap();
         let limits = DecodeLimits::default();
