@@ -8,7 +8,8 @@
 # Usage: scripts/bench-peers.sh [--only NAME[,NAME...]] [--rounds R] [--iterations N]
 #                               [--iterations-large M] [--wick PATH] [--json OUT]
 #   --only               networks (default all): efficientnet_lite0 resnet50 mobilenet_v2
-#                        densenet121 (224, batch 1 and 8), deeplabv3plus_resnet50
+#                        densenet121 vit_base_patch16_224 deit_small_patch16_224 (224,
+#                        batch 1 and 8), deeplabv3plus_resnet50
 #                        deeplabv3plus_resnet34 deeplabv3_resnet50 lraspp_mobilenet_v3_large
 #                        (512), yolov8n yolov8s (640)
 #   --rounds R           interleaved rounds per row (default 3)

@@ -46,6 +46,8 @@ NETWORKS = [
     Network("resnet50", "ResNet-50", 224, (1, 8), "synthetic"),
     Network("mobilenet_v2", "MobileNetV2", 224, (1, 8), "synthetic"),
     Network("densenet121", "DenseNet-121", 224, (1, 8), "synthetic"),
+    Network("vit_base_patch16_224", "ViT-B/16 (timm)", 224, (1, 8), "synthetic"),
+    Network("deit_small_patch16_224", "DeiT-S/16 (timm)", 224, (1, 8), "synthetic"),
     Network("deeplabv3plus_resnet50", "DeepLabV3+ ResNet-50 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3plus_resnet34", "DeepLabV3+ ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3_resnet50", "DeepLabV3 ResNet-50 (torchvision, 21 classes)", 512, (1,), "synthetic"),

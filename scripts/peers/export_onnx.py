@@ -11,6 +11,7 @@ packages); nothing else in scripts/peers/ imports torch.
                                0.1.0 (the network wick's package from
                                scripts/fetch-efficientnet-lite0.sh loads), 224, dynamic batch
   resnet50 mobilenet_v2 densenet121   torchvision, 1000 classes, 224, dynamic batch
+  vit_base_patch16_224 deit_small_patch16_224   timm, 1000 classes, 224, dynamic batch
   deeplabv3plus_resnet50 deeplabv3plus_resnet34   segmentation_models_pytorch DeepLabV3Plus,
                                21 classes (wick bench builds segmentation nets with 21), 512
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
@@ -136,12 +137,20 @@ def torchvision_model(name):
     }[name]()
 
 
+def timm_model(name):
+    import timm
+
+    return timm.create_model(name, pretrained=False)
+
+
 # name -> (builder, input size, dynamic batch)
 BENCH = {
     "efficientnet_lite0": (efficientnet_lite0, 224, True),
     "resnet50": (lambda: torchvision_model("resnet50"), 224, True),
     "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), 224, True),
     "densenet121": (lambda: torchvision_model("densenet121"), 224, True),
+    "vit_base_patch16_224": (lambda: timm_model("vit_base_patch16_224"), 224, True),
+    "deit_small_patch16_224": (lambda: timm_model("deit_small_patch16_224"), 224, True),
     "deeplabv3plus_resnet50": (lambda: smp_deeplabv3plus("resnet50", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3_resnet50": (lambda: torchvision_model("deeplabv3_resnet50"), 512, False),

@@ -1,14 +1,16 @@
 //! The model package: a directory holding `config.json` and one weights file, possibly nested
 //! (SageMaker's uncompressed S3 layouts add folders). `config.json` is a superset of the timm
-//! hub config, so a directory downloaded from a timm model repository loads unchanged; see
-//! `docs/model-package.md`.
+//! hub config, so a directory downloaded from a timm model repository loads unchanged; a
+//! Hugging Face folder's `config.json` is first rewritten into these fields
+//! (`huggingface.rs`). See `docs/model-package.md`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::preprocess::{Interpolation, PreprocessConfig};
+use super::huggingface::{self, HfError};
+use super::preprocess::{Interpolation, PreprocessConfig, ResizeMode};
 
 /// The canvas a YOLOv8 detector letterboxes an image onto (`letterbox` in config.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -78,6 +80,9 @@ pub enum PackageError {
         /// The files.
         found: Vec<PathBuf>,
     },
+    /// A Hugging Face folder wick cannot serve.
+    #[error(transparent)]
+    HuggingFace(#[from] HfError),
     /// A config field holds a value wick cannot use.
     #[error("config.json field `{field}`: {message} (given: {value})")]
     InvalidField {
@@ -121,6 +126,10 @@ pub(crate) struct PretrainedCfg {
     /// `bilinear` or `bicubic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) interpolation: Option<String>,
+    /// wick's own field: `keep_aspect` (timm's, the default) or `squash` (Hugging Face's image
+    /// processors: resized to `input_size / crop_pct` whatever the aspect ratio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resize_mode: Option<ResizeMode>,
     /// Anything else timm writes (tag, first_conv, ...), kept on rewrite.
     #[serde(flatten)]
     pub(crate) extra: BTreeMap<String, serde_json::Value>,
@@ -187,11 +196,17 @@ impl Package {
         let config_path = find_config(dir)?;
         let config_dir = config_path.parent().unwrap_or(dir).to_path_buf();
         let text = read_to_string(&config_path)?;
-        let config: PackageConfig =
-            serde_json::from_str(&text).map_err(|cause| PackageError::Config {
-                path: config_path.clone(),
-                cause,
-            })?;
+        let invalid = |cause| PackageError::Config {
+            path: config_path.clone(),
+            cause,
+        };
+        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+        if let Some(fields) = json.as_object_mut() {
+            if huggingface::is_hugging_face(fields) {
+                huggingface::translate(fields, &config_dir)?;
+            }
+        }
+        let config: PackageConfig = serde_json::from_value(json).map_err(invalid)?;
         let weights_path = match &config.weights {
             Some(name) => {
                 let path = config_dir.join(name);
@@ -283,6 +298,7 @@ pub(crate) fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig,
         interpolation,
         mean,
         std,
+        resize_mode: cfg.resize_mode.unwrap_or_default(),
     })
 }
 

@@ -3,6 +3,7 @@
 mod artifacts;
 mod build_and_push;
 mod detection;
+mod hf_folder;
 mod http;
 mod openapi;
 mod parity;

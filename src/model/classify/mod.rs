@@ -12,6 +12,7 @@ pub(crate) mod mobilenet_v3;
 pub(crate) mod network;
 pub(crate) mod registry;
 pub(crate) mod resnet;
+pub(crate) mod vit;
 
 pub use classifier::Classifier;
 pub use network::{Backbone, BuildArgs, Network};
