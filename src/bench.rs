@@ -164,6 +164,7 @@ fn targets(args: &BenchArgs) -> Result<Vec<Target>> {
                 name,
                 weights: &weights,
                 num_classes: 1000,
+                config: &Default::default(),
             })?;
             targets.push((name.clone(), Box::new(move |x| forward(&network, x)), size));
         }

@@ -9,6 +9,7 @@ pub(crate) mod atomic_file;
 pub mod classify;
 pub mod detect;
 pub(crate) mod error;
+pub mod huggingface;
 pub mod kernels;
 pub mod layers;
 pub(crate) mod output;

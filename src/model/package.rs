@@ -1,7 +1,8 @@
 //! The model package: a directory holding `config.json` and one weights file, possibly nested
 //! (SageMaker's uncompressed S3 layouts add folders). `config.json` is a superset of the timm
-//! hub config, so a directory downloaded from a timm model repository loads unchanged, and a
-//! segmentation_models_pytorch `save_pretrained` folder is read through `smp_config.rs`; see
+//! hub config, so a directory downloaded from a timm model repository loads unchanged; a
+//! Hugging Face folder's `config.json` is first rewritten into these fields (`huggingface.rs`),
+//! and so is a segmentation_models_pytorch `save_pretrained` folder's (`smp_config.rs`). See
 //! `docs/model-package.md`.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::preprocess::{Interpolation, PreprocessConfig};
+use super::huggingface::{self, HfError};
+use super::preprocess::{Interpolation, PreprocessConfig, ResizeMode};
 use super::smp_config::{self, SmpConfigError};
 
 /// The canvas a YOLOv8 detector letterboxes an image onto (`letterbox` in config.json).
@@ -86,6 +88,9 @@ pub enum PackageError {
     /// A segmentation_models_pytorch config names a model wick does not run.
     #[error(transparent)]
     Smp(#[from] SmpConfigError),
+    /// A Hugging Face folder wick cannot serve.
+    #[error(transparent)]
+    HuggingFace(#[from] HfError),
     /// A config field holds a value wick cannot use.
     #[error("config.json field `{field}`: {message} (given: {value})")]
     InvalidField {
@@ -129,6 +134,10 @@ pub(crate) struct PretrainedCfg {
     /// `bilinear` or `bicubic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) interpolation: Option<String>,
+    /// wick's own field: `keep_aspect` (timm's, the default) or `squash` (Hugging Face's image
+    /// processors: resized to `input_size / crop_pct` whatever the aspect ratio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resize_mode: Option<ResizeMode>,
     /// Anything else timm writes (tag, first_conv, ...), kept on rewrite.
     #[serde(flatten)]
     pub(crate) extra: BTreeMap<String, serde_json::Value>,
@@ -204,11 +213,16 @@ impl Package {
             path: config_path.clone(),
             cause,
         };
-        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
-        if smp_config::is_smp(&value) {
-            value = smp_config::translate(&value)?;
+        let mut json: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+        if smp_config::is_smp(&json) {
+            json = smp_config::translate(&json)?;
         }
-        let config: PackageConfig = serde_json::from_value(value).map_err(invalid)?;
+        if let Some(fields) = json.as_object_mut() {
+            if huggingface::is_hugging_face(fields) {
+                huggingface::translate(fields, &config_dir)?;
+            }
+        }
+        let config: PackageConfig = serde_json::from_value(json).map_err(invalid)?;
         let weights_path = match &config.weights {
             Some(name) => {
                 let path = config_dir.join(name);
@@ -324,6 +338,7 @@ pub(crate) fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig,
         interpolation,
         mean,
         std,
+        resize_mode: cfg.resize_mode.unwrap_or_default(),
     })
 }
 

@@ -26,7 +26,7 @@ use candle_core::{Device, Tensor};
 use fast_image_resize::{self as fr, ResizeAlg, ResizeOptions};
 use image::RgbImage;
 
-pub use config::{Interpolation, PreprocessConfig};
+pub use config::{Interpolation, PreprocessConfig, ResizeMode};
 pub use decode::{decode, DecodeLimits};
 pub use error::PreprocessError;
 
@@ -142,8 +142,9 @@ fn resample(
     Ok(region)
 }
 
-/// Runs the evaluation transform on one RGB image: resize (keeping the aspect ratio) so the
-/// shorter side is `floor(input / crop_pct)`, centre-crop `input_height x input_width`, scale to
+/// Runs the evaluation transform on one RGB image: resize so the shorter side is
+/// `floor(input / crop_pct)` (keeping the aspect ratio; both sides with
+/// [`ResizeMode::Squash`]), centre-crop `input_height x input_width`, scale to
 /// `[0, 1]` and normalise with `mean` / `std`.
 ///
 /// Returns `3 * input_height * input_width` values in CHW order (channel-major, then rows, then
@@ -155,7 +156,10 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<f32>, Pr
         return Err(PreprocessError::NoPixels { width, height });
     }
     let (out_h, out_w) = (cfg.input_height, cfg.input_width);
-    let (resized_h, resized_w) = resized_size(width, height, cfg.scale_size());
+    let (resized_h, resized_w) = match cfg.resize_mode {
+        ResizeMode::KeepAspect => resized_size(width, height, cfg.scale_size()),
+        ResizeMode::Squash => cfg.scale_size(),
+    };
     let rows = plan_axis(height, resized_h, out_h);
     let cols = plan_axis(width, resized_w, out_w);
 

@@ -4,6 +4,7 @@ mod artifacts;
 mod build_and_push;
 mod detection;
 mod detection_yolo11;
+mod hf_folder;
 mod http;
 mod openapi;
 mod parity;

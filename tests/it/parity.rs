@@ -1,10 +1,10 @@
 //! Every architecture against the real PyTorch implementation (torchvision, timm,
-//! efficientnet_lite_pytorch). `tests/parity/generate.py` (EfficientNet B0-B7 and V2:
-//! `generate_effnet.py`) ran each model once with weights from a deterministic formula and saved
-//! its logits; here the same formula rebuilds the exact state dict, and wick's network must give
-//! the same logits. No weight file is involved.
+//! efficientnet_lite_pytorch, transformers). `tests/parity/generate.py` (EfficientNet B0-B7 and
+//! V2: `generate_effnet.py`; ViT and DeiT: `generate_vit.py`) ran each model once with weights
+//! from a deterministic formula and saved its logits; here the same formula rebuilds the exact
+//! state dict, and wick's network must give the same logits. No weight file is involved.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -23,6 +23,9 @@ struct Fixture {
     logits: Vec<Vec<f32>>,
     input_scale: f64,
     logits_scaled: Vec<Vec<f32>>,
+    /// Hugging Face fixtures: the `config.json` fields the builder reads.
+    #[serde(default)]
+    config: BTreeMap<String, serde_json::Value>,
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -60,6 +63,7 @@ fn check(id: &str) -> Result<()> {
         name: &fixture.architecture,
         weights: &weights,
         num_classes: fixture.num_classes,
+        config: &fixture.config,
     })?;
     let input = synthesize("input", &fixture.input_shape);
     for (scale, want) in [
@@ -136,4 +140,10 @@ parity_tests!(
     timm_tf_efficientnet_b3,
     timm_tf_efficientnetv2_s,
     timm_efficientnetv2_rw_s,
+    timm_vit_tiny_patch16_224,
+    timm_vit_small_patch32_384,
+    timm_deit_tiny_patch16_224,
+    timm_deit_small_patch16_224,
+    hf_vit_small_config,
+    hf_vit_base_patch16_224,
 );

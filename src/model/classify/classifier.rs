@@ -54,6 +54,7 @@ impl Classifier {
             name: &package.config.architecture,
             weights,
             num_classes: package.num_classes(),
+            config: &package.config.extra,
         })?;
         Ok(Classifier {
             network,

@@ -390,6 +390,7 @@ mod tests {
             name: "densenet121",
             weights,
             num_classes: 16,
+            config: &Default::default(),
         };
         Ok(build(&args)?.forward(input)?.to_vec2::<f32>()?)
     }
@@ -420,6 +421,7 @@ mod tests {
             name: "densenet121",
             weights: &Weights::from_tensors(HashMap::new()),
             num_classes: 16,
+            config: &Default::default(),
         };
         assert!(build(&args).is_err(), "an empty checkpoint must not build");
         let synthetic = Weights::synthetic();

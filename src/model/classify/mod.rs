@@ -17,6 +17,7 @@ pub(crate) mod registry;
 pub(crate) mod resnet;
 mod scaling;
 mod squeeze_excitation;
+pub(crate) mod vit;
 
 pub use classifier::Classifier;
 pub use network::{Backbone, BuildArgs, Network};

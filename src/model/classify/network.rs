@@ -2,6 +2,8 @@
 //! and a [`Linear`] head, and what its builder gets ([`BuildArgs`]). The architectures are in
 //! this folder, one file each, listed in `registry.rs`.
 
+use std::collections::BTreeMap;
+
 use candle_core::{Module, Tensor};
 
 use super::linear::Linear;
@@ -57,6 +59,9 @@ pub struct BuildArgs<'a> {
     pub weights: &'a Weights,
     /// Outputs of the classifier.
     pub num_classes: usize,
+    /// `config.json`'s fields beyond wick's own: the hyper-parameters a checkpoint's shapes do
+    /// not carry (a Hugging Face config's `num_attention_heads`, `layer_norm_eps`, ...).
+    pub config: &'a BTreeMap<String, serde_json::Value>,
 }
 
 /// How a classification architecture is built.

@@ -2,7 +2,9 @@
 //! file (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{BuildArgs, Builder, Network};
-use super::{densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet};
+use super::{
+    densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet, vit,
+};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
@@ -13,6 +15,7 @@ const REGISTRY: &[Family<Builder>] = &[
     mobilenet_v2::FAMILY,
     mobilenet_v3::FAMILY,
     densenet::FAMILY,
+    vit::FAMILY,
 ];
 
 /// Every classification architecture name wick can build.
@@ -50,11 +53,15 @@ mod tests {
             ("tf_efficientnet_b0", "classifier"),
             ("tf_efficientnetv2_s", "classifier"),
             ("efficientnetv2_rw_s", "classifier"),
+            ("vit_tiny_patch16_224", "head"),
+            ("deit_tiny_patch16_224", "head"),
+            (vit::HF_NAME, "classifier"),
         ] {
             let network = build(&BuildArgs {
                 name,
                 weights: &weights,
                 num_classes: 3,
+                config: &Default::default(),
             })?;
             assert_eq!(network.classifier_key, key, "{name}");
             assert_eq!(network.classifier.c_out(), 3, "{name}");

@@ -1,6 +1,6 @@
 //! Layers built once from checkpoint tensors and run through the NHWC kernels: a convolution
-//! with its batch norm folded in, and pooling. (The linear classifier is
-//! `classify/linear.rs`.)
+//! with its batch norm folded in, and pooling; `transformer.rs` holds the ViT encoder block.
+//! (The linear classifier is `classify/linear.rs`.)
 //!
 //! Activations between layers are contiguous `(n, h, w, c)` f32 Candle tensors on the CPU; the
 //! kernels run as Candle custom ops on their storage, so no layer copies its input.
@@ -16,6 +16,7 @@ use super::weights::Weights;
 
 pub(crate) mod attention;
 mod inverted_residual;
+pub(crate) mod transformer;
 pub(crate) use inverted_residual::{expand_depthwise, inverted_residual};
 
 /// Hyper-parameters of a convolution as the checkpoint's module declared them.

@@ -77,6 +77,19 @@ impl std::str::FromStr for Interpolation {
     }
 }
 
+/// How the resize step treats the aspect ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// timm / torchvision: the shorter side to `floor(input / crop_pct)`, the other in
+    /// proportion, then the centre crop.
+    #[default]
+    KeepAspect,
+    /// Hugging Face image processors: both sides to `floor(input / crop_pct)` whatever the
+    /// aspect ratio, then the centre crop (none at `crop_pct` 1).
+    Squash,
+}
+
 /// Smallest accepted `crop_pct`: below it the resize target (`input / crop_pct`) is over ten
 /// times the input for a crop of a tenth of it, which no model does; the bound also keeps the
 /// size arithmetic far from overflow.
@@ -109,6 +122,9 @@ pub struct PreprocessConfig {
     pub(crate) mean: [f32; 3],
     /// Per-channel (RGB) standard deviation the result is divided by.
     pub(crate) std: [f32; 3],
+    /// Whether the resize keeps the aspect ratio.
+    #[serde(default)]
+    pub(crate) resize_mode: ResizeMode,
 }
 
 impl Default for PreprocessConfig {
@@ -120,6 +136,7 @@ impl Default for PreprocessConfig {
             interpolation: Interpolation::Bilinear,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            resize_mode: ResizeMode::KeepAspect,
         }
     }
 }

@@ -63,6 +63,7 @@ impl Backbone {
             name: &package.config.architecture,
             weights: &weights,
             num_classes: package.num_classes(),
+            config: &package.config.extra,
         })
         .with_context(|| format!("building the backbone from `{}`", dir.display()))?;
         Ok(Backbone {

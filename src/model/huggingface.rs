@@ -1,0 +1,314 @@
+//! Hugging Face folders as model packages: a `config.json` naming its class in `architectures`
+//! (as `huggingface_hub.snapshot_download` or `save_pretrained` leave it) is rewritten into
+//! wick's fields before the package reads it: the class picks wick's architecture and task from
+//! [`ARCHITECTURES`], and `preprocessor_config.json` becomes the `pretrained_cfg` transform.
+//! Labels come from `id2label`, which wick reads as it is.
+//!
+//! Adding a family is a row in [`ARCHITECTURES`] naming the registry entry that builds it
+//! from the Hugging Face keys.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+/// One Hugging Face class wick serves.
+#[derive(Debug)]
+pub(crate) struct HfArchitecture {
+    /// As `config.json`'s `architectures` spells it.
+    pub(crate) class: &'static str,
+    /// The package task (`classification`, `segmentation`, `detection`).
+    pub(crate) task: &'static str,
+    /// The architecture name in the task's registry.
+    pub(crate) architecture: &'static str,
+}
+
+/// Every Hugging Face class wick serves.
+pub(crate) const ARCHITECTURES: &[HfArchitecture] = &[HfArchitecture {
+    class: "ViTForImageClassification",
+    task: "classification",
+    architecture: "ViTForImageClassification",
+}];
+
+const PROCESSOR_FILE: &str = "preprocessor_config.json";
+/// PIL's resampling codes, as `preprocessor_config.json`'s `resample` holds them.
+const PIL_BILINEAR: u64 = 2;
+const PIL_BICUBIC: u64 = 3;
+
+/// What a Hugging Face folder can get wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    /// `architectures` names a class wick does not serve.
+    #[error("config.json field `architectures`: {value} is not supported; supported: {supported}")]
+    UnknownArchitecture {
+        /// The value given.
+        value: String,
+        /// Every class of [`ARCHITECTURES`].
+        supported: String,
+    },
+    /// A file could not be read or is not JSON.
+    #[error("cannot read `{path}`: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        cause: String,
+    },
+    /// A preprocessing field wick cannot honour.
+    #[error("{PROCESSOR_FILE} field `{field}`: {message} (given: {value})")]
+    Processor {
+        /// The field, e.g. `resample`.
+        field: &'static str,
+        /// What wick supports.
+        message: String,
+        /// The value found.
+        value: String,
+    },
+}
+
+/// Whether `config` is a Hugging Face `config.json`: an `architectures` list and no wick
+/// `architecture`.
+pub(crate) fn is_hugging_face(config: &Map<String, Value>) -> bool {
+    config.contains_key("architectures") && !config.contains_key("architecture")
+}
+
+/// Adds wick's `architecture`, `task` and `pretrained_cfg` to a Hugging Face `config.json`
+/// (its own fields stay: the builder reads `hidden_size` and the rest from them).
+pub(crate) fn translate(config: &mut Map<String, Value>, config_dir: &Path) -> Result<(), HfError> {
+    let entry = architecture(&config["architectures"])?;
+    config.insert("architecture".into(), Value::from(entry.architecture));
+    config.insert("task".into(), Value::from(entry.task));
+    let path = config_dir.join(PROCESSOR_FILE);
+    let read_error = |cause: String| HfError::Read {
+        path: path.clone(),
+        cause,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        read_error(format!(
+            "{e}; a Hugging Face folder's preprocessing comes from this file"
+        ))
+    })?;
+    let processor: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|e| read_error(e.to_string()))?;
+    config.insert("pretrained_cfg".into(), pretrained_cfg(&processor)?);
+    Ok(())
+}
+
+/// The [`ARCHITECTURES`] row of an `architectures` value (a list of one class name).
+fn architecture(value: &Value) -> Result<&'static HfArchitecture, HfError> {
+    let class = match value.as_array().map(Vec::as_slice) {
+        Some([Value::String(class)]) => Some(class.as_str()),
+        _ => None,
+    };
+    ARCHITECTURES
+        .iter()
+        .find(|a| Some(a.class) == class)
+        .ok_or_else(|| HfError::UnknownArchitecture {
+            value: value.to_string(),
+            supported: ARCHITECTURES
+                .iter()
+                .map(|a| a.class)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The timm-style `pretrained_cfg` (plus wick's `resize_mode`) equal to an image processor's
+/// evaluation transform: resize, optional centre crop, `/255`, normalise.
+fn pretrained_cfg(p: &Map<String, Value>) -> Result<Value, HfError> {
+    let refuse = |field: &'static str, message: &str, value: &Value| HfError::Processor {
+        field,
+        message: message.into(),
+        value: value.to_string(),
+    };
+    for field in ["do_resize", "do_rescale", "do_normalize"] {
+        if let Some(v) = p.get(field).filter(|v| **v != Value::Bool(true)) {
+            return Err(refuse(field, "wick always does this step; must be true", v));
+        }
+    }
+    if let Some(v) = p.get("rescale_factor") {
+        if v.as_f64().is_none_or(|f| (f * 255.0 - 1.0).abs() > 1e-6) {
+            return Err(refuse("rescale_factor", "must be 1/255", v));
+        }
+    }
+    let interpolation = match p.get("resample") {
+        None => "bilinear",
+        Some(v) => match v.as_u64() {
+            Some(PIL_BILINEAR) => "bilinear",
+            Some(PIL_BICUBIC) => "bicubic",
+            _ => {
+                return Err(refuse(
+                    "resample",
+                    "supported: 2 (bilinear), 3 (bicubic)",
+                    v,
+                ))
+            }
+        },
+    };
+    let triple = |field: &'static str| -> Result<Value, HfError> {
+        match p.get(field) {
+            Some(v) if v.as_array().is_some_and(|a| a.len() == 3) => Ok(v.clone()),
+            Some(v) => Err(refuse(
+                field,
+                "expected three numbers, one per RGB channel",
+                v,
+            )),
+            None => Err(refuse(field, "required", &Value::Null)),
+        }
+    };
+    let (input, crop_pct, resize_mode) = geometry(p)?;
+    Ok(json!({
+        "input_size": [3, input.0, input.1],
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "mean": triple("image_mean")?,
+        "std": triple("image_std")?,
+        "resize_mode": resize_mode,
+    }))
+}
+
+/// `((height, width) fed to the network, crop_pct, resize mode)` from `size`,
+/// `do_center_crop`, `crop_size` and `crop_pct`.
+fn geometry(p: &Map<String, Value>) -> Result<((u64, u64), f64, &'static str), HfError> {
+    let size = p.get("size").cloned().unwrap_or(Value::Null);
+    let side = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).filter(|s| *s > 0);
+    let crop = p.get("do_center_crop") == Some(&Value::Bool(true));
+    let bad_size = |message: &str| HfError::Processor {
+        field: "size",
+        message: message.into(),
+        value: size.to_string(),
+    };
+    match (
+        side(&size, "height"),
+        side(&size, "width"),
+        side(&size, "shortest_edge"),
+    ) {
+        // ViT, DeiT: squashed to `size` (then, for DeiT, centre-cropped to `crop_size`).
+        (Some(h), Some(w), None) => {
+            if !crop {
+                return Ok(((h, w), 1.0, "squash"));
+            }
+            let crop_size = p.get("crop_size").cloned().unwrap_or(Value::Null);
+            match (side(&crop_size, "height"), side(&crop_size, "width")) {
+                // One fraction for both axes is what `crop_pct` can say.
+                (Some(ch), Some(cw)) if ch * w == cw * h && ch <= h => {
+                    Ok(((ch, cw), ch as f64 / h as f64, "squash"))
+                }
+                _ => Err(HfError::Processor {
+                    field: "crop_size",
+                    message: format!(
+                        "must keep the same fraction of both sides of `size` {size}, at most all"
+                    ),
+                    value: crop_size.to_string(),
+                }),
+            }
+        }
+        // ConvNeXt: the shorter side to `shortest_edge / crop_pct`, centre crop (below 384).
+        (None, None, Some(s)) => {
+            let crop_pct = p
+                .get("crop_pct")
+                .and_then(Value::as_f64)
+                .unwrap_or(224.0 / 256.0);
+            if s >= 384 {
+                Ok(((s, s), 1.0, "squash"))
+            } else {
+                Ok(((s, s), crop_pct, "keep_aspect"))
+            }
+        }
+        _ => Err(bad_size(
+            "expected {\"height\", \"width\"} or {\"shortest_edge\"} in pixels",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor(text: &str) -> Map<String, Value> {
+        serde_json::from_str(text).expect("json")
+    }
+
+    #[test]
+    fn a_vit_processor_squashes_to_its_size() -> Result<(), HfError> {
+        let cfg = pretrained_cfg(&processor(
+            r#"{"do_normalize": true, "do_rescale": true, "do_resize": true,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                "image_processor_type": "ViTImageProcessor", "resample": 2,
+                "rescale_factor": 0.00392156862745098, "size": {"height": 224, "width": 224}}"#,
+        ))?;
+        assert_eq!(cfg["input_size"], json!([3, 224, 224]));
+        assert_eq!(cfg["resize_mode"], "squash");
+        assert_eq!(cfg["crop_pct"], 1.0);
+        assert_eq!(cfg["interpolation"], "bilinear");
+        Ok(())
+    }
+
+    #[test]
+    fn a_deit_processor_squashes_then_crops() -> Result<(), HfError> {
+        let cfg = pretrained_cfg(&processor(
+            r#"{"do_center_crop": true, "crop_size": {"height": 224, "width": 224},
+                "size": {"height": 256, "width": 256}, "resample": 3,
+                "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#,
+        ))?;
+        assert_eq!(cfg["input_size"], json!([3, 224, 224]));
+        assert_eq!(
+            (cfg["crop_pct"].as_f64(), &cfg["resize_mode"]),
+            (Some(0.875), &json!("squash"))
+        );
+        assert_eq!(cfg["interpolation"], "bicubic");
+        Ok(())
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_value() {
+        let err = |text: &str| {
+            pretrained_cfg(&processor(text))
+                .expect_err("refused")
+                .to_string()
+        };
+        let msg = err(r#"{"resample": 1, "size": {"height": 8, "width": 8}}"#);
+        assert!(
+            msg.contains("`resample`") && msg.contains("given: 1"),
+            "{msg}"
+        );
+        let msg =
+            err(r#"{"size": {"longest_edge": 8}, "image_mean": [0,0,0], "image_std": [1,1,1]}"#);
+        assert!(
+            msg.contains("`size`") && msg.contains("longest_edge"),
+            "{msg}"
+        );
+        let msg = err(r#"{"do_normalize": false}"#);
+        assert!(
+            msg.contains("`do_normalize`") && msg.contains("false"),
+            "{msg}"
+        );
+        let msg = err(r#"{"size": {"height": 8, "width": 8}, "image_mean": [0.5]}"#);
+        assert!(
+            msg.contains("`image_mean`") && msg.contains("[0.5]"),
+            "{msg}"
+        );
+
+        let err = architecture(&json!(["SwinForImageClassification"]))
+            .expect_err("unknown class")
+            .to_string();
+        assert!(
+            err.contains("SwinForImageClassification") && err.contains("ViTForImageClassification"),
+            "{err}"
+        );
+    }
+
+    /// Every row names an architecture its task's registry builds.
+    #[test]
+    fn every_row_is_registered() {
+        for row in ARCHITECTURES {
+            assert_eq!(
+                row.task, "classification",
+                "{row:?}: add the task's registry here"
+            );
+            assert!(
+                crate::model::classify::supported().contains(&row.architecture),
+                "{row:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The pre-norm transformer encoder block of ViT and DeiT (timm's `Block`, Hugging Face's
+//! `ViTLayer`): `x + proj(attention(norm1(x)))`, then `x + fc2(gelu(fc1(norm2(x))))`.
+//!
+//! Tokens are contiguous `(n, tokens, channels)` tensors. Every linear layer is a 1x1
+//! convolution over a `(n, 1, tokens, channels)` view, so it runs through the packed dense
+//! kernel (`kernels/dense.rs`) with the residual add fused into its output pass; attention is
+//! two batched matrix products over all heads at once.
+// Based on https://github.com/huggingface/pytorch-image-models/blob/v1.0.31/timm/models/vision_transformer.py
+// and transformers' models/vit/modeling_vit.py (read, not copied).
+
+use candle_core::Tensor;
+
+use super::Conv;
+use crate::model::error::ModelError;
+use crate::model::kernels::{Activation, ConvGeometry, PackedWeights};
+use crate::model::weights::Weights;
+
+/// `LayerNorm` over the last axis.
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `(dim)`.
+    pub(crate) fn load(
+        weights: &Weights,
+        prefix: &str,
+        dim: usize,
+        eps: f32,
+    ) -> Result<Self, ModelError> {
+        Ok(LayerNorm {
+            weight: weights.get(&format!("{prefix}.weight"), &[dim])?,
+            bias: weights.get(&format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
+    }
+
+    /// `(.., dim)` -> normalised `(.., dim)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A linear layer applied to every token, through the packed dense kernel.
+pub(crate) struct TokenLinear(Conv);
+
+impl TokenLinear {
+    /// Loads `{prefix}.weight` `(c_out, c_in)` and `{prefix}.bias` `(c_out)`.
+    pub(crate) fn load(
+        weights: &Weights,
+        prefix: &str,
+        (c_in, c_out): (usize, usize),
+    ) -> Result<Self, ModelError> {
+        Self::load_stacked(weights, &[prefix], (c_in, c_out))
+    }
+
+    /// Several `(c_out, c_in)` layers with the same input stacked into one of `k * c_out`
+    /// outputs: Hugging Face's separate query, key and value become timm's fused `qkv`.
+    pub(crate) fn load_stacked(
+        weights: &Weights,
+        prefixes: &[&str],
+        (c_in, c_out): (usize, usize),
+    ) -> Result<Self, ModelError> {
+        let mut weight = Vec::with_capacity(prefixes.len() * c_out * c_in);
+        let mut bias = Vec::with_capacity(prefixes.len() * c_out);
+        for prefix in prefixes {
+            let w = weights.get(&format!("{prefix}.weight"), &[c_out, c_in])?;
+            weight.extend(w.flatten_all()?.to_vec1::<f32>()?);
+            let b = weights.get(&format!("{prefix}.bias"), &[c_out])?;
+            bias.extend(b.to_vec1::<f32>()?);
+        }
+        Ok(TokenLinear(pointwise(&weight, bias, c_in)))
+    }
+
+    /// `(n, tokens, c_in)` -> `(n, tokens, c_out)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, tokens, _) = xs.dims3()?;
+        let ys = self.0.forward(&xs.reshape((n, 1, tokens, ()))?)?;
+        ys.reshape((n, tokens, ()))
+    }
+
+    /// `forward(xs) + residual`, the add fused into the product's output pass.
+    pub(crate) fn forward_add(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (n, tokens, _) = xs.dims3()?;
+        let ys = self.0.forward_add(
+            &xs.reshape((n, 1, tokens, ()))?,
+            &residual.reshape((n, 1, tokens, ()))?,
+        )?;
+        ys.reshape((n, tokens, ()))
+    }
+}
+
+/// A 1x1 convolution from a row-major `(c_out, c_in)` weight.
+fn pointwise(weight_out_in: &[f32], bias: Vec<f32>, c_in: usize) -> Conv {
+    let c_out = bias.len();
+    // (c_out, c_in) -> (c_in, c_out): the kernels read rows of output channels.
+    let mut weight = vec![0.0f32; c_in * c_out];
+    for (o, row) in weight_out_in.chunks_exact(c_in).enumerate() {
+        for (i, w) in row.iter().enumerate() {
+            weight[i * c_out + o] = *w;
+        }
+    }
+    let packed = PackedWeights::pack(c_in, c_out, &weight).map(Box::new);
+    Conv {
+        geometry: ConvGeometry::square(1, 1, 0),
+        kind: super::ConvKind::Dense,
+        weight,
+        bias,
+        c_in,
+        activation: Activation::Identity,
+        packed,
+    }
+}
+
+/// Where one block's tensors are, relative to its prefix.
+pub(crate) struct BlockKeys {
+    /// The first norm (timm `norm1`, Hugging Face `layernorm_before`).
+    pub(crate) norm1: &'static str,
+    /// The query, key and value projections: one fused layer (timm `attn.qkv`) or three.
+    pub(crate) qkv: &'static [&'static str],
+    /// The attention's output projection.
+    pub(crate) proj: &'static str,
+    /// The second norm.
+    pub(crate) norm2: &'static str,
+    /// The MLP's expansion.
+    pub(crate) fc1: &'static str,
+    /// The MLP's projection back.
+    pub(crate) fc2: &'static str,
+}
+
+/// The sizes of one block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockDims {
+    /// Token width.
+    pub(crate) dim: usize,
+    /// Attention heads; `dim` is a multiple of it.
+    pub(crate) heads: usize,
+    /// Width of the MLP's hidden layer.
+    pub(crate) mlp_hidden: usize,
+    /// Epsilon of both norms (timm 1e-6, Hugging Face 1e-12).
+    pub(crate) eps: f32,
+}
+
+/// One pre-norm encoder block.
+pub(crate) struct EncoderBlock {
+    norm1: LayerNorm,
+    qkv: TokenLinear,
+    proj: TokenLinear,
+    norm2: LayerNorm,
+    fc1: TokenLinear,
+    fc2: TokenLinear,
+    heads: usize,
+}
+
+impl EncoderBlock {
+    /// Loads the block under `prefix` (e.g. `blocks.3`).
+    pub(crate) fn load(
+        weights: &Weights,
+        prefix: &str,
+        keys: &BlockKeys,
+        dims: BlockDims,
+    ) -> Result<Self, ModelError> {
+        let BlockDims {
+            dim,
+            heads,
+            mlp_hidden,
+            eps,
+        } = dims;
+        if heads == 0 || dim % heads != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "a transformer block of width {dim} cannot split into {heads} attention heads"
+            )));
+        }
+        let key = |k: &str| format!("{prefix}.{k}");
+        let qkv = match keys.qkv {
+            [fused] => TokenLinear::load(weights, &key(fused), (dim, 3 * dim))?,
+            split => {
+                let names: Vec<String> = split.iter().map(|k| key(k)).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                TokenLinear::load_stacked(weights, &names, (dim, dim))?
+            }
+        };
+        Ok(EncoderBlock {
+            norm1: LayerNorm::load(weights, &key(keys.norm1), dim, eps)?,
+            qkv,
+            proj: TokenLinear::load(weights, &key(keys.proj), (dim, dim))?,
+            norm2: LayerNorm::load(weights, &key(keys.norm2), dim, eps)?,
+            fc1: TokenLinear::load(weights, &key(keys.fc1), (dim, mlp_hidden))?,
+            fc2: TokenLinear::load(weights, &key(keys.fc2), (mlp_hidden, dim))?,
+            heads,
+        })
+    }
+
+    /// `(n, tokens, dim)` -> `(n, tokens, dim)`.
+    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = self
+            .proj
+            .forward_add(&self.attention(&self.norm1.forward(xs)?)?, xs)?;
+        let hidden = self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu_erf()?;
+        self.fc2.forward_add(&hidden, &xs)
+    }
+
+    /// Multi-head self-attention before the output projection: `(n, t, dim)` -> `(n, t, dim)`.
+    fn attention(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, tokens, dim) = xs.dims3()?;
+        let head_dim = dim / self.heads;
+        // (n, t, 3 * dim) -> (3, n, heads, t, head_dim): one batch of products over all heads.
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((n, tokens, 3, self.heads, head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let q = (qkv.get(0)? * scale)?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        let scores = q.matmul(&k.t()?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((n, tokens, dim))
+    }
+}
