@@ -2,9 +2,7 @@
 //! file (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{BuildArgs, Builder, Network};
-use super::{
-    densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet, vit,
-};
+use super::{densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet, vit};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
