@@ -18,16 +18,90 @@ pub(crate) struct HfArchitecture {
     pub(crate) class: &'static str,
     /// The package task (`classification`, `segmentation`, `detection`).
     pub(crate) task: &'static str,
-    /// The architecture name in the task's registry.
-    pub(crate) architecture: &'static str,
+    /// The architecture name in the task's registry, from the config's own fields (a family
+    /// whose builder reads its sizes from the config has one name; SegFormer has one per MiT
+    /// variant).
+    pub(crate) architecture: fn(&Map<String, Value>) -> Result<&'static str, HfError>,
 }
 
 /// Every Hugging Face class wick serves.
-pub(crate) const ARCHITECTURES: &[HfArchitecture] = &[HfArchitecture {
-    class: "ViTForImageClassification",
-    task: "classification",
-    architecture: "ViTForImageClassification",
-}];
+pub(crate) const ARCHITECTURES: &[HfArchitecture] = &[
+    HfArchitecture {
+        class: "ViTForImageClassification",
+        task: "classification",
+        architecture: vit_architecture,
+    },
+    HfArchitecture {
+        class: "SegformerForSemanticSegmentation",
+        task: "segmentation",
+        architecture: segformer_architecture,
+    },
+];
+
+/// ViT's builder reads `hidden_size` and the rest from the config.
+fn vit_architecture(_: &Map<String, Value>) -> Result<&'static str, HfError> {
+    Ok(crate::model::classify::vit::HF_NAME)
+}
+
+/// The `segformer_bN` whose MiT sizes the config gives (`hidden_sizes`, `depths`,
+/// `decoder_hidden_size`, with transformers' defaults, B0's, where absent); the fields every MiT
+/// shares must have their usual values.
+fn segformer_architecture(config: &Map<String, Value>) -> Result<&'static str, HfError> {
+    let list = |field: &str, default: [u64; 4]| -> Value {
+        config.get(field).cloned().unwrap_or_else(|| json!(default))
+    };
+    for (field, usual) in [
+        ("num_attention_heads", [1, 2, 5, 8]),
+        ("sr_ratios", [8, 4, 2, 1]),
+        ("patch_sizes", [7, 3, 3, 3]),
+        ("strides", [4, 2, 2, 2]),
+        ("mlp_ratios", [4, 4, 4, 4]),
+    ] {
+        let value = list(field, usual);
+        if value != json!(usual) {
+            return Err(HfError::Config {
+                field,
+                message: format!("wick's SegFormer runs the MiT value {usual:?}"),
+                value: value.to_string(),
+            });
+        }
+    }
+    for (field, usual) in [("hidden_act", "gelu"), ("num_channels", "3")] {
+        let value = config.get(field).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        if value.as_deref().is_some_and(|v| v != usual) {
+            return Err(HfError::Config {
+                field,
+                message: format!("wick's SegFormer needs {usual}"),
+                value: value.unwrap_or_default(),
+            });
+        }
+    }
+    let as_sizes = |value: &Value| -> Option<[usize; 4]> {
+        let v: Vec<usize> = serde_json::from_value(value.clone()).ok()?;
+        v.try_into().ok()
+    };
+    let widths = list("hidden_sizes", [32, 64, 160, 256]);
+    let depths = list("depths", [2, 2, 2, 2]);
+    let decoder = config
+        .get("decoder_hidden_size")
+        .cloned()
+        .unwrap_or_else(|| json!(256));
+    let found = match (as_sizes(&widths), as_sizes(&depths), decoder.as_u64()) {
+        (Some(w), Some(d), Some(c)) => {
+            crate::model::segment::segformer::variant_named(w, d, c as usize)
+        }
+        _ => None,
+    };
+    found.ok_or_else(|| HfError::Config {
+        field: "hidden_sizes",
+        message: "hidden_sizes, depths and decoder_hidden_size must be those of MiT-B0 ... B5"
+            .into(),
+        value: format!("{widths}, {depths}, {decoder}"),
+    })
+}
 
 const PROCESSOR_FILE: &str = "preprocessor_config.json";
 /// PIL's resampling codes, as `preprocessor_config.json`'s `resample` holds them.
@@ -53,6 +127,16 @@ pub enum HfError {
         /// What went wrong.
         cause: String,
     },
+    /// A `config.json` field wick cannot honour.
+    #[error("config.json field `{field}`: {message} (given: {value})")]
+    Config {
+        /// The field, e.g. `sr_ratios`.
+        field: &'static str,
+        /// What wick supports.
+        message: String,
+        /// The value found.
+        value: String,
+    },
     /// A preprocessing field wick cannot honour.
     #[error("{PROCESSOR_FILE} field `{field}`: {message} (given: {value})")]
     Processor {
@@ -75,7 +159,8 @@ pub(crate) fn is_hugging_face(config: &Map<String, Value>) -> bool {
 /// (its own fields stay: the builder reads `hidden_size` and the rest from them).
 pub(crate) fn translate(config: &mut Map<String, Value>, config_dir: &Path) -> Result<(), HfError> {
     let entry = architecture(&config["architectures"])?;
-    config.insert("architecture".into(), Value::from(entry.architecture));
+    let name = (entry.architecture)(config)?;
+    config.insert("architecture".into(), Value::from(name));
     config.insert("task".into(), Value::from(entry.task));
     let path = config_dir.join(PROCESSOR_FILE);
     let read_error = |cause: String| HfError::Read {
@@ -89,7 +174,23 @@ pub(crate) fn translate(config: &mut Map<String, Value>, config_dir: &Path) -> R
     })?;
     let processor: Map<String, Value> =
         serde_json::from_str(&text).map_err(|e| read_error(e.to_string()))?;
-    config.insert("pretrained_cfg".into(), pretrained_cfg(&processor)?);
+    let cfg = pretrained_cfg(&processor)?;
+    if entry.task == "segmentation" {
+        // Segmentation never crops: the processor's resize is the whole transform.
+        if cfg["crop_pct"] != json!(1.0) || cfg["resize_mode"] != json!("squash") {
+            return Err(HfError::Processor {
+                field: "size",
+                message: "a segmentation processor must squash to {\"height\", \"width\"} without cropping".into(),
+                value: processor.get("size").cloned().unwrap_or(Value::Null).to_string(),
+            });
+        }
+        let size = &cfg["input_size"];
+        config.insert(
+            "segmentation".into(),
+            json!({"resize_to": [size[1], size[2]]}),
+        );
+    }
+    config.insert("pretrained_cfg".into(), cfg);
     Ok(())
 }
 
@@ -297,18 +398,41 @@ mod tests {
         );
     }
 
-    /// Every row names an architecture its task's registry builds.
+    /// Every row names an architecture its task's registry builds (from a config with the
+    /// library's defaults).
     #[test]
-    fn every_row_is_registered() {
+    fn every_row_is_registered() -> Result<(), HfError> {
         for row in ARCHITECTURES {
-            assert_eq!(
-                row.task, "classification",
-                "{row:?}: add the task's registry here"
-            );
-            assert!(
-                crate::model::classify::supported().contains(&row.architecture),
-                "{row:?}"
-            );
+            let name = (row.architecture)(&Map::new())?;
+            let supported = match row.task {
+                "classification" => crate::model::classify::supported(),
+                "segmentation" => crate::model::segment::supported(),
+                other => panic!("{row:?}: add the {other} registry here"),
+            };
+            assert!(supported.contains(&name), "{row:?}: {name}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_segformer_config_picks_its_mit_variant() -> Result<(), HfError> {
+        let config =
+            |text: &str| -> Map<String, Value> { serde_json::from_str(text).expect("json") };
+        assert_eq!(segformer_architecture(&config("{}"))?, "segformer_b0");
+        let b2 = config(
+            r#"{"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768}"#,
+        );
+        assert_eq!(segformer_architecture(&b2)?, "segformer_b2");
+        for (text, field) in [
+            (r#"{"depths": [2, 2, 2, 3]}"#, "hidden_sizes"),
+            (r#"{"sr_ratios": [4, 2, 1, 1]}"#, "sr_ratios"),
+            (r#"{"hidden_act": "relu"}"#, "hidden_act"),
+        ] {
+            let err = segformer_architecture(&config(text))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ mod build_and_push;
 mod detection;
 mod detection_yolo11;
 mod hf_folder;
+mod hf_segformer;
 mod http;
 mod openapi;
 mod parity;

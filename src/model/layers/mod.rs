@@ -182,11 +182,39 @@ impl Conv {
     ) -> Result<Self, ModelError> {
         let w = weights.get(&format!("{prefix}.weight"), &[c_out, c_in])?;
         let bias = weights.get(&format!("{prefix}.bias"), &[c_out])?;
-        let spec = ConvSpec {
-            has_bias: true,
-            ..ConvSpec::new(c_in, c_out, 1, 1).act(activation)
-        };
-        Self::from_torch(&w, Some(&bias), None, spec, ConvKind::Dense)
+        Ok(Self::pointwise(
+            &w.flatten_all()?.to_vec1::<f32>()?,
+            bias.to_vec1::<f32>()?,
+            c_in,
+            activation,
+        ))
+    }
+
+    /// A 1x1 convolution from a row-major `(c_out, c_in)` weight and its bias.
+    pub(crate) fn pointwise(
+        weight_out_in: &[f32],
+        bias: Vec<f32>,
+        c_in: usize,
+        activation: Activation,
+    ) -> Self {
+        let c_out = bias.len();
+        // (c_out, c_in) -> (c_in, c_out): the kernels read rows of output channels.
+        let mut weight = vec![0.0f32; c_in * c_out];
+        for (o, row) in weight_out_in.chunks_exact(c_in).enumerate() {
+            for (i, w) in row.iter().enumerate() {
+                weight[i * c_out + o] = *w;
+            }
+        }
+        let packed = PackedWeights::pack(c_in, c_out, &weight).map(Box::new);
+        Conv {
+            geometry: ConvGeometry::square(1, 1, 0),
+            kind: ConvKind::Dense,
+            weight,
+            bias,
+            c_in,
+            activation,
+            packed,
+        }
     }
 
     /// Lays out a PyTorch weight (`(c_out, c_in / groups, k, k)`, or `(c_out, c_in)` for

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 
 use super::Conv;
 use crate::model::error::ModelError;
-use crate::model::kernels::{Activation, ConvGeometry, PackedWeights};
+use crate::model::kernels::Activation;
 use crate::model::weights::Weights;
 
 /// `LayerNorm` over the last axis.
@@ -71,7 +71,12 @@ impl TokenLinear {
             let b = weights.get(&format!("{prefix}.bias"), &[c_out])?;
             bias.extend(b.to_vec1::<f32>()?);
         }
-        Ok(TokenLinear(pointwise(&weight, bias, c_in)))
+        Ok(TokenLinear(Conv::pointwise(
+            &weight,
+            bias,
+            c_in,
+            Activation::Identity,
+        )))
     }
 
     /// `(n, tokens, c_in)` -> `(n, tokens, c_out)`.
@@ -93,28 +98,6 @@ impl TokenLinear {
             &residual.reshape((n, 1, tokens, ()))?,
         )?;
         ys.reshape((n, tokens, ()))
-    }
-}
-
-/// A 1x1 convolution from a row-major `(c_out, c_in)` weight.
-fn pointwise(weight_out_in: &[f32], bias: Vec<f32>, c_in: usize) -> Conv {
-    let c_out = bias.len();
-    // (c_out, c_in) -> (c_in, c_out): the kernels read rows of output channels.
-    let mut weight = vec![0.0f32; c_in * c_out];
-    for (o, row) in weight_out_in.chunks_exact(c_in).enumerate() {
-        for (i, w) in row.iter().enumerate() {
-            weight[i * c_out + o] = *w;
-        }
-    }
-    let packed = PackedWeights::pack(c_in, c_out, &weight).map(Box::new);
-    Conv {
-        geometry: ConvGeometry::square(1, 1, 0),
-        kind: super::ConvKind::Dense,
-        weight,
-        bias,
-        c_in,
-        activation: Activation::Identity,
-        packed,
     }
 }
 

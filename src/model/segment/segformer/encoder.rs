@@ -10,13 +10,14 @@ use candle_core::Tensor;
 
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::attention::{attention, LayerNorm};
+use crate::model::layers::attention::attention;
+use crate::model::layers::transformer::LayerNorm;
 use crate::model::layers::{Conv, ConvSpec};
 use crate::model::weights::Weights;
 
 /// Every layer norm of the encoder is `nn.LayerNorm`'s default: the config's
 /// `layer_norm_eps` (1e-6) is not passed to any of them.
-const LAYER_NORM_EPS: f64 = 1e-5;
+const LAYER_NORM_EPS: f32 = 1e-5;
 /// `mlp_ratios`: the Mix-FFN's hidden width over the stage's width (4 in every MiT).
 const MLP_RATIO: usize = 4;
 

@@ -48,6 +48,20 @@ pub(crate) const HEAD_KEY: &str = "decode_head.classifier";
 /// Encoder widths of B1 ... B5 (B0 is narrower).
 const WIDE: [usize; 4] = [64, 128, 320, 512];
 
+/// The name of the variant with these encoder widths, depths and decoder width (what a
+/// Hugging Face `config.json` gives as `hidden_sizes`, `depths`, `decoder_hidden_size`).
+pub(crate) fn variant_named(
+    widths: [usize; 4],
+    depths: [usize; 4],
+    decoder_width: usize,
+) -> Option<&'static str> {
+    NAMES.iter().copied().find(|name| {
+        variant(name).is_some_and(|(config, decoder)| {
+            (config.widths, config.depths, decoder) == (widths, depths, decoder_width)
+        })
+    })
+}
+
 /// The MiT variant of each name, and the decode head's width (`decoder_hidden_size`).
 fn variant(name: &str) -> Option<(MitConfig, usize)> {
     let (widths, depths, decoder) = match name {
