@@ -41,11 +41,13 @@ WORKDIR /src
 COPY rust-toolchain.toml ./
 # Unpinned apt packages on purpose: the distribution's current (security-patched) versions.
 # hadolint ignore=DL3008
-RUN if [ "$INSTALL_RUST" = 1 ]; then \
-        apt-get update && apt-get install -y --no-install-recommends curl ca-certificates gcc \
-        && rm -rf /var/lib/apt/lists/* \
+# nasm assembles libjpeg-turbo's SIMD (the JPEG decoder, through the mozjpeg crate).
+RUN apt-get update && apt-get install -y --no-install-recommends nasm \
+    && if [ "$INSTALL_RUST" = 1 ]; then \
+        apt-get install -y --no-install-recommends curl ca-certificates gcc \
         && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none; \
     fi \
+    && rm -rf /var/lib/apt/lists/* \
     && rustup toolchain install
 # Dependencies in their own layer: a dummy crate with the real manifest and lock file, so a
 # source change does not rebuild candle, tokio and the AWS SDK.

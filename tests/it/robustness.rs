@@ -55,11 +55,11 @@ fn wrong_architecture_or_shapes_name_the_problem() -> Result<()> {
 
     std::fs::write(
         &config_path,
-        config.replace("efficientnet_lite0", "vit_base_patch16_224"),
+        config.replace("efficientnet_lite0", "swin_tiny_patch4_window7_224"),
     )?;
     let err = load_error(dir.path());
     assert!(
-        err.contains("vit_base_patch16_224")
+        err.contains("swin_tiny_patch4_window7_224")
             && err.contains("resnet50")
             && err.contains("efficientnet_lite0"),
         "{err}"

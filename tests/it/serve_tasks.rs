@@ -468,7 +468,9 @@ async fn a_real_segmentation_network_answers_every_format_at_the_photos_size() -
     let package = Package::open(dir.path())?;
     let segmenter = Segmenter::from_package(&package, &Weights::synthetic())?;
     let photo = std::fs::read(crate::support::fixture("chelsea.jpg"))?;
-    let decoded = image::load_from_memory(&photo)?.to_rgb8();
+    // Decoded as the server decodes (libjpeg-turbo, Pillow's pixels).
+    let decoded =
+        wick::model::preprocess::decode(&photo, &wick::model::preprocess::DecodeLimits::default())?;
     let expected = segmenter.segment(&decoded, None)?;
     let state = state(Arc::new(Model::Segmenter(segmenter)), &[])?;
 

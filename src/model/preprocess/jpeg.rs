@@ -2,7 +2,7 @@
 //! training stack: Pillow's wheels decode with libjpeg-turbo (accurate integer IDCT, "fancy"
 //! triangular chroma upsampling, its YCbCr → RGB tables), and any other decoder differs by a
 //! few levels around edges and in chroma. The library is mozjpeg's build of libjpeg-turbo
-//! (the `mozjpeg` crate, plain C compiled with `cc`, no assembler); its decoder is
+//! (the `mozjpeg` crate, C compiled with `cc` and its SIMD assembled with nasm); its decoder is
 //! libjpeg-turbo's, whose SIMD and C paths give the same bytes. Checked byte for byte against
 //! Pillow for baseline and progressive JPEGs in 4:4:4, 4:2:2 and 4:2:0 and greyscale
 //! (`tests/fixtures/pixels/jpeg.json`).
