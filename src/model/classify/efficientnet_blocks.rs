@@ -170,6 +170,9 @@ pub(super) struct BlockSpec {
 }
 
 /// A loaded block.
+// A network holds a few dozen blocks, built once at load: the unused bytes of the smaller
+// variants cost nothing worth a box on every MBConv block's path.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Block {
     Conv {
         conv: Conv,
