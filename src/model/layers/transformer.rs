@@ -56,6 +56,22 @@ impl TokenLinear {
         Self::load_stacked(weights, &[prefix], (c_in, c_out))
     }
 
+    /// The same, with `activation` applied in the product's output pass (the MLP's GELU:
+    /// no separate pass over the widest tensor of the block).
+    pub(crate) fn load_activated(
+        weights: &Weights,
+        prefix: &str,
+        (c_in, c_out): (usize, usize),
+        activation: Activation,
+    ) -> Result<Self, ModelError> {
+        Ok(TokenLinear(Conv::load_linear(
+            weights,
+            prefix,
+            (c_in, c_out),
+            activation,
+        )?))
+    }
+
     /// Several `(c_out, c_in)` layers with the same input stacked into one of `k * c_out`
     /// outputs: Hugging Face's separate query, key and value become timm's fused `qkv`.
     pub(crate) fn load_stacked(
@@ -174,7 +190,12 @@ impl EncoderBlock {
             qkv,
             proj: TokenLinear::load(weights, &key(keys.proj), (dim, dim))?,
             norm2: LayerNorm::load(weights, &key(keys.norm2), dim, eps)?,
-            fc1: TokenLinear::load(weights, &key(keys.fc1), (dim, mlp_hidden))?,
+            fc1: TokenLinear::load_activated(
+                weights,
+                &key(keys.fc1),
+                (dim, mlp_hidden),
+                Activation::Gelu,
+            )?,
             fc2: TokenLinear::load(weights, &key(keys.fc2), (mlp_hidden, dim))?,
             heads,
         })
@@ -185,7 +206,7 @@ impl EncoderBlock {
         let xs = self
             .proj
             .forward_add(&self.attention(&self.norm1.forward(xs)?)?, xs)?;
-        let hidden = self.fc1.forward(&self.norm2.forward(&xs)?)?.gelu_erf()?;
+        let hidden = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         self.fc2.forward_add(&hidden, &xs)
     }
 
