@@ -39,9 +39,9 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
 WORKDIR /src
 COPY rust-toolchain.toml ./
+# nasm assembles libjpeg-turbo's SIMD (the JPEG decoder, through the mozjpeg crate).
 # Unpinned apt packages on purpose: the distribution's current (security-patched) versions.
 # hadolint ignore=DL3008
-# nasm assembles libjpeg-turbo's SIMD (the JPEG decoder, through the mozjpeg crate).
 RUN apt-get update && apt-get install -y --no-install-recommends nasm \
     && if [ "$INSTALL_RUST" = 1 ]; then \
         apt-get install -y --no-install-recommends curl ca-certificates gcc \
