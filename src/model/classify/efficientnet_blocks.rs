@@ -17,7 +17,7 @@
 
 use candle_core::Tensor;
 
-use super::squeeze_excitation::{SeSpec, SqueezeExcitation};
+use super::squeeze_excitation::{self, SeSpec, SqueezeExcitation};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
 use crate::model::layers::{expand_depthwise, inverted_residual, BatchNorm, Conv, ConvSpec};
@@ -310,18 +310,11 @@ impl Block {
                 if let (Some(expand), None) = (expand, se) {
                     return inverted_residual(xs, (expand, depthwise, project), *skip);
                 }
-                let mut ys = match expand {
+                let ys = match expand {
                     Some(expand) => expand_depthwise(xs, expand, depthwise)?,
                     None => depthwise.forward(xs)?,
                 };
-                if let Some(se) = se {
-                    ys = se.forward(&ys)?;
-                }
-                if *skip {
-                    project.forward_add(&ys, xs)
-                } else {
-                    project.forward(&ys)
-                }
+                squeeze_excitation::project(se.as_ref(), project, &ys, skip.then_some(xs))
             }
         }
     }

@@ -16,7 +16,7 @@ use candle_core::{Module, Tensor};
 use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
 use super::scaling::make_divisible;
-use super::squeeze_excitation::{SeSpec, SqueezeExcitation};
+use super::squeeze_excitation::{self, SeSpec, SqueezeExcitation};
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
 use crate::model::layers::{
@@ -285,18 +285,12 @@ impl InvertedResidual {
             let convs = (expand, &self.depthwise, &self.project);
             return inverted_residual(xs, convs, self.has_skip);
         }
-        let mut ys = match &self.expand {
+        let ys = match &self.expand {
             Some(expand) => expand_depthwise(xs, expand, &self.depthwise)?,
             None => self.depthwise.forward(xs)?,
         };
-        if let Some(se) = &self.se {
-            ys = se.forward(&ys)?;
-        }
-        if self.has_skip {
-            self.project.forward_add(&ys, xs)
-        } else {
-            self.project.forward(&ys)
-        }
+        let skip = self.has_skip.then_some(xs);
+        squeeze_excitation::project(self.se.as_ref(), &self.project, &ys, skip)
     }
 }
 

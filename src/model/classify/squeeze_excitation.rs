@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use crate::model::error::ModelError;
 use crate::model::kernels::Activation;
-use crate::model::layers::{global_avg_pool, scale_channels, Conv, ConvSpec};
+use crate::model::layers::{global_avg_pool, Conv, ConvSpec};
 use crate::model::weights::Weights;
 
 /// Sizes and activations of one squeeze-excitation.
@@ -47,11 +47,27 @@ impl SqueezeExcitation {
         })
     }
 
-    /// `(n, h, w, c)` -> the same map, each image's channels scaled by its gate.
-    pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// `(n, h, w, c)` -> `(n, 1, 1, c)`: each image's channel factors, for
+    /// `Conv::forward_gated` to apply inside the projection that follows.
+    pub(crate) fn gate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (n, _, _, c) = xs.dims4()?;
         let pooled = global_avg_pool(xs)?.reshape((n, 1, 1, c))?;
-        let gate = self.expand.forward(&self.reduce.forward(&pooled)?)?;
-        scale_channels(xs, &gate)
+        self.expand.forward(&self.reduce.forward(&pooled)?)
+    }
+}
+
+/// The tail of an inverted-residual block: `project(ys)`, gated by `se` when the block has
+/// one, plus `skip` when given (the gate is applied inside the projection, see
+/// `Conv::forward_gated`).
+pub(crate) fn project(
+    se: Option<&SqueezeExcitation>,
+    project: &Conv,
+    ys: &Tensor,
+    skip: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    match (se, skip) {
+        (Some(se), skip) => project.forward_gated(ys, &se.gate(ys)?, skip),
+        (None, Some(skip)) => project.forward_add(ys, skip),
+        (None, None) => project.forward(ys),
     }
 }

@@ -132,14 +132,15 @@ impl C2f {
 
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.cv1.forward(xs)?;
-        // The two halves of `y` stay side by side in the concatenation: keep `y` whole.
+        // `cv2` reads both halves of `y` and every block's output where they lie.
+        let mut parts = vec![y.narrow(3, 0, self.hidden)?];
         let mut last = y.narrow(3, self.hidden, self.hidden)?.contiguous()?;
-        let mut parts = vec![y];
+        parts.push(last.clone());
         for b in &self.blocks {
             last = b.forward(&last)?;
             parts.push(last.clone());
         }
-        self.cv2.forward(&Tensor::cat(&parts, 3)?)
+        self.cv2.forward_concat(&parts.iter().collect::<Vec<_>>())
     }
 }
 
@@ -168,6 +169,6 @@ impl Sppf {
             let next = max_pool(parts.last().expect("one part"), pool)?;
             parts.push(next);
         }
-        self.cv2.forward(&Tensor::cat(&parts, 3)?)
+        self.cv2.forward_concat(&parts.iter().collect::<Vec<_>>())
     }
 }

@@ -148,7 +148,7 @@ impl Block for C3k {
             main = b.forward(&main)?;
         }
         let bypass = self.cv2.forward(xs)?;
-        self.cv3.forward(&Tensor::cat(&[&main, &bypass], 3)?)
+        self.cv3.forward_concat(&[&main, &bypass])
     }
 }
 

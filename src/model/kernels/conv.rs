@@ -306,7 +306,7 @@ pub(crate) fn dense_conv_new(
 /// `data` must be valid for writes of every output row `row_stride` apart and alias nothing
 /// else; it may be uninitialised.
 #[allow(unsafe_code, clippy::too_many_arguments)]
-unsafe fn run_packed(
+pub(super) unsafe fn run_packed(
     input: &[f32],
     shape: Nhwc,
     res: Resolved,

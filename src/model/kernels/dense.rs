@@ -108,6 +108,32 @@ impl PackedWeights {
         Some(PackedWeights { k, n, shape, lines })
     }
 
+    /// A copy whose reduction row `r` is multiplied by `factors[r % factors.len()]`: with one
+    /// factor per input channel, the weights of `conv(x * gate)` (row `r` of every tap reads
+    /// channel `r % c_in`). Cheaper than gating the map when `k x n` is smaller than it.
+    pub(crate) fn scale_rows(&self, factors: &[f32]) -> PackedWeights {
+        assert!(
+            !factors.is_empty() && self.k % factors.len() == 0,
+            "one factor per input channel"
+        );
+        let nr = self.shape.nr();
+        let mut lines = self.lines.clone();
+        let flat = bytemuck_lines(&mut lines);
+        for p in 0..self.panels() {
+            let panel = &mut flat[p * self.k * nr..][..self.k * nr];
+            for (row, values) in panel.chunks_exact_mut(nr).enumerate() {
+                let factor = factors[row % factors.len()];
+                values.iter_mut().for_each(|v| *v *= factor);
+            }
+        }
+        PackedWeights {
+            k: self.k,
+            n: self.n,
+            shape: self.shape,
+            lines,
+        }
+    }
+
     fn panels(&self) -> usize {
         self.n.div_ceil(self.shape.nr())
     }
@@ -138,6 +164,18 @@ pub(crate) struct Rows<'a> {
     res: Resolved,
     /// `c` zeros: padding taps and pixels past the end read these.
     zeros: Vec<f32>,
+    /// A 1x1 convolution over the channel concatenation of these maps, read where they lie:
+    /// "tap" `t` is part `t`, whose pixel `m` starts at `data[m * stride]` (`c` channels).
+    parts: Vec<Part<'a>>,
+}
+
+/// One map of a gathered 1x1 convolution's input (see [`Rows::gather`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Part<'a> {
+    /// Pixel 0's first channel.
+    pub(crate) data: &'a [f32],
+    /// Distance between consecutive pixels (at least the part's channels).
+    pub(crate) stride: usize,
 }
 
 impl<'a> Rows<'a> {
@@ -155,11 +193,42 @@ impl<'a> Rows<'a> {
             geometry,
             res,
             zeros: vec![0.0; shape.c],
+            parts: Vec::new(),
+        }
+    }
+
+    /// The rows of a 1x1 convolution whose input is the concatenation of `parts` along the
+    /// channels, without writing it: each part holds `shape.c` channels of `shape`'s pixels
+    /// (the weight rows are part-major, as for the concatenated map).
+    pub(crate) fn gather(parts: Vec<Part<'a>>, shape: Nhwc) -> Self {
+        let pixels = shape.n * shape.h * shape.w;
+        for part in &parts {
+            assert!(part.stride >= shape.c, "parts' pixels do not overlap");
+            assert!(
+                pixels == 0 || part.data.len() >= (pixels - 1) * part.stride + shape.c,
+                "part holds every pixel"
+            );
+        }
+        let geometry = ConvGeometry::square(1, 1, 0);
+        let res = geometry
+            .resolve(shape.h, shape.w)
+            .expect("a 1x1 window fits any map");
+        Rows {
+            input: &[],
+            shape,
+            geometry,
+            res,
+            zeros: vec![0.0; shape.c],
+            parts,
         }
     }
 
     fn taps(&self) -> usize {
-        self.geometry.kernel.0 * self.geometry.kernel.1
+        if self.parts.is_empty() {
+            self.geometry.kernel.0 * self.geometry.kernel.1
+        } else {
+            self.parts.len()
+        }
     }
 
     fn count(&self) -> usize {
@@ -179,6 +248,19 @@ impl<'a> Rows<'a> {
     fn fill(&self, m0: usize, mr: usize, out: &mut [*const f32]) {
         let count = self.count();
         let c = self.shape.c;
+        if !self.parts.is_empty() {
+            for (part, slots) in self.parts.iter().zip(out.chunks_exact_mut(mr)) {
+                for (i, p) in slots.iter_mut().enumerate() {
+                    let m = m0 + i;
+                    *p = if m < count {
+                        part.data[m * part.stride..].as_ptr()
+                    } else {
+                        self.zeros.as_ptr()
+                    };
+                }
+            }
+            return;
+        }
         if self.is_pointwise() {
             for (i, p) in out[..mr].iter_mut().enumerate() {
                 let m = m0 + i;

@@ -10,24 +10,29 @@
 //! The kernels know nothing of tensors or checkpoints; [`crate::model::layers`] owns the weights
 //! and wraps these functions as Candle custom ops.
 
+mod concat;
 mod conv;
 mod dense;
 mod depthwise;
 mod expand_depthwise;
+mod gated;
 mod pool;
 mod resize;
 mod simd;
 pub(crate) mod team;
 mod upsample;
 
+pub(crate) use concat::dense_conv_concat_new;
 pub(crate) use conv::dense_conv_new;
 pub use conv::{
     dense_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput, DenseParams, Padding,
 };
 pub(crate) use dense::PackedWeights;
+pub(crate) use dense::Part;
 pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
+pub(crate) use gated::dense_conv_gated_new;
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;

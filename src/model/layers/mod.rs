@@ -15,6 +15,8 @@ use super::kernels::{
 use super::weights::Weights;
 
 pub(crate) mod attention;
+mod concat;
+mod gated;
 mod inverted_residual;
 pub(crate) mod transformer;
 pub(crate) use inverted_residual::{expand_depthwise, inverted_residual};

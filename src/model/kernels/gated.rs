@@ -1,0 +1,120 @@
+//! A dense convolution of a channel-gated map, `conv(x * gate)` with one factor per image and
+//! input channel (squeeze-excitation's gate before its block's projection), without writing
+//! the gated map: per image, the gate scales whichever is smaller, the packed weights
+//! (`k x c_out`) or the image's map (`pixels x c_in`). On EfficientNet's large early maps the
+//! weights are a few thousand values against hundreds of thousands in the map.
+
+use super::conv::{run_packed, DenseParams};
+use super::{dense_conv, ConvOutput, Fresh, Nhwc};
+
+/// `activation(conv(input * gate) + bias (+ residual))` into a new contiguous buffer; `gate`
+/// holds `shape.c` factors per image, `residual` (if any) the output's shape.
+pub(crate) fn dense_conv_gated_new(
+    input: &[f32],
+    shape: Nhwc,
+    params: &DenseParams<'_>,
+    gate: &[f32],
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(
+        gate.len(),
+        shape.n * shape.c,
+        "one factor per image and channel"
+    );
+    let Some(res) = params.geometry.resolve(shape.h, shape.w) else {
+        return Vec::new();
+    };
+    let c_out = params.bias.len();
+    let (plane_in, plane_out) = (shape.h * shape.w * shape.c, res.out_h * res.out_w * c_out);
+    let image = Nhwc { n: 1, ..shape };
+    let mut out = Fresh::new(shape.n * plane_out);
+    for i in 0..shape.n {
+        let x = &input[i * plane_in..][..plane_in];
+        let factors = &gate[i * shape.c..][..shape.c];
+        let r = residual.map(|r| &r[i * plane_out..][..plane_out]);
+        // SAFETY: image `i`'s rows of `out` are a disjoint range of the new buffer, which the
+        // packed kernel writes in full (every tile of every panel).
+        #[allow(unsafe_code)]
+        let dst = unsafe { out.as_mut_ptr().add(i * plane_out) };
+        match params.packed {
+            Some(packed) if params.weight.len() < plane_in => {
+                let scaled = packed.scale_rows(factors);
+                #[allow(unsafe_code)]
+                unsafe {
+                    run_packed(x, image, res, params, &scaled, dst, c_out, r)
+                };
+            }
+            _ => {
+                let gated: Vec<f32> = x
+                    .chunks_exact(shape.c)
+                    .flat_map(|px| px.iter().zip(factors).map(|(v, f)| v * f))
+                    .collect();
+                // SAFETY: as above; zeroed first so that the slice holds initialised values
+                // (this branch runs on small maps, where the fill is cheap).
+                #[allow(unsafe_code)]
+                let data = unsafe {
+                    std::ptr::write_bytes(dst, 0, plane_out);
+                    std::slice::from_raw_parts_mut(dst, plane_out)
+                };
+                let target = ConvOutput {
+                    data,
+                    row_stride: c_out,
+                    residual: r,
+                };
+                dense_conv(&gated, image, params, target);
+            }
+        }
+    }
+    // SAFETY: every image's rows were written above.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.assume_init()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{pseudo_random, Activation, ConvGeometry, PackedWeights};
+
+    /// Gating the weights or the map must give what convolving the gated map gives, with and
+    /// without a residual, for maps on either side of the weights' size.
+    #[test]
+    fn gated_convolution_equals_the_convolution_of_the_gated_map() {
+        for (h, w, c_in, c_out) in [(9, 7, 8, 24), (2, 3, 40, 96)] {
+            let n = 2;
+            let shape = Nhwc { n, h, w, c: c_in };
+            let input = pseudo_random(shape.len(), 1);
+            let gate = pseudo_random(n * c_in, 2);
+            let weight = pseudo_random(c_in * c_out, 3);
+            let bias = pseudo_random(c_out, 4);
+            let residual = pseudo_random(n * h * w * c_out, 5);
+            let geometry = ConvGeometry::square(1, 1, 0);
+            let packed = PackedWeights::pack(c_in, c_out, &weight);
+            let params = DenseParams {
+                geometry: &geometry,
+                weight: &weight,
+                bias: &bias,
+                activation: Activation::Silu,
+                packed: packed.as_ref(),
+            };
+            let gated_map: Vec<f32> = input
+                .chunks_exact(h * w * c_in)
+                .zip(gate.chunks_exact(c_in))
+                .flat_map(|(img, g)| {
+                    img.chunks_exact(c_in)
+                        .flat_map(|px| px.iter().zip(g).map(|(v, f)| v * f).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for r in [None, Some(residual.as_slice())] {
+                let want = crate::model::kernels::dense_conv_new(&gated_map, shape, &params, r);
+                let got = dense_conv_gated_new(&input, shape, &params, &gate, r);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+                }
+            }
+        }
+    }
+}
