@@ -144,6 +144,12 @@ parity_tests!(
     timm_vit_small_patch32_384,
     timm_deit_tiny_patch16_224,
     timm_deit_small_patch16_224,
+    timm_deit_tiny_distilled_patch16_224,
+    timm_deit_small_distilled_patch16_224,
+    timm_vit_tiny_patch16_224_at_384x384,
+    timm_vit_small_patch32_384_at_224x288,
+    timm_vit_small_patch32_384_at_192x768,
+    timm_deit_tiny_distilled_patch16_224_at_288x288,
     hf_vit_small_config,
     hf_vit_base_patch16_224,
 );

@@ -2,9 +2,12 @@
 //! `save_pretrained` wrote (kept in the fixtures by `tests/parity/generate_segmentation.py`)
 //! next to `model.safetensors` rebuilt from the `synth` formula loads unchanged, and the
 //! whole pipeline (normalise, zero padding to a multiple of 32, network, crop) matches smp run
-//! the same way on a real photo.
+//! the same way on a real photo. That `config.json` next to the `.pth` of a plain
+//! `torch.save(model.state_dict())` loads as it is too (the file rebuilt from what
+//! `tests/parity/generate_smp_pth.py` kept of torch's, its float storages from `synth`).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -33,6 +36,14 @@ struct PhotoFixture {
     tensors: Vec<(String, Vec<usize>)>,
     ties: Vec<(usize, usize)>,
     argmax: Vec<String>,
+}
+
+/// What `generate_smp_pth.py` kept of a `torch.save(model.state_dict())` file.
+#[derive(Deserialize)]
+struct PthFixture {
+    tensors: Vec<(String, Vec<usize>)>,
+    /// Zip records in torch's order: `[name, "hex", bytes]` or `[name, "synth", tensor]`.
+    records: Vec<(String, String, String)>,
 }
 
 fn read_fixture<T: serde::de::DeserializeOwned>(folder: &str, id: &str) -> Result<T> {
@@ -69,7 +80,12 @@ fn check_folder(id: &str, labels: &[&str]) -> Result<()> {
         "{id}: the config smp wrote"
     );
     let dir = smp_folder(&fixture.smp_config, &fixture.tensors)?;
-    let segmenter = Segmenter::load(dir.path())?;
+    check_logits(id, &fixture, dir.path(), labels)
+}
+
+/// The package in `dir` against the fixture's logits.
+fn check_logits(id: &str, fixture: &NetworkFixture, dir: &Path, labels: &[&str]) -> Result<()> {
+    let segmenter = Segmenter::load(dir)?;
     assert_eq!(segmenter.labels(), labels, "{id}: labels");
     let input = (synthesize("input", &fixture.input_shape) * fixture.input_scale)?;
     let logits = segmenter.logits(&input)?;
@@ -96,6 +112,61 @@ fn check_folder(id: &str, labels: &[&str]) -> Result<()> {
 #[test]
 fn smp_unet_resnet34_folder_loads_and_matches_smp() -> Result<()> {
     check_folder("smp_unet_resnet34", &["class_0", "class_1", "class_2"])
+}
+
+/// `config.json` (smp's `save_pretrained`) next to `model.pth` written by
+/// `torch.save(model.state_dict())`: no safetensors in the folder.
+#[test]
+fn smp_config_next_to_a_torch_saved_state_dict_loads_and_matches_smp() -> Result<()> {
+    let id = "smp_unet_resnet34";
+    let pth: PthFixture = read_fixture("smp_pth", id)?;
+    let fixture: NetworkFixture = read_fixture("segmentation", id)?;
+    assert_eq!(pth.tensors, fixture.tensors, "the same state dict");
+    let shapes: HashMap<&str, &[usize]> = pth
+        .tensors
+        .iter()
+        .map(|(name, shape)| (name.as_str(), shape.as_slice()))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string_pretty(&fixture.smp_config)?,
+    )?;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(dir.path().join("model.pth"))?);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut refilled = 0;
+    for (name, kind, value) in &pth.records {
+        let bytes = match kind.as_str() {
+            "hex" => from_hex(value)?,
+            "synth" => {
+                refilled += 1;
+                let shape = shapes
+                    .get(value.as_str())
+                    .context("a tensor of the state dict")?;
+                let values = synthesize(value, shape).flatten_all()?.to_vec1::<f32>()?;
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            other => anyhow::bail!("record {name}: unknown kind {other}"),
+        };
+        zip.start_file(name.as_str(), stored)?;
+        zip.write_all(&bytes)?;
+    }
+    zip.finish()?;
+    assert!(refilled > 100, "{refilled} float storages");
+    check_logits(id, &fixture, dir.path(), &["class_0", "class_1", "class_2"])
+}
+
+fn from_hex(text: &str) -> Result<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            Ok(u8::from_str_radix(
+                text.get(i..i + 2).context("odd hex")?,
+                16,
+            )?)
+        })
+        .collect()
 }
 
 #[test]

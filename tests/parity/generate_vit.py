@@ -29,11 +29,25 @@ from generate import INPUT_SCALE, NUM_CLASSES, fill_state_dict, synth  # noqa: E
 torch.set_num_threads(1)
 
 TIMM = [
-    # (timm name, input shape): the trained size; ViT takes no other.
+    # (timm name, input shape): the trained size (other sizes: RESAMPLED below).
     ("vit_tiny_patch16_224", [2, 3, 224, 224]),
     ("vit_small_patch32_384", [1, 3, 384, 384]),
     ("deit_tiny_patch16_224", [1, 3, 224, 224]),
     ("deit_small_patch16_224", [1, 3, 224, 224]),
+    # DeiT distilled (VisionTransformerDistilled): a distillation token and a second head.
+    ("deit_tiny_distilled_patch16_224", [2, 3, 224, 224]),
+    ("deit_small_distilled_patch16_224", [1, 3, 224, 224]),
+]
+
+# A timm model created at another img_size than its checkpoint's, the checkpoint's pos_embed
+# resampled by timm's own checkpoint_filter_fn (bicubic, antialiased, prefix tokens aside):
+# (timm name, img_size, input shape). Up, down and non-square; one with two prefix tokens.
+RESAMPLED = [
+    ("vit_tiny_patch16_224", (384, 384), [1, 3, 384, 384]),
+    ("vit_small_patch32_384", (224, 288), [1, 3, 224, 288]),
+    # 6x24 patches: as many as the trained 12x12, resampled all the same by timm 1.0.31.
+    ("vit_small_patch32_384", (192, 768), [1, 3, 192, 768]),
+    ("deit_tiny_distilled_patch16_224", (288, 288), [1, 3, 288, 288]),
 ]
 
 # Hugging Face configs: a small one with every size off its default, and the real base size
@@ -89,6 +103,35 @@ def timm_fixture(name, shape, out_dir):
     }
     write(os.path.join(out_dir, f"{doc['id']}.json"), doc)
     print(doc["id"], "max|logit|", max(abs(v) for row in doc["logits"] for v in row), flush=True)
+
+
+def timm_resampled_fixture(name, img_size, shape, out_dir):
+    """The checkpoint of `name` at its trained size, loaded into a model at `img_size` the way
+    timm loads pretrained weights (`checkpoint_filter_fn` resamples `pos_embed`)."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    trained = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
+    tensors = fill_state_dict(trained)
+    checkpoint = trained.state_dict()
+    model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, img_size=img_size).eval()
+    filtered = checkpoint_filter_fn(checkpoint, model)
+    assert not torch.equal(filtered["pos_embed"], checkpoint["pos_embed"]), "nothing resampled"
+    model.load_state_dict(filtered, strict=True)
+    fid = f"timm_{name}_at_{img_size[0]}x{img_size[1]}"
+    doc = {
+        "id": fid,
+        "architecture": name,
+        "source": f"timm {timm.__version__}",
+        "torch": torch.__version__.split("+")[0],
+        "num_classes": NUM_CLASSES,
+        "img_size": list(img_size),
+        "input_shape": shape,
+        "tensors": tensors,
+        **logits_of(model, shape),
+    }
+    write(os.path.join(out_dir, f"{fid}.json"), doc)
+    print(fid, "max|logit|", max(abs(v) for row in doc["logits"] for v in row), flush=True)
 
 
 def hf_model(overrides):
@@ -171,6 +214,9 @@ def main():
     for name, shape in TIMM:
         if keep(f"timm_{name}"):
             timm_fixture(name, shape, args.out)
+    for name, img_size, shape in RESAMPLED:
+        if keep(f"timm_{name}_at_{img_size[0]}x{img_size[1]}"):
+            timm_resampled_fixture(name, img_size, shape, args.out)
     for fid, overrides, shape in HF:
         if keep(fid):
             hf_fixture(fid, overrides, shape, args.out)

@@ -1,6 +1,7 @@
 //! Image classification: the networks (one file per architecture family, listed in
 //! `registry.rs`), what they share (`network.rs`, the `linear.rs` head, `scaling.rs` channel
-//! and depth scaling, `squeeze_excitation.rs`), and the loaded
+//! and depth scaling, `squeeze_excitation.rs`, `pos_embed.rs` ViT position embeddings resampled
+//! to another grid), and the loaded
 //! [`Classifier`] that ranks classes. ResNet, EfficientNet-Lite and MobileNetV3 trunks also
 //! serve the segmentation networks (`crate::model::segment`).
 
@@ -13,11 +14,13 @@ pub(crate) mod linear;
 mod mobilenet_v2;
 pub(crate) mod mobilenet_v3;
 pub(crate) mod network;
+mod pos_embed;
 pub(crate) mod registry;
 pub(crate) mod resnet;
 mod scaling;
 mod squeeze_excitation;
 pub(crate) mod vit;
+mod vit_dims;
 
 pub use classifier::Classifier;
 pub use network::{Backbone, BuildArgs, Network};

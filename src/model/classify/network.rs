@@ -16,6 +16,22 @@ use crate::model::weights::Weights;
 pub trait Backbone: Send + Sync {
     /// `(n, h, w, 3)` NHWC, normalised -> `(n, num_features)`.
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The checkpoint tensors that store a linear head `(classes, num_features)` trained on
+    /// these features, for a checkpoint whose head is under `key`: `{key}.weight` and
+    /// `{key}.bias`, unless the network splits its features over several heads (DeiT
+    /// distilled).
+    fn checkpoint_head(
+        &self,
+        key: &str,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Vec<(String, Tensor)>> {
+        Ok(vec![
+            (format!("{key}.weight"), weight.clone()),
+            (format!("{key}.bias"), bias.clone()),
+        ])
+    }
 }
 
 /// A classification network: a backbone and a linear head.
@@ -43,6 +59,17 @@ impl Network {
             Some(features) => features,
             None => self.backbone.forward_features(&to_nhwc(xs)?),
         }
+    }
+
+    /// The checkpoint tensors storing a new head `(classes, num_features)` (`wick train`):
+    /// they replace the ones under `classifier_key` (and a distilled network's second head).
+    pub(crate) fn head_tensors(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Vec<(String, Tensor)>> {
+        self.backbone
+            .checkpoint_head(self.classifier_key, weight, bias)
     }
 
     /// `(n, 3, h, w)` normalised images -> `(n, num_classes)` logits.

@@ -53,6 +53,7 @@ mod tests {
             ("efficientnetv2_rw_s", "classifier"),
             ("vit_tiny_patch16_224", "head"),
             ("deit_tiny_patch16_224", "head"),
+            ("deit_tiny_distilled_patch16_224", "head"),
             (vit::HF_NAME, "classifier"),
         ] {
             let network = build(&BuildArgs {

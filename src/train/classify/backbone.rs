@@ -106,18 +106,17 @@ impl Backbone {
         labels: &[String],
         head: &HeadTensors,
     ) -> Result<()> {
-        let key = self.network.classifier_key;
-        let (weight_name, bias_name) = (format!("{key}.weight"), format!("{key}.bias"));
+        // Usually `{classifier_key}.weight` and `.bias`; a DeiT distilled network's two heads.
+        let new_head = self.network.head_tensors(&head.weight, &head.bias)?;
         let mut tensors = HashMap::with_capacity(self.weights.len());
         for name in self.weights.names() {
-            if name == weight_name || name == bias_name {
+            if new_head.iter().any(|(replaced, _)| replaced == name) {
                 continue;
             }
             let shape = self.weights.shape(name).unwrap_or_default().to_vec();
             tensors.insert(name.to_string(), self.weights.get(name, &shape)?);
         }
-        tensors.insert(weight_name, head.weight.clone());
-        tensors.insert(bias_name, head.bias.clone());
+        tensors.extend(new_head);
         written::write(
             dir,
             &Weights::from_tensors(tensors),
