@@ -53,6 +53,7 @@ NETWORKS = [
     Network("deeplabv3plus_resnet50", "DeepLabV3+ ResNet-50 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3plus_resnet34", "DeepLabV3+ ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("unet_resnet34", "U-Net ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
+    Network("unet_efficientnet_b0", "U-Net EfficientNet-B0 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3_resnet50", "DeepLabV3 ResNet-50 (torchvision, 21 classes)", 512, (1,), "synthetic"),
     Network("lraspp_mobilenet_v3_large", "LR-ASPP MobileNetV3-Large (21 classes)", 512, (1,), "synthetic"),
     Network("segformer_b0", "SegFormer-B0 (transformers, 21 classes)", 512, (1,), "synthetic"),

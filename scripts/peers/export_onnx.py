@@ -15,7 +15,8 @@ packages); nothing else in scripts/peers/ imports torch.
   vit_base_patch16_224 deit_small_patch16_224   timm, 1000 classes, 224, dynamic batch
   deeplabv3plus_resnet50 deeplabv3plus_resnet34   segmentation_models_pytorch DeepLabV3Plus,
                                21 classes (wick bench builds segmentation nets with 21), 512
-  unet_resnet34                segmentation_models_pytorch Unet, 21 classes, 512
+  unet_resnet34 unet_efficientnet_b0   segmentation_models_pytorch Unet (ResNet-34; the
+                               lukemelas EfficientNet-B0 port), 21 classes, 512
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
   segformer_b0 segformer_b2    transformers SegformerForSemanticSegmentation, 21 classes, 512,
                                logits resized to the input
@@ -185,6 +186,7 @@ BENCH = {
     "deeplabv3plus_resnet50": (lambda: smp_deeplabv3plus("resnet50", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
     "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),
+    "unet_efficientnet_b0": (lambda: smp_unet("efficientnet-b0", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3_resnet50": (lambda: torchvision_model("deeplabv3_resnet50"), 512, False),
     "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), 512, False),
     "segformer_b0": (lambda: UpsampledSegformer("b0"), 512, False),

@@ -1,9 +1,11 @@
 //! segmentation_models_pytorch's `config.json` (what `model.save_pretrained(dir)` writes next
 //! to `model.safetensors`: `_model_class` and every constructor argument) read as a wick
 //! package config. The class and encoder give the architecture (`Unet` + `resnet34` is
-//! `unet_resnet34`), `classes` the number of outputs; every other argument must have the value
+//! `unet_resnet34`, `FPN` + `efficientnet-b0` is `fpn_efficientnet_b0`: wick's names use
+//! underscores), `classes` the number of outputs; every other argument must have the value
 //! wick implements (smp's default) or be one that does not change the eval-mode network
-//! (`encoder_weights`, dropouts, `aux_params`), and is refused by name otherwise. The package
+//! (`encoder_weights`, dropouts, `aux_params`), and is refused by name otherwise;
+//! `encoder_weights` "advprop" only sets the input normalisation (mean and std 0.5). The package
 //! runs smp's way: images up to 1024 pixels a side in one pass, zero-padded after
 //! normalisation to a multiple of 32 (`segmentation.tile_size` 1024, `padding` "zeros").
 //! See `docs/model-package.md`.
@@ -12,8 +14,17 @@ use serde_json::{json, Map, Value};
 
 /// The key smp's `save_pretrained` adds to name the model class.
 const CLASS_KEY: &str = "_model_class";
-/// Encoders whose weights wick reads (torchvision ResNet key names under `encoder.`).
-const ENCODERS: &[&str] = &["resnet34", "resnet50"];
+/// The ResNet encoders (torchvision key names under `encoder.`), which every class takes.
+const RESNETS: &[&str] = &["resnet34", "resnet50"];
+/// U-Net's and FPN's encoders: the ResNets and EfficientNet-B0, as smp's lukemelas port
+/// (`efficientnet-b0`) and as timm's (`timm-efficientnet-b0`). DeepLabV3+ dilates its
+/// encoder's last stage, which wick implements for the ResNets only.
+const UNET_FPN_ENCODERS: &[&str] = &[
+    "resnet34",
+    "resnet50",
+    "efficientnet-b0",
+    "timm-efficientnet-b0",
+];
 /// Tile side of an smp package: smp users run whole images; 1024 keeps a ResNet-50 U-Net's
 /// activations near 2 GB.
 const SMP_TILE_SIZE: usize = 1024;
@@ -91,11 +102,11 @@ const DEEPLABV3PLUS: &[(&str, Rule)] = &[
 /// A class's constructor arguments and what each may hold.
 type Arguments = &'static [(&'static str, Rule)];
 
-/// `(smp class, wick architecture prefix, its arguments)`.
-const CLASSES: &[(&str, &str, Arguments)] = &[
-    ("Unet", "unet", UNET),
-    ("FPN", "fpn", FPN),
-    ("DeepLabV3Plus", "deeplabv3plus", DEEPLABV3PLUS),
+/// `(smp class, wick architecture prefix, its arguments, its encoders)`.
+const CLASSES: &[(&str, &str, Arguments, &[&str])] = &[
+    ("Unet", "unet", UNET, UNET_FPN_ENCODERS),
+    ("FPN", "fpn", FPN, UNET_FPN_ENCODERS),
+    ("DeepLabV3Plus", "deeplabv3plus", DEEPLABV3PLUS, RESNETS),
 ];
 
 /// Whether `config` is one smp wrote (it names its `_model_class`).
@@ -115,7 +126,8 @@ pub(crate) fn translate(config: &Value) -> Result<Value, SmpConfigError> {
         value: value.to_string(),
     };
     let class = class_value.as_str().unwrap_or_default();
-    let Some(&(_, prefix, rules)) = CLASSES.iter().find(|(name, ..)| *name == class) else {
+    let Some(&(_, prefix, rules, encoders)) = CLASSES.iter().find(|(name, ..)| *name == class)
+    else {
         let names: Vec<&str> = CLASSES.iter().map(|(name, ..)| *name).collect();
         return Err(refuse(
             class,
@@ -131,8 +143,8 @@ pub(crate) fn translate(config: &Value) -> Result<Value, SmpConfigError> {
         .get("encoder_name")
         .cloned()
         .unwrap_or_else(|| json!("resnet34"));
-    if !encoder.as_str().is_some_and(|e| ENCODERS.contains(&e)) {
-        let message = format!("wick runs the encoders {}", ENCODERS.join(", "));
+    if !encoder.as_str().is_some_and(|e| encoders.contains(&e)) {
+        let message = format!("wick runs the encoders {}", encoders.join(", "));
         return Err(refuse(class, "encoder_name", message, &encoder));
     }
     let classes = fields.get("classes").cloned().unwrap_or_else(|| json!(1));
@@ -154,7 +166,7 @@ pub(crate) fn translate(config: &Value) -> Result<Value, SmpConfigError> {
         check_argument(key, value, rule.map(|&(_, rule)| rule))
             .map_err(|message| refuse(class, key, message, value))?;
     }
-    let encoder = encoder.as_str().unwrap_or_default();
+    let encoder = encoder.as_str().unwrap_or_default().replace('-', "_");
     out.insert("architecture".into(), json!(format!("{prefix}_{encoder}")));
     out.insert("task".into(), json!("segmentation"));
     out.insert("num_classes".into(), json!(num_classes));
@@ -165,7 +177,28 @@ pub(crate) fn translate(config: &Value) -> Result<Value, SmpConfigError> {
         sizing.extend(own.clone());
     }
     out.insert("segmentation".into(), Value::Object(sizing));
+    if fields.get("encoder_weights") == Some(&json!(ADVPROP)) {
+        advprop_normalisation(&mut out);
+    }
     Ok(Value::Object(out))
+}
+
+/// `encoder_weights` whose pixels smp normalises with mean and std 0.5, not ImageNet's.
+const ADVPROP: &str = "advprop";
+
+/// The EfficientNet encoders' `advprop` weights were trained on pixels normalised with mean
+/// and std 0.5 (`get_preprocessing_params(encoder, "advprop")`), and a model fine-tuned from
+/// them expects the same: that becomes the `pretrained_cfg` mean and std, unless the config
+/// gives its own.
+fn advprop_normalisation(out: &mut Map<String, Value>) {
+    let cfg = out
+        .entry("pretrained_cfg")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(cfg) = cfg {
+        for key in ["mean", "std"] {
+            cfg.entry(key).or_insert_with(|| json!([0.5, 0.5, 0.5]));
+        }
+    }
 }
 
 /// `Ok` when `value` is allowed by `rule`; otherwise what is allowed. An argument wick does not

@@ -2,9 +2,10 @@
 //! `save_pretrained` wrote (kept in the fixtures by `tests/parity/generate_segmentation.py`)
 //! next to `model.safetensors` rebuilt from the `synth` formula loads unchanged, and the
 //! whole pipeline (normalise, zero padding to a multiple of 32, network, crop) matches smp run
-//! the same way on a real photo. That `config.json` next to the `.pth` of a plain
-//! `torch.save(model.state_dict())` loads as it is too (the file rebuilt from what
-//! `tests/parity/generate_smp_pth.py` kept of torch's, its float storages from `synth`).
+//! the same way on a real photo, for ResNet and EfficientNet-B0 encoders. That `config.json`
+//! next to the `.pth` of a plain `torch.save(model.state_dict())` loads as it is too (the file
+//! rebuilt from what `tests/parity/generate_smp_pth.py` kept of torch's, its float storages
+//! from `synth`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -187,6 +188,35 @@ fn smp_fpn_resnet50_folder_loads_and_matches_smp() -> Result<()> {
     check_folder("smp_fpn_resnet50", &["class_0", "class_1"])
 }
 
+#[test]
+fn smp_unet_efficientnet_b0_folder_loads_and_matches_smp() -> Result<()> {
+    check_folder(
+        "smp_unet_efficientnet_b0",
+        &["class_0", "class_1", "class_2"],
+    )
+}
+
+#[test]
+fn smp_fpn_efficientnet_b0_folder_loads_and_matches_smp() -> Result<()> {
+    check_folder("smp_fpn_efficientnet_b0", &["class_0", "class_1"])
+}
+
+#[test]
+fn smp_unet_timm_efficientnet_b0_binary_folder_loads_and_matches_smp() -> Result<()> {
+    check_folder(
+        "smp_unet_timm_efficientnet_b0_binary",
+        &["background", "class_0"],
+    )
+}
+
+#[test]
+fn smp_fpn_timm_efficientnet_b0_folder_loads_and_matches_smp() -> Result<()> {
+    check_folder(
+        "smp_fpn_timm_efficientnet_b0",
+        &["class_0", "class_1", "class_2"],
+    )
+}
+
 /// The label map of the whole pipeline on the photo, as smp gives it: every pixel but the
 /// near ties smp itself barely separated.
 fn check_photo(id: &str) -> Result<()> {
@@ -230,6 +260,13 @@ fn smp_unet_on_a_photo_pads_with_zeros_and_crops_like_smp() -> Result<()> {
 #[test]
 fn smp_fpn_on_a_photo_pads_with_zeros_and_crops_like_smp() -> Result<()> {
     check_photo("smp_fpn_resnet34_chelsea")
+}
+
+/// The EfficientNet-B0 encoder's TF "same" padding on the padded photo (480x320), where smp's
+/// port pads as it computed for 224x224.
+#[test]
+fn smp_unet_efficientnet_b0_on_a_photo_matches_smp() -> Result<()> {
+    check_photo("smp_unet_efficientnet_b0_chelsea")
 }
 
 /// A config smp wrote for a model wick does not run is refused at load, naming the field and

@@ -15,7 +15,8 @@ segmentation_models_pytorch DeepLabV3Plus, transformers SegFormer) is overwritte
 - `argmax`: the label map, one string of base-36 digits per row (a binary model's map is
   `logit > 0`, i.e. sigmoid > 0.5).
 
-U-Net and FPN fixtures also hold `smp_config`, the `config.json` smp's own `save_pretrained`
+The smp U-Net and FPN run with ResNet and EfficientNet-B0 encoders (`efficientnet-b0`, smp's
+lukemelas port; `timm-efficientnet-b0`, timm's). U-Net and FPN fixtures also hold `smp_config`, the `config.json` smp's own `save_pretrained`
 wrote for the model, so the Rust side loads them as an smp folder. With `--photos DIR` it
 instead runs smp U-Net and FPN end to end on `DIR/chelsea.png` (451x300: padded to 480x320
 with zeros after normalisation, logits cropped back) into `tests/fixtures/segmentation_photo/`.
@@ -166,6 +167,10 @@ def registry():
         ("smp_unet_resnet50_binary", "unet_resnet50", "segmentation_models_pytorch", _smp("resnet50", 1, "Unet"), 1, SMP32_INPUT, 1.0),
         ("smp_fpn_resnet34", "fpn_resnet34", "segmentation_models_pytorch", _smp("resnet34", 4, "FPN"), 4, SMP32_INPUT, 1.0),
         ("smp_fpn_resnet50", "fpn_resnet50", "segmentation_models_pytorch", _smp("resnet50", 2, "FPN"), 2, SMP32_INPUT, 1.0),
+        ("smp_unet_efficientnet_b0", "unet_efficientnet_b0", "segmentation_models_pytorch", _smp("efficientnet-b0", 3, "Unet"), 3, SMP32_INPUT, 1.0),
+        ("smp_fpn_efficientnet_b0", "fpn_efficientnet_b0", "segmentation_models_pytorch", _smp("efficientnet-b0", 2, "FPN"), 2, SMP32_INPUT, 1.0),
+        ("smp_unet_timm_efficientnet_b0_binary", "unet_timm_efficientnet_b0", "segmentation_models_pytorch", _smp("timm-efficientnet-b0", 1, "Unet"), 1, SMP32_INPUT, 1.0),
+        ("smp_fpn_timm_efficientnet_b0", "fpn_timm_efficientnet_b0", "segmentation_models_pytorch", _smp("timm-efficientnet-b0", 3, "FPN"), 3, SMP32_INPUT, 1.0),
         ("timm_lraspp_efficientnet_lite0", "lraspp_efficientnet_lite0", "timm", _lite("efficientnet_lite0", 3), 3, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite0", "lraspp_tf_efficientnet_lite0", "timm", _lite("tf_efficientnet_lite0", 4), 4, TV_INPUT, 4.0),
         ("timm_lraspp_tf_efficientnet_lite2_binary", "lraspp_tf_efficientnet_lite2", "timm", _lite("tf_efficientnet_lite2", 1), 1, TV_INPUT, 4.0),
@@ -255,6 +260,7 @@ def run(entry, out_dir):
 PHOTO_MODELS = [
     ("smp_unet_resnet34_chelsea", "Unet", "resnet34", 3),
     ("smp_fpn_resnet34_chelsea", "FPN", "resnet34", 3),
+    ("smp_unet_efficientnet_b0_chelsea", "Unet", "efficientnet-b0", 3),
 ]
 PHOTO = "chelsea.png"
 # Pixels whose two best logits are closer than this are listed as ties: wick's f32 logits may

@@ -9,13 +9,17 @@
 //!
 //! B1-B7 scale B0's channels (rounded to multiples of 8, stem and head included) and every
 //! stage's depth (rounded up); the blocks are in `efficientnet_blocks.rs`.
+//!
+//! [`EfficientNetTrunk`] (stem and blocks, no head) also serves segmentation_models_pytorch's
+//! U-Net and FPN encoders, from timm's keys or the lukemelas `efficientnet_pytorch` port's
+//! ([`TrunkKeys`]).
 // Based on timm 1.0.31 `timm/models/efficientnet.py` (`_gen_efficientnet`,
 // `_gen_efficientnetv2_s`) and torchvision 0.29 `torchvision/models/efficientnet.py`
 // (read, not copied).
 
 use candle_core::Tensor;
 
-use super::efficientnet_blocks::{Block, BlockSpec, Keys, Kind, Loader};
+use super::efficientnet_blocks::{Block, BlockAt, BlockSpec, Keys, Kind, Loader};
 use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
 use super::scaling::{round_channels, scale_depth};
@@ -176,6 +180,7 @@ fn loader_for<'a>(name: &str, weights: &'a Weights) -> Loader<'a> {
     };
     Loader {
         weights,
+        prefix: "",
         keys,
         padding,
         eps,
@@ -185,34 +190,12 @@ fn loader_for<'a>(name: &str, weights: &'a Weights) -> Loader<'a> {
 pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
     let variant = variant(args.name);
     let loader = loader_for(args.name, args.weights);
-    let silu = Activation::Silu;
-    let stem_channels = round_channels(variant.stem, variant.width);
-    let stem = loader.conv(
-        &loader.keys.stem(),
-        ConvSpec::new(3, stem_channels, 3, 2).act(silu),
-    )?;
-    let mut blocks = Vec::new();
-    let mut c_in = stem_channels;
-    for (stage_index, s) in variant.stages.iter().enumerate() {
-        let c_out = round_channels(s.c_out, variant.width);
-        for index in 0..scale_depth(s.repeats, variant.depth) {
-            let spec = BlockSpec {
-                kind: s.kind,
-                kernel: s.kernel,
-                stride: if index == 0 { s.stride } else { 1 },
-                expand: s.expand,
-                c_in,
-                c_out,
-                se: s.se,
-            };
-            blocks.push(Block::load(&loader, (stage_index, index), spec)?);
-            c_in = c_out;
-        }
-    }
+    let trunk = EfficientNetTrunk::load_with(&loader, &variant)?;
+    let c_in = trunk.channels();
     let head_channels = round_channels(variant.head, variant.width);
     let head = loader.conv(
         &loader.keys.head(variant.stages.len()),
-        ConvSpec::new(c_in, head_channels, 1, 1).act(silu),
+        ConvSpec::new(c_in, head_channels, 1, 1).act(Activation::Silu),
     )?;
     let classifier_key = loader.keys.classifier();
     let classifier = Linear::load(
@@ -221,25 +204,160 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
         (head_channels, args.num_classes),
     )?;
     Ok(Network {
-        backbone: Box::new(EfficientNet { stem, blocks, head }),
+        backbone: Box::new(EfficientNet { trunk, head }),
         classifier,
         classifier_key,
     })
 }
 
-struct EfficientNet {
+/// Whose key names a segmentation encoder's EfficientNet trunk has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrunkKeys {
+    /// timm `efficientnet_bN` (smp's `timm-efficientnet-bN`): PyTorch padding, eps 1e-5.
+    Timm,
+    /// The lukemelas `efficientnet_pytorch` port (smp's `efficientnet-bN`): TF "same"
+    /// padding, eps 1e-3. The port pads statically for its 224-pixel (B0) training size;
+    /// on inputs whose sides are multiples of 32 every stride-2 convolution sees an even
+    /// size, where that padding and TF "same" are the same `(k - 2) / 2` before, the rest
+    /// after.
+    Lukemelas,
+}
+
+/// The stem and the blocks of an EfficientNet, without the head convolution.
+pub(crate) struct EfficientNetTrunk {
     stem: Conv,
     blocks: Vec<Block>,
+    /// Output channels of the stem.
+    stem_channels: usize,
+    /// Output channels of each block.
+    block_channels: Vec<usize>,
+}
+
+impl EfficientNetTrunk {
+    /// Loads the trunk of `name` (`efficientnet_b0` .. `efficientnet_b7`) under `prefix`
+    /// (empty or ending with a dot) with the key names `keys`.
+    pub(crate) fn load(
+        weights: &Weights,
+        prefix: &str,
+        name: &str,
+        keys: TrunkKeys,
+    ) -> Result<Self, ModelError> {
+        if !name.starts_with("efficientnet_b") || !NAMES.contains(&name) {
+            return Err(ModelError::Unsupported(format!(
+                "`{name}` is not an EfficientNet B0-B7 trunk"
+            )));
+        }
+        let (keys, padding, eps) = match keys {
+            TrunkKeys::Timm => (Keys::Timm, None, 1e-5),
+            TrunkKeys::Lukemelas => (Keys::Lukemelas, Some(Padding::TfSame), 1e-3),
+        };
+        let loader = Loader {
+            weights,
+            prefix,
+            keys,
+            padding,
+            eps,
+        };
+        Self::load_with(&loader, &variant(name))
+    }
+
+    fn load_with(loader: &Loader<'_>, variant: &Variant) -> Result<Self, ModelError> {
+        let stem_channels = round_channels(variant.stem, variant.width);
+        let stem = loader.conv(
+            &loader.keys.stem(),
+            ConvSpec::new(3, stem_channels, 3, 2).act(Activation::Silu),
+        )?;
+        let mut blocks = Vec::new();
+        let mut block_channels = Vec::new();
+        let mut c_in = stem_channels;
+        for (stage, s) in variant.stages.iter().enumerate() {
+            let c_out = round_channels(s.c_out, variant.width);
+            for index in 0..scale_depth(s.repeats, variant.depth) {
+                let spec = BlockSpec {
+                    kind: s.kind,
+                    kernel: s.kernel,
+                    stride: if index == 0 { s.stride } else { 1 },
+                    expand: s.expand,
+                    c_in,
+                    c_out,
+                    se: s.se,
+                };
+                let at = BlockAt {
+                    stage,
+                    index,
+                    flat: blocks.len(),
+                };
+                blocks.push(Block::load(loader, at, spec)?);
+                block_channels.push(c_out);
+                c_in = c_out;
+            }
+        }
+        Ok(EfficientNetTrunk {
+            stem,
+            blocks,
+            stem_channels,
+            block_channels,
+        })
+    }
+
+    /// Output channels of the last block.
+    pub(crate) fn channels(&self) -> usize {
+        self.block_channels
+            .last()
+            .copied()
+            .unwrap_or(self.stem_channels)
+    }
+
+    /// Output channels of the stem.
+    pub(crate) fn stem_channels(&self) -> usize {
+        self.stem_channels
+    }
+
+    /// Output channels of block `index` (0-based over the whole trunk), if there is one.
+    pub(crate) fn block_channels(&self, index: usize) -> Option<usize> {
+        self.block_channels.get(index).copied()
+    }
+
+    /// `(n, h, w, 3)` NHWC -> the stem's output, then the output of each block in `taps`
+    /// (increasing block indices). Blocks after the last tap are not run.
+    pub(crate) fn forward_taps(
+        &self,
+        xs: &Tensor,
+        taps: &[usize],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let mut xs = self.stem.forward(xs)?;
+        let mut out = Vec::with_capacity(taps.len() + 1);
+        out.push(xs.clone());
+        let Some(&last) = taps.last() else {
+            return Ok(out);
+        };
+        for (i, block) in self.blocks.iter().enumerate().take(last + 1) {
+            xs = block.forward(&xs)?;
+            if taps.contains(&i) {
+                out.push(xs.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(n, h, w, 3)` NHWC -> the last block's output.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let mut xs = self.stem.forward(xs)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs)?;
+        }
+        Ok(xs)
+    }
+}
+
+struct EfficientNet {
+    trunk: EfficientNetTrunk,
     head: Conv,
 }
 
 impl Backbone for EfficientNet {
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut xs = self.stem.forward(xs)?;
-        for block in &self.blocks {
-            xs = block.forward(&xs)?;
-        }
-        global_avg_pool(&self.head.forward(&xs)?)
+        global_avg_pool(&self.head.forward(&self.trunk.forward(xs)?)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The blocks of EfficientNet B0-B7 and EfficientNetV2 (`efficientnet.rs`), and where each
-//! library keeps their tensors.
+//! library keeps their tensors (torchvision, timm, and the lukemelas `efficientnet_pytorch` port
+//! that segmentation_models_pytorch's `efficientnet-bN` encoders vendor).
 //!
 //! Three block kinds, each with SiLU after every convolution but the last 1x1:
 //! - [`Kind::Conv`]: one `k x k` convolution, the input added after its activation (V2's
@@ -12,8 +13,9 @@
 //!
 //! A skip is added when the stride is 1 and the channels do not change (stochastic depth is
 //! the identity in eval mode).
-// Based on timm 1.0.31 `timm/models/_efficientnet_blocks.py` and torchvision 0.29
-// `torchvision/models/efficientnet.py` (read, not copied).
+// Based on timm 1.0.31 `timm/models/_efficientnet_blocks.py`, torchvision 0.29
+// `torchvision/models/efficientnet.py` and segmentation_models_pytorch 0.6.0
+// `encoders/_efficientnet.py` (read, not copied).
 
 use candle_core::Tensor;
 
@@ -41,6 +43,10 @@ pub(super) enum Keys {
     /// with `bn1..3` in order, `se.conv_reduce` / `se.conv_expand`, `conv_head` / `bn2`,
     /// `classifier`.
     Timm,
+    /// lukemelas `efficientnet_pytorch`: `_conv_stem` / `_bn0`, `_blocks.{flat index}` with
+    /// `_expand_conv` / `_bn0`, `_depthwise_conv` / `_bn1`, `_se_reduce` / `_se_expand`,
+    /// `_project_conv` / `_bn2`, then `_conv_head` / `_bn1` and `_fc`.
+    Lukemelas,
 }
 
 /// A convolution's `(weight prefix, batch norm prefix)`.
@@ -52,6 +58,7 @@ impl Keys {
         match self {
             Keys::Torchvision => ("features.0.0".into(), "features.0.1".into()),
             Keys::Timm => ("conv_stem".into(), "bn1".into()),
+            Keys::Lukemelas => ("_conv_stem".into(), "_bn0".into()),
         }
     }
 
@@ -63,6 +70,7 @@ impl Keys {
                 (format!("features.{i}.0"), format!("features.{i}.1"))
             }
             Keys::Timm => ("conv_head".into(), "bn2".into()),
+            Keys::Lukemelas => ("_conv_head".into(), "_bn1".into()),
         }
     }
 
@@ -71,12 +79,53 @@ impl Keys {
         match self {
             Keys::Torchvision => "classifier.1",
             Keys::Timm => "classifier",
+            Keys::Lukemelas => "_fc",
+        }
+    }
+}
+
+/// A convolution's role in its block, which names it in each library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// [`Kind::Conv`]'s only convolution.
+    Conv,
+    /// [`Kind::Fused`]'s `k x k` expansion.
+    FusedExpand,
+    /// [`Kind::MbConv`]'s 1x1 expansion.
+    Expand,
+    /// The depthwise convolution.
+    Depthwise,
+    /// The final 1x1 projection; `expanded` when the block has an expansion before it.
+    Project { expanded: bool },
+}
+
+impl Role {
+    /// timm's module name: the depthwise-separable block (no expansion) calls its projection
+    /// `conv_pw`, the inverted residual and the edge residual `conv_pwl`.
+    fn timm(self) -> &'static str {
+        match self {
+            Role::Conv => "conv",
+            Role::FusedExpand => "conv_exp",
+            Role::Expand | Role::Project { expanded: false } => "conv_pw",
+            Role::Depthwise => "conv_dw",
+            Role::Project { expanded: true } => "conv_pwl",
+        }
+    }
+
+    /// lukemelas' `(convolution, batch norm)` names, fixed per role (B0-B7 have only MBConv
+    /// blocks, so the first two roles never occur there).
+    fn lukemelas(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Conv | Role::FusedExpand | Role::Expand => ("_expand_conv", "_bn0"),
+            Role::Depthwise => ("_depthwise_conv", "_bn1"),
+            Role::Project { .. } => ("_project_conv", "_bn2"),
         }
     }
 }
 
 /// Names a block's modules in forward order: torchvision numbers them (`block.{j}`), timm
-/// names each convolution by its role and numbers the batch norms.
+/// names each convolution by its role and numbers the batch norms, lukemelas names both by
+/// role under a flat block index.
 struct BlockNamer {
     keys: Keys,
     prefix: String,
@@ -87,10 +136,11 @@ struct BlockNamer {
 }
 
 impl BlockNamer {
-    fn new(keys: Keys, stage: usize, index: usize) -> Self {
+    fn new(keys: Keys, at: BlockAt) -> Self {
         let prefix = match keys {
-            Keys::Torchvision => format!("features.{}.{index}.block", stage + 1),
-            Keys::Timm => format!("blocks.{stage}.{index}"),
+            Keys::Torchvision => format!("features.{}.{}.block", at.stage + 1, at.index),
+            Keys::Timm => format!("blocks.{}.{}", at.stage, at.index),
+            Keys::Lukemelas => format!("_blocks.{}", at.flat),
         };
         BlockNamer {
             keys,
@@ -100,8 +150,8 @@ impl BlockNamer {
         }
     }
 
-    /// The next convolution, `timm_name` in timm's checkpoints.
-    fn conv(&mut self, timm_name: &str) -> Pair {
+    /// The next convolution, in the role `role`.
+    fn conv(&mut self, role: Role) -> Pair {
         let p = &self.prefix;
         let pair = match self.keys {
             Keys::Torchvision => (
@@ -109,9 +159,13 @@ impl BlockNamer {
                 format!("{p}.{}.1", self.modules),
             ),
             Keys::Timm => (
-                format!("{p}.{timm_name}"),
+                format!("{p}.{}", role.timm()),
                 format!("{p}.bn{}", self.convs + 1),
             ),
+            Keys::Lukemelas => {
+                let (conv, bn) = role.lukemelas();
+                (format!("{p}.{conv}"), format!("{p}.{bn}"))
+            }
         };
         self.modules += 1;
         self.convs += 1;
@@ -127,16 +181,28 @@ impl BlockNamer {
                 format!("{p}.{}.fc2", self.modules),
             ),
             Keys::Timm => (format!("{p}.se.conv_reduce"), format!("{p}.se.conv_expand")),
+            Keys::Lukemelas => (format!("{p}._se_reduce"), format!("{p}._se_expand")),
         };
         self.modules += 1;
         pair
     }
 }
 
-/// How a checkpoint's convolutions load: its padding (`None`: PyTorch's symmetric `(k - 1) / 2`)
-/// and batch norm epsilon.
+/// Where a block sits: its stage and index in the stage (both 0-based), and its index among
+/// all the network's blocks.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BlockAt {
+    pub(super) stage: usize,
+    pub(super) index: usize,
+    pub(super) flat: usize,
+}
+
+/// How a checkpoint's convolutions load: the prefix of its keys (empty, or `encoder.` and the
+/// like, ending with a dot), its padding (`None`: PyTorch's symmetric `(k - 1) / 2`) and batch
+/// norm epsilon.
 pub(super) struct Loader<'a> {
     pub(super) weights: &'a Weights,
+    pub(super) prefix: &'a str,
     pub(super) keys: Keys,
     pub(super) padding: Option<Padding>,
     pub(super) eps: f64,
@@ -149,11 +215,17 @@ impl Loader<'_> {
             Some(p) => spec.pad(p),
             None => spec,
         };
+        let bn = self.key(bn);
         let bn = BatchNorm {
-            prefix: bn,
+            prefix: &bn,
             eps: self.eps,
         };
-        Conv::load(self.weights, conv, Some(bn), spec)
+        Conv::load(self.weights, &self.key(conv), Some(bn), spec)
+    }
+
+    /// `name` under the checkpoint's prefix.
+    pub(super) fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 }
 
@@ -193,13 +265,13 @@ pub(super) enum Block {
 }
 
 impl Block {
-    /// Loads block `index` of stage `stage` (both 0-based).
+    /// Loads the block at `at`.
     pub(super) fn load(
         loader: &Loader<'_>,
-        (stage, index): (usize, usize),
+        at: BlockAt,
         spec: BlockSpec,
     ) -> Result<Self, ModelError> {
-        let mut names = BlockNamer::new(loader.keys, stage, index);
+        let mut names = BlockNamer::new(loader.keys, at);
         let BlockSpec {
             kernel: k,
             stride: s,
@@ -215,16 +287,16 @@ impl Block {
         Ok(match spec.kind {
             Kind::Conv => {
                 let conv = loader.conv(
-                    &names.conv("conv"),
+                    &names.conv(Role::Conv),
                     ConvSpec::new(c_in, c_out, k, s).act(silu),
                 )?;
                 Block::Conv { conv, skip }
             }
             Kind::Fused => {
                 let expand_spec = ConvSpec::new(c_in, mid, k, s).act(silu);
-                let expand = loader.conv(&names.conv("conv_exp"), expand_spec)?;
-                let project =
-                    loader.conv(&names.conv("conv_pwl"), ConvSpec::new(mid, c_out, 1, 1))?;
+                let expand = loader.conv(&names.conv(Role::FusedExpand), expand_spec)?;
+                let project_names = names.conv(Role::Project { expanded: true });
+                let project = loader.conv(&project_names, ConvSpec::new(mid, c_out, 1, 1))?;
                 Block::Fused {
                     expand,
                     project,
@@ -236,11 +308,11 @@ impl Block {
                     1 => None,
                     _ => {
                         let expand_spec = ConvSpec::new(c_in, mid, 1, 1).act(silu);
-                        Some(loader.conv(&names.conv("conv_pw"), expand_spec)?)
+                        Some(loader.conv(&names.conv(Role::Expand), expand_spec)?)
                     }
                 };
                 let dw_spec = ConvSpec::new(mid, mid, k, s).depthwise().act(silu);
-                let depthwise = loader.conv(&names.conv("conv_dw"), dw_spec)?;
+                let depthwise = loader.conv(&names.conv(Role::Depthwise), dw_spec)?;
                 let se = match spec.se {
                     true => {
                         let (reduce, expand) = names.se();
@@ -251,20 +323,16 @@ impl Block {
                             activation: silu,
                             gate: Activation::Sigmoid,
                         };
+                        let (reduce, expand) = (loader.key(&reduce), loader.key(&expand));
                         let names = (reduce.as_str(), expand.as_str());
                         Some(SqueezeExcitation::load(loader.weights, names, se_spec)?)
                     }
                     false => None,
                 };
-                // timm's depthwise-separable block (no expansion) calls its projection
-                // `conv_pw`, the inverted residual `conv_pwl`.
-                let project_name = if expand.is_some() {
-                    "conv_pwl"
-                } else {
-                    "conv_pw"
+                let role = Role::Project {
+                    expanded: expand.is_some(),
                 };
-                let project =
-                    loader.conv(&names.conv(project_name), ConvSpec::new(mid, c_out, 1, 1))?;
+                let project = loader.conv(&names.conv(role), ConvSpec::new(mid, c_out, 1, 1))?;
                 Block::MbConv {
                     expand,
                     depthwise,

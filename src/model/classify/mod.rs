@@ -1,13 +1,13 @@
 //! Image classification: the networks (one file per architecture family, listed in
 //! `registry.rs`), what they share (`network.rs`, the `linear.rs` head, `scaling.rs` channel
 //! and depth scaling, `squeeze_excitation.rs`, `pos_embed.rs` ViT position embeddings resampled
-//! to another grid), and the loaded
-//! [`Classifier`] that ranks classes. ResNet, EfficientNet-Lite and MobileNetV3 trunks also
-//! serve the segmentation networks (`crate::model::segment`).
+//! to another grid), and the loaded [`Classifier`] that ranks classes. ResNet, EfficientNet,
+//! EfficientNet-Lite and MobileNetV3 trunks also serve the segmentation networks
+//! (`crate::model::segment`).
 
 pub(crate) mod classifier;
 mod densenet;
-mod efficientnet;
+pub(crate) mod efficientnet;
 mod efficientnet_blocks;
 pub(crate) mod efficientnet_lite;
 pub(crate) mod linear;

@@ -1,8 +1,9 @@
-//! segmentation_models_pytorch 0.6.0 `FPN(encoder_name="resnet34" | "resnet50")` with its
+//! segmentation_models_pytorch 0.6.0 `FPN(encoder_name="resnet34" | "resnet50" |
+//! "efficientnet-b0" | "timm-efficientnet-b0")` (encoders in `smp_encoder.rs`) with its
 //! defaults (encoder depth 5, pyramid 256 and segmentation 128 channels, merge "add", nearest
 //! top-down upsampling, dropout (identity in eval), head upsampling 4). Keys: `encoder.*`
-//! (torchvision ResNet names), `decoder.p5` (1x1 with bias on layer4),
-//! `decoder.p{4,3,2}.skip_conv` (1x1 with bias on layer3 / layer2 / layer1),
+//! (the encoder's own names), `decoder.p5` (1x1 with bias on the stride-32 features, ResNet's
+//! layer4), `decoder.p{4,3,2}.skip_conv` (1x1 with bias on the stride 16 / 8 / 4 features),
 //! `decoder.seg_blocks.{0..3}.block.{j}.block.{0,1}` (3x3 convolution without bias +
 //! `GroupNorm(32)`, then ReLU and, in the blocks that upsample, x2 bilinear with
 //! `align_corners=True`), `segmentation_head.0` (1x1 with bias, then x4 bilinear with
@@ -13,14 +14,19 @@ use candle_core::Tensor;
 
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
 use super::ops::{resize, GroupNormRelu};
+use super::smp_encoder::SmpEncoder;
 use super::unet::check_size;
-use crate::model::classify::resnet::{Dilation, ResNetTrunk};
 use crate::model::error::ModelError;
 use crate::model::layers::{upsample_nearest, Conv, ConvSpec};
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
 
-pub(super) const NAMES: &[&str] = &["fpn_resnet34", "fpn_resnet50"];
+pub(super) const NAMES: &[&str] = &[
+    "fpn_resnet34",
+    "fpn_resnet50",
+    "fpn_efficientnet_b0",
+    "fpn_timm_efficientnet_b0",
+];
 /// This file's architectures, for the segmentation registry (`registry.rs`).
 pub(super) const FAMILY: Family<Builder> = Family {
     names: NAMES,
@@ -75,7 +81,7 @@ impl ConvGnRelu {
 }
 
 struct Fpn {
-    encoder: ResNetTrunk,
+    encoder: SmpEncoder,
     /// `decoder.p5`, then the skip convolutions of p4, p3, p2.
     lateral: [Conv; 4],
     seg_blocks: Vec<Vec<ConvGnRelu>>,
@@ -99,14 +105,13 @@ pub(super) fn build(
     args: &SegmentationArgs<'_>,
 ) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
     let w = args.weights;
-    let resnet = args.name.trim_start_matches("fpn_");
-    let encoder = ResNetTrunk::load(w, "encoder.", resnet, Dilation::None)?;
-    let [_, layer1, layer2, layer3, layer4] = encoder.stage_channels();
+    let encoder = SmpEncoder::load(w, "encoder.", args.name.trim_start_matches("fpn_"))?;
+    let [_, s4, s8, s16, s32] = encoder.stage_channels();
     let lateral = [
-        conv1x1(w, "decoder.p5", (layer4, PYRAMID_CHANNELS))?,
-        conv1x1(w, "decoder.p4.skip_conv", (layer3, PYRAMID_CHANNELS))?,
-        conv1x1(w, "decoder.p3.skip_conv", (layer2, PYRAMID_CHANNELS))?,
-        conv1x1(w, "decoder.p2.skip_conv", (layer1, PYRAMID_CHANNELS))?,
+        conv1x1(w, "decoder.p5", (s32, PYRAMID_CHANNELS))?,
+        conv1x1(w, "decoder.p4.skip_conv", (s16, PYRAMID_CHANNELS))?,
+        conv1x1(w, "decoder.p3.skip_conv", (s8, PYRAMID_CHANNELS))?,
+        conv1x1(w, "decoder.p2.skip_conv", (s4, PYRAMID_CHANNELS))?,
     ];
     let mut seg_blocks = Vec::with_capacity(UPSAMPLES.len());
     for (i, &upsamples) in UPSAMPLES.iter().enumerate() {
@@ -146,7 +151,7 @@ impl Fpn {
     fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         check_size(xs, "FPN")?;
         let stages = self.encoder.forward_stages(xs)?;
-        // Top-down: p5 from layer4, then each level is its skip's 1x1 plus the level above
+        // Top-down: p5 from the stride-32 features, then each level is its skip's 1x1 plus the level above
         // upsampled x2 (nearest).
         let mut pyramid = vec![self.lateral[0].forward(&stages[4])?];
         for (lateral, skip) in self.lateral[1..].iter().zip(stages[1..4].iter().rev()) {

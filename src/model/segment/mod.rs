@@ -1,8 +1,8 @@
 //! Semantic segmentation: the networks (one file per architecture family, listed in
-//! `registry.rs`; ASPP, the MobileNetV3 trunk and the resizing ops they share), what they
-//! share (`network.rs`), and the loaded [`Segmenter`] that turns an image into a label map at
-//! its own size (`segmenter.rs`, with `config.rs` and `tiling.rs`; `streamed.rs` for images read and
-//! answered row by row).
+//! `registry.rs`; ASPP, the MobileNetV3 trunk, smp's U-Net / FPN encoders (`smp_encoder.rs`)
+//! and the resizing ops they share), what they share (`network.rs`), and the loaded
+//! [`Segmenter`] that turns an image into a label map at its own size (`segmenter.rs`, with
+//! `config.rs` and `tiling.rs`; `streamed.rs` for images read and answered row by row).
 //!
 //! Each decoder exists twice: here for inference, and in `crate::train::segment::decoder` as
 //! the trainable twin `wick train` fits. Their checkpoint keys are defined once, here (the
@@ -20,6 +20,7 @@ pub(crate) mod ops;
 pub(crate) mod registry;
 pub(crate) mod segformer;
 pub(crate) mod segmenter;
+pub(crate) mod smp_encoder;
 pub(crate) mod streamed;
 pub(crate) mod tiling;
 pub(crate) mod unet;

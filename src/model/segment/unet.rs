@@ -1,26 +1,32 @@
-//! segmentation_models_pytorch 0.6.0 `Unet(encoder_name="resnet34" | "resnet50")` with its
+//! segmentation_models_pytorch 0.6.0 `Unet(encoder_name="resnet34" | "resnet50" |
+//! "efficientnet-b0" | "timm-efficientnet-b0")` (encoders in `smp_encoder.rs`) with its
 //! defaults (encoder depth 5, decoder channels 256/128/64/32/16, batch norm in the decoder, no
-//! attention, nearest upsampling, no centre block). Keys: `encoder.*` (torchvision ResNet
-//! names), `decoder.blocks.{0..4}.conv{1,2}.{0,1}` (3x3 convolution without bias + batch norm,
+//! attention, nearest upsampling, no centre block). Keys: `encoder.*` (the encoder's
+//! own names), `decoder.blocks.{0..4}.conv{1,2}.{0,1}` (3x3 convolution without bias + batch norm,
 //! then ReLU), `segmentation_head.0` (3x3 convolution with bias, no upsampling).
 //!
 //! Each decoder block doubles its input by nearest-neighbour upsampling (smp interpolates to
 //! the skip's size, exactly twice the input's when the sides are multiples of 32), concatenates
-//! the encoder features of that stride (layer3, layer2, layer1, the stem; none for the last
-//! block, at full resolution) and runs its two convolutions.
+//! the encoder features of that stride (16, 8, 4, 2: ResNet's layer3, layer2, layer1 and stem;
+//! none for the last block, at full resolution) and runs its two convolutions.
 // Based on segmentation_models_pytorch 0.6.0 decoders/unet/{model,decoder}.py (read, not copied).
 
 use candle_core::Tensor;
 
 use super::network::{Builder, Decoder, SegmentationArgs, SegmentationNetwork};
-use crate::model::classify::resnet::{Dilation, ResNetTrunk};
+use super::smp_encoder::SmpEncoder;
 use crate::model::error::ModelError;
 use crate::model::kernels::Activation;
 use crate::model::layers::{upsample_nearest, BatchNorm, Conv, ConvSpec};
 use crate::model::registry::Family;
 use crate::model::weights::Weights;
 
-pub(super) const NAMES: &[&str] = &["unet_resnet34", "unet_resnet50"];
+pub(super) const NAMES: &[&str] = &[
+    "unet_resnet34",
+    "unet_resnet50",
+    "unet_efficientnet_b0",
+    "unet_timm_efficientnet_b0",
+];
 /// This file's architectures, for the segmentation registry (`registry.rs`).
 pub(super) const FAMILY: Family<Builder> = Family {
     names: NAMES,
@@ -41,7 +47,7 @@ struct UnetBlock {
 }
 
 struct Unet {
-    encoder: ResNetTrunk,
+    encoder: SmpEncoder,
     blocks: Vec<UnetBlock>,
     head: Conv,
 }
@@ -69,11 +75,10 @@ pub(super) fn build(
     args: &SegmentationArgs<'_>,
 ) -> Result<Box<dyn SegmentationNetwork>, ModelError> {
     let w = args.weights;
-    let resnet = args.name.trim_start_matches("unet_");
-    let encoder = ResNetTrunk::load(w, "encoder.", resnet, Dilation::None)?;
-    let [stem, layer1, layer2, layer3, layer4] = encoder.stage_channels();
-    let skips = [layer3, layer2, layer1, stem, 0];
-    let mut c_in = layer4;
+    let encoder = SmpEncoder::load(w, "encoder.", args.name.trim_start_matches("unet_"))?;
+    let [s2, s4, s8, s16, s32] = encoder.stage_channels();
+    let skips = [s16, s8, s4, s2, 0];
+    let mut c_in = s32;
     let mut blocks = Vec::with_capacity(DECODER_CHANNELS.len());
     for (i, (&skip, &c_out)) in skips.iter().zip(&DECODER_CHANNELS).enumerate() {
         let prefix = format!("decoder.blocks.{i}");

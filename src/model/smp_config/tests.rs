@@ -130,3 +130,67 @@ fn arguments_that_do_not_change_the_eval_network_are_ignored() {
     config["some_encoder_kwarg"] = Value::Null;
     assert_eq!(translate(&config).unwrap()["architecture"], "unet_resnet50");
 }
+
+#[test]
+fn efficientnet_b0_encoders_name_the_architecture_with_underscores() {
+    let mut config = unet();
+    config["encoder_name"] = json!("efficientnet-b0");
+    assert_eq!(
+        translate(&config).unwrap()["architecture"],
+        "unet_efficientnet_b0"
+    );
+    config["_model_class"] = json!("FPN");
+    config["encoder_name"] = json!("timm-efficientnet-b0");
+    for field in [
+        "decoder_channels",
+        "decoder_attention_type",
+        "decoder_use_norm",
+    ] {
+        config.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(
+        translate(&config).unwrap()["architecture"],
+        "fpn_timm_efficientnet_b0"
+    );
+}
+
+#[test]
+fn deeplabv3plus_refuses_the_efficientnet_encoders_by_name() {
+    let dlv3p = json!({
+        "_model_class": "DeepLabV3Plus", "encoder_name": "efficientnet-b0", "classes": 3
+    });
+    let err = translate(&dlv3p).unwrap_err().to_string();
+    assert!(
+        err.contains("`DeepLabV3Plus`")
+            && err.contains("encoder_name")
+            && err.contains("resnet34, resnet50 ")
+            && err.contains("\"efficientnet-b0\""),
+        "{err}"
+    );
+    let err = refusal(unet(), "encoder_name", json!("efficientnet-b1"));
+    assert!(
+        err.contains("efficientnet-b0, timm-efficientnet-b0") && err.contains("efficientnet-b1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn advprop_encoder_weights_normalise_with_mean_and_std_one_half() {
+    let mut config = unet();
+    config["encoder_name"] = json!("efficientnet-b0");
+    config["encoder_weights"] = json!("advprop");
+    let out = translate(&config).unwrap();
+    assert_eq!(
+        out["pretrained_cfg"],
+        json!({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    );
+    config["pretrained_cfg"] = json!({"mean": [0.4, 0.4, 0.4]});
+    let out = translate(&config).unwrap();
+    assert_eq!(
+        out["pretrained_cfg"],
+        json!({"mean": [0.4, 0.4, 0.4], "std": [0.5, 0.5, 0.5]})
+    );
+    config["encoder_weights"] = json!("imagenet");
+    config.as_object_mut().unwrap().remove("pretrained_cfg");
+    assert!(translate(&config).unwrap().get("pretrained_cfg").is_none());
+}
