@@ -152,7 +152,8 @@ impl SegFormer {
             .map(|(stage, projection)| resize(&projection.forward(stage)?, (h, w), false))
             .collect::<candle_core::Result<Vec<_>>>()?;
         projected.reverse();
-        self.fuse.forward(&Tensor::cat(&projected, 3)?)
+        self.fuse
+            .forward_concat(&projected.iter().collect::<Vec<_>>())
     }
 }
 
