@@ -5,6 +5,7 @@
 //! serve the segmentation networks (`crate::model::segment`).
 
 pub(crate) mod classifier;
+pub(crate) mod convnext;
 mod densenet;
 mod efficientnet;
 mod efficientnet_blocks;
