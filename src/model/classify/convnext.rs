@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::linear::Linear;
 use super::network::{Backbone, BuildArgs, Builder, Network};
@@ -185,7 +185,7 @@ fn hf_dims(config: &BTreeMap<String, Value>) -> Result<Dims, ModelError> {
         return Err(refuse(
             "depths",
             &format!("one depth per entry of hidden_sizes ({})", widths.len()),
-            &config["depths"],
+            &json!(depths),
         ));
     }
     if let Some(v) = config.get("num_stages") {
@@ -441,6 +441,8 @@ mod tests {
         for (text, field) in [
             (r#"{"hidden_act": "relu"}"#, "hidden_act"),
             (r#"{"depths": [3, 3]}"#, "depths"),
+            // The default depths (four) against three widths: the message names depths.
+            (r#"{"hidden_sizes": [8, 16, 32]}"#, "depths"),
             (r#"{"num_stages": 3}"#, "num_stages"),
             (r#"{"hidden_sizes": [96, -1, 384, 768]}"#, "hidden_sizes"),
             (r#"{"layer_norm_eps": 0}"#, "layer_norm_eps"),
