@@ -50,6 +50,7 @@ NETWORKS = [
     Network("efficientnet_v2_s", "EfficientNetV2-S (torchvision)", 224, (1, 8), "synthetic"),
     Network("vit_base_patch16_224", "ViT-B/16 (timm)", 224, (1, 8), "synthetic"),
     Network("deit_small_patch16_224", "DeiT-S/16 (timm)", 224, (1, 8), "synthetic"),
+    Network("convnext_tiny", "ConvNeXt-T (timm)", 224, (1, 8), "synthetic"),
     Network("deeplabv3plus_resnet50", "DeepLabV3+ ResNet-50 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("deeplabv3plus_resnet34", "DeepLabV3+ ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),
     Network("unet_resnet34", "U-Net ResNet-34 (smp, 21 classes)", 512, (1,), "synthetic"),

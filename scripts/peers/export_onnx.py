@@ -12,7 +12,8 @@ packages); nothing else in scripts/peers/ imports torch.
                                scripts/fetch-efficientnet-lite0.sh loads), 224, dynamic batch
   resnet50 mobilenet_v2 densenet121 efficientnet_b0 efficientnet_v2_s
                                torchvision, 1000 classes, 224, dynamic batch
-  vit_base_patch16_224 deit_small_patch16_224   timm, 1000 classes, 224, dynamic batch
+  vit_base_patch16_224 deit_small_patch16_224 convnext_tiny
+                               timm, 1000 classes, 224, dynamic batch
   deeplabv3plus_resnet50 deeplabv3plus_resnet34   segmentation_models_pytorch DeepLabV3Plus,
                                21 classes (wick bench builds segmentation nets with 21), 512
   unet_resnet34 unet_efficientnet_b0   segmentation_models_pytorch Unet (ResNet-34; the
@@ -183,6 +184,7 @@ BENCH = {
     "efficientnet_v2_s": (lambda: torchvision_model("efficientnet_v2_s"), 224, True),
     "vit_base_patch16_224": (lambda: timm_model("vit_base_patch16_224"), 224, True),
     "deit_small_patch16_224": (lambda: timm_model("deit_small_patch16_224"), 224, True),
+    "convnext_tiny": (lambda: timm_model("convnext_tiny"), 224, True),
     "deeplabv3plus_resnet50": (lambda: smp_deeplabv3plus("resnet50", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
     "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),

@@ -32,6 +32,11 @@ pub(crate) const ARCHITECTURES: &[HfArchitecture] = &[
         architecture: vit_architecture,
     },
     HfArchitecture {
+        class: "ConvNextForImageClassification",
+        task: "classification",
+        architecture: convnext_architecture,
+    },
+    HfArchitecture {
         class: "SegformerForSemanticSegmentation",
         task: "segmentation",
         architecture: segformer_architecture,
@@ -41,6 +46,11 @@ pub(crate) const ARCHITECTURES: &[HfArchitecture] = &[
 /// ViT's builder reads `hidden_size` and the rest from the config.
 fn vit_architecture(_: &Map<String, Value>) -> Result<&'static str, HfError> {
     Ok(crate::model::classify::vit::HF_NAME)
+}
+
+/// ConvNeXt's builder reads `hidden_sizes`, `depths` and the rest from the config.
+fn convnext_architecture(_: &Map<String, Value>) -> Result<&'static str, HfError> {
+    Ok(crate::model::classify::convnext::HF_NAME)
 }
 
 /// The `segformer_bN` whose MiT sizes the config gives (`hidden_sizes`, `depths`,
@@ -267,10 +277,34 @@ fn pretrained_cfg(p: &Map<String, Value>) -> Result<Value, HfError> {
     }))
 }
 
+/// `size` as a dictionary. Files from the feature-extractor era (facebook/convnext-tiny-224 on
+/// the hub) hold a bare integer, which transformers reads per processor: ConvNeXt's as the
+/// shortest edge, the others' as a square.
+fn size_dict(p: &Map<String, Value>) -> Result<Value, HfError> {
+    let size = p.get("size").cloned().unwrap_or(Value::Null);
+    let Some(side) = size.as_u64() else {
+        return Ok(size);
+    };
+    let kind = ["image_processor_type", "feature_extractor_type"]
+        .iter()
+        .find_map(|k| p.get(*k).and_then(Value::as_str));
+    match kind {
+        Some(kind) if kind.starts_with("ConvNext") => Ok(json!({ "shortest_edge": side })),
+        Some(_) => Ok(json!({ "height": side, "width": side })),
+        None => Err(HfError::Processor {
+            field: "size",
+            message: "a bare number needs `image_processor_type` to say what it measures; \
+                      write {\"height\", \"width\"} or {\"shortest_edge\"}"
+                .into(),
+            value: size.to_string(),
+        }),
+    }
+}
+
 /// `((height, width) fed to the network, crop_pct, resize mode)` from `size`,
 /// `do_center_crop`, `crop_size` and `crop_pct`.
 fn geometry(p: &Map<String, Value>) -> Result<((u64, u64), f64, &'static str), HfError> {
-    let size = p.get("size").cloned().unwrap_or(Value::Null);
+    let size = size_dict(p)?;
     let side = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).filter(|s| *s > 0);
     let crop = p.get("do_center_crop") == Some(&Value::Bool(true));
     let bad_size = |message: &str| HfError::Processor {
@@ -357,6 +391,45 @@ mod tests {
             (Some(0.875), &json!("squash"))
         );
         assert_eq!(cfg["interpolation"], "bicubic");
+        Ok(())
+    }
+
+    /// transformers' `ConvNextImageProcessor`: below 384 the shorter side goes to
+    /// `shortest_edge / crop_pct` and the centre is cropped; from 384 the image is squashed.
+    #[test]
+    fn a_convnext_processor_resizes_the_shorter_side_then_crops() -> Result<(), HfError> {
+        let mean_std = r#""image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]"#;
+        // facebook/convnext-tiny-224 on the hub: an integer `size`, the feature extractor's name.
+        let cfg = pretrained_cfg(&processor(&format!(
+            r#"{{"crop_pct": 0.875, "feature_extractor_type": "ConvNextFeatureExtractor",
+                "resample": 3, "size": 224, {mean_std}}}"#
+        )))?;
+        assert_eq!(cfg["input_size"], json!([3, 224, 224]));
+        assert_eq!(
+            (cfg["crop_pct"].as_f64(), &cfg["resize_mode"]),
+            (Some(0.875), &json!("keep_aspect"))
+        );
+        assert_eq!(cfg["interpolation"], "bicubic");
+        let cfg = pretrained_cfg(&processor(&format!(
+            r#"{{"crop_pct": null, "image_processor_type": "ConvNextImageProcessor",
+                "resample": 3, "size": {{"shortest_edge": 384}}, {mean_std}}}"#
+        )))?;
+        assert_eq!(cfg["input_size"], json!([3, 384, 384]));
+        assert_eq!(
+            (cfg["crop_pct"].as_f64(), &cfg["resize_mode"]),
+            (Some(1.0), &json!("squash"))
+        );
+        let cfg = pretrained_cfg(&processor(&format!(
+            r#"{{"image_processor_type": "ViTImageProcessor", "size": 32, {mean_std}}}"#
+        )))?;
+        assert_eq!(
+            (&cfg["input_size"], &cfg["resize_mode"]),
+            (&json!([3, 32, 32]), &json!("squash"))
+        );
+        let err = pretrained_cfg(&processor(&format!(r#"{{"size": 224, {mean_std}}}"#)))
+            .expect_err("unknown meaning")
+            .to_string();
+        assert!(err.contains("`size`") && err.contains("224"), "{err}");
         Ok(())
     }
 

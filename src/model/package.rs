@@ -338,8 +338,28 @@ pub(crate) fn preprocess_config(cfg: &PretrainedCfg) -> Result<PreprocessConfig,
         interpolation,
         mean,
         std,
-        resize_mode: cfg.resize_mode.unwrap_or_default(),
+        resize_mode: resize_mode(cfg)?,
     })
+}
+
+/// wick's `resize_mode` when given, else timm's `crop_mode`: `squash` resizes both sides to
+/// `input / crop_pct` (timm's ConvNeXt and EfficientNetV2 at 384 and above evaluate so),
+/// `center` (timm's default) keeps the aspect ratio. `border` (fit the longer side, pad) is not
+/// implemented and is refused rather than run as `center`.
+fn resize_mode(cfg: &PretrainedCfg) -> Result<ResizeMode, PackageError> {
+    if let Some(mode) = cfg.resize_mode {
+        return Ok(mode);
+    }
+    match cfg.extra.get("crop_mode") {
+        None | Some(serde_json::Value::Null) => Ok(ResizeMode::KeepAspect),
+        Some(v) if v == "center" => Ok(ResizeMode::KeepAspect),
+        Some(v) if v == "squash" => Ok(ResizeMode::Squash),
+        Some(other) => Err(PackageError::InvalidField {
+            field: "pretrained_cfg.crop_mode",
+            message: "supported: center, squash".into(),
+            value: other.to_string(),
+        }),
+    }
 }
 
 fn read_to_string(path: &Path) -> Result<String, PackageError> {
@@ -601,6 +621,40 @@ mod tests {
         assert_eq!(
             (p.input_height, p.input_width, p.crop_pct, p.interpolation),
             (256, 256, 0.875, Interpolation::Bicubic)
+        );
+    }
+
+    /// timm's `convnext_tiny.fb_in22k_ft_in1k_384` evaluates with `crop_mode` squash: both
+    /// sides to 384, nothing cropped.
+    #[test]
+    fn a_timm_crop_mode_picks_the_resize() {
+        let mode = |extra: &str| {
+            let cfg: PretrainedCfg = serde_json::from_str(&format!(
+                r#"{{"input_size": [3, 384, 384], "crop_pct": 1.0 {extra}}}"#
+            ))
+            .expect("json");
+            preprocess_config(&cfg).map(|p| p.resize_mode)
+        };
+        assert_eq!(
+            mode(r#", "crop_mode": "squash""#).ok(),
+            Some(ResizeMode::Squash)
+        );
+        assert_eq!(
+            mode(r#", "crop_mode": "center""#).ok(),
+            Some(ResizeMode::KeepAspect)
+        );
+        assert_eq!(mode("").ok(), Some(ResizeMode::KeepAspect));
+        assert_eq!(
+            mode(r#", "crop_mode": "squash", "resize_mode": "keep_aspect""#).ok(),
+            Some(ResizeMode::KeepAspect),
+            "wick's own field wins"
+        );
+        let err = mode(r#", "crop_mode": "border""#)
+            .expect_err("border")
+            .to_string();
+        assert!(
+            err.contains("pretrained_cfg.crop_mode") && err.contains("border"),
+            "{err}"
         );
     }
 

@@ -4,6 +4,7 @@ mod artifacts;
 mod build_and_push;
 mod detection;
 mod detection_yolo11;
+mod hf_convnext;
 mod hf_folder;
 mod hf_segformer;
 mod http;

@@ -1,8 +1,9 @@
 //! Every architecture against the real PyTorch implementation (torchvision, timm,
 //! efficientnet_lite_pytorch, transformers). `tests/parity/generate.py` (EfficientNet B0-B7 and
-//! V2: `generate_effnet.py`; ViT and DeiT: `generate_vit.py`) ran each model once with weights
-//! from a deterministic formula and saved its logits; here the same formula rebuilds the exact
-//! state dict, and wick's network must give the same logits. No weight file is involved.
+//! V2: `generate_effnet.py`; ViT and DeiT: `generate_vit.py`; ConvNeXt:
+//! `generate_convnext.py`) ran each model once with weights from a deterministic formula and
+//! saved its logits; here the same formula rebuilds the exact state dict, and wick's network
+//! must give the same logits. No weight file is involved.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -152,4 +153,8 @@ parity_tests!(
     timm_deit_tiny_distilled_patch16_224_at_288x288,
     hf_vit_small_config,
     hf_vit_base_patch16_224,
+    timm_convnext_atto,
+    timm_convnext_tiny,
+    hf_convnext_small_config,
+    hf_convnext_tiny_224,
 );

@@ -6,6 +6,7 @@
 //! (`crate::model::segment`).
 
 pub(crate) mod classifier;
+pub(crate) mod convnext;
 mod densenet;
 pub(crate) mod efficientnet;
 mod efficientnet_blocks;

@@ -2,7 +2,9 @@
 //! file (see `crate::model::registry`). Adding one is a file exporting `FAMILY` and a line here.
 
 use super::network::{BuildArgs, Builder, Network};
-use super::{densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet, vit};
+use super::{
+    convnext, densenet, efficientnet, efficientnet_lite, mobilenet_v2, mobilenet_v3, resnet, vit,
+};
 use crate::model::error::ModelError;
 use crate::model::registry::{self, Family};
 
@@ -14,6 +16,7 @@ const REGISTRY: &[Family<Builder>] = &[
     mobilenet_v3::FAMILY,
     densenet::FAMILY,
     vit::FAMILY,
+    convnext::FAMILY,
 ];
 
 /// Every classification architecture name wick can build.
@@ -55,6 +58,8 @@ mod tests {
             ("deit_tiny_patch16_224", "head"),
             ("deit_tiny_distilled_patch16_224", "head"),
             (vit::HF_NAME, "classifier"),
+            ("convnext_atto", "head.fc"),
+            (convnext::HF_NAME, "classifier"),
         ] {
             let network = build(&BuildArgs {
                 name,

@@ -266,6 +266,9 @@ unsafe fn run_block<S: Simd>(plan: &Plan<'_>, block: &Block) {
     match (kh, kw) {
         (3, 3) => rows_const::<S, 3, 3>(plan, block, &view),
         (5, 5) => rows_const::<S, 5, 5>(plan, block, &view),
+        // ConvNeXt's window: 49 weight vectors spill from the registers, but each is reloaded
+        // once per four pixels from L1, against the general loop's one dependent chain.
+        (7, 7) => rows_const::<S, 7, 7>(plan, block, &view),
         _ => rows_any::<S>(plan, block, &view),
     }
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
@@ -387,7 +390,7 @@ fn clamp_of(activation: Activation) -> (f32, f32, bool) {
     }
 }
 
-/// Square 3x3 and 5x5 windows, the weights unrolled into registers.
+/// Square 3x3, 5x5 and 7x7 windows, the weights unrolled (into registers up to 5x5).
 #[inline(always)]
 unsafe fn rows_const<S: Simd, const KH: usize, const KW: usize>(
     plan: &Plan<'_>,

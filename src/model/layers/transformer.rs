@@ -8,17 +8,18 @@
 // Based on https://github.com/huggingface/pytorch-image-models/blob/v1.0.31/timm/models/vision_transformer.py
 // and transformers' models/vit/modeling_vit.py (read, not copied).
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::Conv;
 use crate::model::error::ModelError;
-use crate::model::kernels::Activation;
+use crate::model::kernels::{layer_norm_new, Activation};
 use crate::model::weights::Weights;
 
-/// `LayerNorm` over the last axis.
+/// `LayerNorm` over the last axis (wick's two-pass kernel, `kernels/norm.rs`, on the thread
+/// team).
 pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
     eps: f32,
 }
 
@@ -30,16 +31,50 @@ impl LayerNorm {
         dim: usize,
         eps: f32,
     ) -> Result<Self, ModelError> {
+        let get = |leaf: &str| -> Result<Vec<f32>, ModelError> {
+            Ok(weights
+                .get(&format!("{prefix}.{leaf}"), &[dim])?
+                .to_vec1::<f32>()?)
+        };
         Ok(LayerNorm {
-            weight: weights.get(&format!("{prefix}.weight"), &[dim])?,
-            bias: weights.get(&format!("{prefix}.bias"), &[dim])?,
+            weight: get("weight")?,
+            bias: get("bias")?,
             eps,
         })
     }
 
     /// `(.., dim)` -> normalised `(.., dim)`.
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        xs.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "wick-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("layer norm takes f32 tensors")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("layer norm takes contiguous tensors")
+        };
+        let dim = layout.shape().dims().last().copied().unwrap_or(0);
+        if dim != self.weight.len() {
+            candle_core::bail!(
+                "layer norm over {} values, given rows of {dim} ({:?})",
+                self.weight.len(),
+                layout.shape()
+            )
+        }
+        let out = layer_norm_new(&data[start..end], &self.weight, &self.bias, self.eps);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
