@@ -10,10 +10,12 @@
 //! The kernels know nothing of tensors or checkpoints; [`crate::model::layers`] owns the weights
 //! and wraps these functions as Candle custom ops.
 
+pub(crate) mod attention;
 mod conv;
 mod dense;
 mod depthwise;
 mod expand_depthwise;
+mod layer_norm;
 mod pool;
 mod resize;
 mod simd;
@@ -28,6 +30,7 @@ pub(crate) use dense::PackedWeights;
 pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
+pub(crate) use layer_norm::{layer_norm, Norm};
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;
