@@ -1,9 +1,9 @@
 //! YOLO11's position-sensitive attention (`C2PSA`: a CSP split around `PSABlock`s, each a
 //! multi-head self-attention over all pixels and a 1x1 feed-forward, both residual).
 //!
-//! The attention runs as batched matrix products over `(batch x heads)`: scores
-//! `softmax((q * scale)^T k)`, values `v attn^T`, plus a positional 3x3 depthwise convolution of
-//! `v`, then a 1x1 projection. Channels of the qkv convolution are grouped per head as
+//! The attention is the fused kernel (`layers/attention.rs`) reading each head's `q`, `k`, `v`
+//! straight from the qkv convolution's rows: `softmax((q * scale)^T k)` applied to `v`, plus a
+//! positional 3x3 depthwise convolution of `v`, then a 1x1 projection. Channels of the qkv convolution are grouped per head as
 //! `[q (key_dim), k (key_dim), v (head_dim)]`, as ultralytics' `view(B, heads, -1, N)` reads them.
 // Based on ultralytics 8.4 nn/modules/block.py `C2PSA`, `PSABlock`, `Attention` (read, not copied).
 
@@ -11,6 +11,7 @@ use candle_core::{Tensor, D};
 
 use super::ultralytics::{conv, conv_spec};
 use crate::model::error::ModelError;
+use crate::model::layers::attention::{self_attention, HeadSplit, Heads};
 use crate::model::layers::{Conv, ConvSpec};
 use crate::model::weights::Weights;
 
@@ -56,24 +57,31 @@ impl Attention {
     /// `x + attention(x)`, NHWC.
     fn forward_residual(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = xs.dims4()?;
-        let pixels = h * w;
         let (kd, hd) = (self.key_dim, self.head_dim);
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((n, pixels, self.heads, 2 * kd + hd))?;
-        // (n, heads, pixels, width) for the products.
-        let per_head =
-            |start: usize, width: usize| qkv.narrow(3, start, width)?.transpose(1, 2)?.contiguous();
-        let q = (per_head(0, kd)? * self.scale)?;
-        let k = per_head(kd, kd)?;
-        let v = per_head(2 * kd, hd)?;
-        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
-        let attn = candle_nn::ops::softmax_last_dim(&scores)?;
-        // Back to pixels x (head, channel): the channel order of ultralytics' `view(B, C, H, W)`.
-        let to_nhwc = |t: Tensor| t.transpose(1, 2)?.contiguous()?.reshape((n, h, w, c));
-        let attended = to_nhwc(attn.matmul(&v)?)?;
-        let positional = self.pe.forward(&to_nhwc(v)?)?;
+        let group = 2 * kd + hd;
+        let qkv = self.qkv.forward(xs)?;
+        let split = |offset: usize, width: usize| HeadSplit {
+            offset,
+            head_stride: group,
+            width,
+        };
+        // The result's channels are (head, channel): ultralytics' `view(B, C, H, W)` order.
+        let attended = self_attention(
+            &qkv,
+            &Heads {
+                heads: self.heads,
+                q: split(0, kd),
+                k: split(kd, kd),
+                v: split(2 * kd, hd),
+                scale: self.scale as f32,
+            },
+        )?;
+        let v = qkv
+            .reshape((n, h * w, self.heads, group))?
+            .narrow(3, 2 * kd, hd)?
+            .contiguous()?
+            .reshape((n, h, w, c))?;
+        let positional = self.pe.forward(&v)?;
         // proj has no activation, so the block's residual fuses into its kernel.
         self.proj.forward_add(&(attended + positional)?, xs)
     }

@@ -10,13 +10,14 @@
 //! The kernels know nothing of tensors or checkpoints; [`crate::model::layers`] owns the weights
 //! and wraps these functions as Candle custom ops.
 
+pub(crate) mod attention;
 mod concat;
 mod conv;
 mod dense;
 mod depthwise;
 mod expand_depthwise;
 mod gated;
-mod norm;
+mod layer_norm;
 mod pool;
 mod resize;
 mod simd;
@@ -34,7 +35,7 @@ pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
 pub(crate) use gated::dense_conv_gated_new;
-pub(crate) use norm::layer_norm_new;
+pub(crate) use layer_norm::{layer_norm, Norm};
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;

@@ -295,6 +295,16 @@ impl Conv {
         self.bias.len()
     }
 
+    /// A 1x1 dense convolution's `(c_in, c_out)` row-major weight (batch norm folded in) and
+    /// its bias, for composing it with its neighbours at load; `None` for any other kind.
+    pub(crate) fn pointwise_matrix(&self) -> Option<(&[f32], &[f32])> {
+        let pointwise = self.kind == ConvKind::Dense
+            && self.geometry.kernel == (1, 1)
+            && self.geometry.stride == (1, 1)
+            && self.weight.len() == self.c_in * self.bias.len();
+        pointwise.then_some((&self.weight[..], &self.bias[..]))
+    }
+
     /// `(n, h, w, c_in)` -> `(n, h', w', c_out)`.
     pub(crate) fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         xs.apply_op1_no_bwd(self)

@@ -3,20 +3,21 @@
 //!
 //! Tokens are contiguous `(n, tokens, channels)` tensors. Every linear layer is a 1x1
 //! convolution over a `(n, 1, tokens, channels)` view, so it runs through the packed dense
-//! kernel (`kernels/dense.rs`) with the residual add fused into its output pass; attention is
-//! two batched matrix products over all heads at once.
+//! kernel (`kernels/dense.rs`) with the residual add fused into its output pass; attention
+//! reads its heads straight from the fused `qkv` rows (`super::attention`), and the layer norm
+//! is wick's vectorised kernel on the team (`kernels/layer_norm.rs`).
 // Based on https://github.com/huggingface/pytorch-image-models/blob/v1.0.31/timm/models/vision_transformer.py
 // and transformers' models/vit/modeling_vit.py (read, not copied).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
+use super::attention::{self_attention, HeadSplit, Heads};
 use super::Conv;
 use crate::model::error::ModelError;
-use crate::model::kernels::{layer_norm_new, Activation};
+use crate::model::kernels::{layer_norm, Activation, Fresh, Norm};
 use crate::model::weights::Weights;
 
-/// `LayerNorm` over the last axis (wick's two-pass kernel, `kernels/norm.rs`, on the thread
-/// team).
+/// `LayerNorm` over the last axis (`kernels/layer_norm.rs`).
 pub(crate) struct LayerNorm {
     weight: Vec<f32>,
     bias: Vec<f32>,
@@ -37,8 +38,12 @@ impl LayerNorm {
                 .to_vec1::<f32>()?)
         };
         Ok(LayerNorm {
-            weight: get("weight")?,
-            bias: get("bias")?,
+            weight: weights
+                .get(&format!("{prefix}.weight"), &[dim])?
+                .to_vec1::<f32>()?,
+            bias: weights
+                .get(&format!("{prefix}.bias"), &[dim])?
+                .to_vec1::<f32>()?,
             eps,
         })
     }
@@ -60,20 +65,37 @@ impl CustomOp1 for LayerNorm {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("layer norm takes f32 tensors")
+            candle_core::bail!("the layer norm takes f32 tensors")
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("layer norm takes contiguous tensors")
+            candle_core::bail!("the layer norm takes contiguous tensors")
         };
-        let dim = layout.shape().dims().last().copied().unwrap_or(0);
-        if dim != self.weight.len() {
+        let width = layout.shape().dims().last().copied().unwrap_or(0);
+        if width != self.weight.len() {
             candle_core::bail!(
-                "layer norm over {} values, given rows of {dim} ({:?})",
+                "a layer norm over {} channels given {:?}",
                 self.weight.len(),
-                layout.shape()
+                layout.shape().dims()
             )
         }
-        let out = layer_norm_new(&data[start..end], &self.weight, &self.bias, self.eps);
+        let xs = &data[start..end];
+        let mut out = Fresh::new(xs.len());
+        let norm = Norm {
+            weight: &self.weight,
+            bias: &self.bias,
+            eps: self.eps,
+        };
+        // SAFETY: `Fresh` hands out `len` writable values and the kernel writes every one (each
+        // row of `width`) before `assume_init`.
+        #[allow(unsafe_code)]
+        let out = unsafe {
+            layer_norm(
+                xs,
+                &norm,
+                std::slice::from_raw_parts_mut(out.as_mut_ptr(), out.len()),
+            );
+            out.assume_init()
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -247,25 +269,17 @@ impl EncoderBlock {
 
     /// Multi-head self-attention before the output projection: `(n, t, dim)` -> `(n, t, dim)`.
     fn attention(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, tokens, dim) = xs.dims3()?;
+        let dim = xs.dim(2)?;
         let head_dim = dim / self.heads;
-        // (n, t, 3 * dim) -> (3, n, heads, t, head_dim): one batch of products over all heads.
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((n, tokens, 3, self.heads, head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let q = (qkv.get(0)? * scale)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        weights
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n, tokens, dim))
+        // Each token's qkv row is [q heads | k heads | v heads], timm's `reshape(B, N, 3,
+        // heads, head_dim)`.
+        let heads = Heads {
+            heads: self.heads,
+            q: HeadSplit::consecutive(0, head_dim),
+            k: HeadSplit::consecutive(dim, head_dim),
+            v: HeadSplit::consecutive(2 * dim, head_dim),
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        self_attention(&self.qkv.forward(xs)?, &heads)
     }
 }

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::model::error::ModelError;
 use crate::model::kernels::{Activation, Padding};
-use crate::model::layers::attention::attention;
+use crate::model::layers::attention::{attention_kv, HeadSplit, Heads};
 use crate::model::layers::transformer::LayerNorm;
 use crate::model::layers::{Conv, ConvSpec};
 use crate::model::weights::Weights;
@@ -47,8 +47,8 @@ struct Stage {
 struct Block {
     norm1: LayerNorm,
     query: Conv,
-    key: Conv,
-    value: Conv,
+    /// `key` and `value` stacked into one product of twice the width: keys first.
+    key_value: Conv,
     /// The key/value map's reduction and its layer norm (absent when the ratio is 1).
     reduce: Option<(Conv, LayerNorm)>,
     heads: usize,
@@ -134,6 +134,22 @@ impl MixTransformer {
     }
 }
 
+/// Linear layers `(width, width)` on the same input stacked into one of `k * width` outputs.
+fn stacked(weights: &Weights, prefixes: &[&str], width: usize) -> Result<Conv, ModelError> {
+    let mut weight = Vec::with_capacity(prefixes.len() * width * width);
+    let mut bias = Vec::with_capacity(prefixes.len() * width);
+    for prefix in prefixes {
+        let w = weights.get(&format!("{prefix}.weight"), &[width, width])?;
+        weight.extend(w.flatten_all()?.to_vec1::<f32>()?);
+        bias.extend(
+            weights
+                .get(&format!("{prefix}.bias"), &[width])?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(Conv::pointwise(&weight, bias, width, Activation::Identity))
+}
+
 impl Block {
     fn load(
         weights: &Weights,
@@ -170,8 +186,14 @@ impl Block {
         Ok(Block {
             norm1: norm("layer_norm_1")?,
             query: linear("attention.self.query", width, width)?,
-            key: linear("attention.self.key", width, width)?,
-            value: linear("attention.self.value", width, width)?,
+            key_value: stacked(
+                weights,
+                &[
+                    &format!("{prefix}attention.self.key"),
+                    &format!("{prefix}attention.self.value"),
+                ],
+                width,
+            )?,
             reduce,
             heads,
             output: linear("attention.output.dense", width, width)?,
@@ -198,11 +220,18 @@ impl Block {
             Some((conv, norm)) => norm.forward(&conv.forward(&normed)?)?,
             None => normed.clone(),
         };
-        let attended = attention(
+        let width = normed.dim(3)?;
+        let d = width / self.heads;
+        let attended = attention_kv(
             &self.query.forward(&normed)?,
-            &self.key.forward(&context)?,
-            &self.value.forward(&context)?,
-            self.heads,
+            &self.key_value.forward(&context)?,
+            &Heads {
+                heads: self.heads,
+                q: HeadSplit::consecutive(0, d),
+                k: HeadSplit::consecutive(0, d),
+                v: HeadSplit::consecutive(width, d),
+                scale: 1.0 / (d as f32).sqrt(),
+            },
         )?;
         let xs = self.output.forward_add(&attended, xs)?;
         let hidden = self.expand.forward(&self.norm2.forward(&xs)?)?;

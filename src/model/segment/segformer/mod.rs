@@ -5,7 +5,9 @@
 //! The head projects each stage to the decoder width (`linear_c.{i}.proj`, a linear layer per
 //! token), resizes all four to the first stage's map (bilinear, `align_corners=False`),
 //! concatenates them deepest first, fuses them with a 1x1 convolution + batch norm + ReLU
-//! (`linear_fuse`, `batch_norm`) and classifies (`classifier`, 1x1). Its logits are at a
+//! (`linear_fuse`, `batch_norm`) and classifies (`classifier`, 1x1). wick runs the same
+//! function with each projection composed into its share of the fuse at load
+//! ([`compose_decoder`]). Its logits are at a
 //! quarter of the input; like every wick network this one returns them at the input size,
 //! resized bilinearly with `align_corners=False` as transformers' `post_process_semantic_segmentation`
 //! and its training loss do.
@@ -84,10 +86,9 @@ fn variant(name: &str) -> Option<(MitConfig, usize)> {
 
 struct SegFormer {
     encoder: MixTransformer,
-    /// One token projection per stage, to the decoder width.
-    projections: Vec<Conv>,
-    /// `linear_fuse` + `batch_norm` + ReLU.
-    fuse: Conv,
+    /// Stage `i`'s projection composed with its slice of the fuse convolution (see
+    /// [`compose_decoder`]); stage 0's carries every bias and the ReLU.
+    decoder: Vec<Conv>,
     classifier: Conv,
     decoder_width: usize,
 }
@@ -113,7 +114,7 @@ fn build(args: &SegmentationArgs<'_>) -> Result<Box<dyn SegmentationNetwork>, Mo
                 Activation::Identity,
             )
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let fuse = Conv::load(
         w,
         "decode_head.linear_fuse",
@@ -134,11 +135,59 @@ fn build(args: &SegmentationArgs<'_>) -> Result<Box<dyn SegmentationNetwork>, Mo
     )?;
     Ok(Box::new(SegFormer {
         encoder,
-        projections,
-        fuse,
+        decoder: compose_decoder(&projections, &fuse)?,
         classifier,
         decoder_width,
     }))
+}
+
+/// The head's projections folded into the fuse convolution, one layer per stage.
+///
+/// The head computes `relu(F [up(P3 s3 + b3); ..; P0 s0 + b0] + f)` with `F` the fuse weight
+/// (batch norm folded in) over the concatenation, deepest stage first. Both products and the
+/// bilinear resize are linear per channel and the resize keeps constants (its weights sum to
+/// one), so this equals `relu(sum_i up(F_i P_i s_i) + f + sum_i F_i b_i)` with `F_i` the
+/// fuse's columns for stage `i`: each stage goes straight to the decoder width at its own
+/// resolution, and the fuse's 4x-wide product over the full map (half of SegFormer-B0's
+/// work, most of B2's) disappears. The composition runs in f64 at load.
+fn compose_decoder(projections: &[Conv], fuse: &Conv) -> Result<Vec<Conv>, ModelError> {
+    let not_pointwise = || ModelError::Unsupported("SegFormer's decode head is not 1x1".into());
+    let (f, f_bias) = fuse.pointwise_matrix().ok_or_else(not_pointwise)?;
+    let width = fuse.c_out();
+    let stages = projections.len();
+    let mut bias: Vec<f64> = f_bias.iter().map(|b| f64::from(*b)).collect();
+    let mut composed = Vec::with_capacity(stages);
+    for (i, projection) in projections.iter().enumerate() {
+        let (p, p_bias) = projection.pointwise_matrix().ok_or_else(not_pointwise)?;
+        let c_in = p.len() / width;
+        // The concatenation puts stage i at rows (stages - 1 - i) * width of F.
+        let rows = &f[(stages - 1 - i) * width * width..][..width * width];
+        // (c_out, c_in) row-major, as `Conv::pointwise` takes it.
+        let mut weight = vec![0.0f32; width * c_in];
+        for a in 0..c_in {
+            for o in 0..width {
+                let sum: f64 = (0..width)
+                    .map(|m| f64::from(p[a * width + m]) * f64::from(rows[m * width + o]))
+                    .sum();
+                weight[o * c_in + a] = sum as f32;
+            }
+        }
+        for (o, b) in bias.iter_mut().enumerate() {
+            *b += (0..width)
+                .map(|m| f64::from(p_bias[m]) * f64::from(rows[m * width + o]))
+                .sum::<f64>();
+        }
+        composed.push((weight, c_in));
+    }
+    let bias: Vec<f32> = bias.iter().map(|b| *b as f32).collect();
+    Ok(composed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (weight, c_in))| match i {
+            0 => Conv::pointwise(&weight, bias.clone(), c_in, Activation::Relu),
+            _ => Conv::pointwise(&weight, vec![0.0; width], c_in, Activation::Identity),
+        })
+        .collect())
 }
 
 impl SegFormer {
@@ -146,14 +195,20 @@ impl SegFormer {
     fn penultimate(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let stages = self.encoder.forward(xs)?;
         let (_, h, w, _) = stages[0].dims4()?;
-        let mut projected = stages
-            .iter()
-            .zip(&self.projections)
-            .map(|(stage, projection)| resize(&projection.forward(stage)?, (h, w), false))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        projected.reverse();
-        self.fuse
-            .forward_concat(&projected.iter().collect::<Vec<_>>())
+        // The deeper stages at the first one's size, summed; stage 0 adds them in its
+        // product's output pass, with the bias and the ReLU.
+        let mut deeper: Option<Tensor> = None;
+        for (stage, layer) in stages.iter().zip(&self.decoder).skip(1) {
+            let up = resize(&layer.forward(stage)?, (h, w), false)?;
+            deeper = Some(match deeper {
+                None => up,
+                Some(sum) => (sum + up)?,
+            });
+        }
+        match deeper {
+            Some(deeper) => self.decoder[0].forward_add(&stages[0], &deeper),
+            None => self.decoder[0].forward(&stages[0]),
+        }
     }
 }
 
