@@ -113,7 +113,7 @@ impl PackedWeights {
     /// channel `r % c_in`). Cheaper than gating the map when `k x n` is smaller than it.
     pub(crate) fn scale_rows(&self, factors: &[f32]) -> PackedWeights {
         assert!(
-            !factors.is_empty() && self.k % factors.len() == 0,
+            !factors.is_empty() && self.k.is_multiple_of(factors.len()),
             "one factor per input channel"
         );
         let nr = self.shape.nr();

@@ -38,12 +38,8 @@ impl LayerNorm {
                 .to_vec1::<f32>()?)
         };
         Ok(LayerNorm {
-            weight: weights
-                .get(&format!("{prefix}.weight"), &[dim])?
-                .to_vec1::<f32>()?,
-            bias: weights
-                .get(&format!("{prefix}.bias"), &[dim])?
-                .to_vec1::<f32>()?,
+            weight: get("weight")?,
+            bias: get("bias")?,
             eps,
         })
     }
