@@ -15,6 +15,26 @@ use super::{dense_conv_new, Fresh, Nhwc};
 /// 4 gave 0.97-1.0x and 0.99-1.0x.
 const WEIGHTS_TO_MAP: usize = 1;
 
+/// `input * gate` as a new map: each image's channels scaled by its `shape.c` factors.
+pub(crate) fn gate_channels(input: &[f32], shape: Nhwc, gate: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        gate.len(),
+        shape.n * shape.c,
+        "one factor per image and channel"
+    );
+    let mut gated = input[..shape.len()].to_vec();
+    let plane = shape.h * shape.w * shape.c;
+    for (image, factors) in gated
+        .chunks_exact_mut(plane)
+        .zip(gate.chunks_exact(shape.c))
+    {
+        for px in image.chunks_exact_mut(shape.c) {
+            px.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
+        }
+    }
+    gated
+}
+
 /// `activation(conv(input * gate) + bias (+ residual))` into a new contiguous buffer; `gate`
 /// holds `shape.c` factors per image, `residual` (if any) the output's shape.
 pub(crate) fn dense_conv_gated_new(
@@ -40,16 +60,7 @@ pub(crate) fn dense_conv_gated_new(
     else {
         // The map is small against the weights (late blocks): gate it, one product for the
         // whole batch.
-        let mut gated = input[..shape.len()].to_vec();
-        for (image, factors) in gated
-            .chunks_exact_mut(plane_in)
-            .zip(gate.chunks_exact(shape.c))
-        {
-            for px in image.chunks_exact_mut(shape.c) {
-                px.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
-            }
-        }
-        return dense_conv_new(&gated, shape, params, residual);
+        return dense_conv_new(&gate_channels(input, shape, gate), shape, params, residual);
     };
     let image = Nhwc { n: 1, ..shape };
     let mut out = Fresh::new(shape.n * plane_out);

@@ -34,7 +34,7 @@ pub(crate) use dense::Part;
 pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
-pub(crate) use gated::dense_conv_gated_new;
+pub(crate) use gated::{dense_conv_gated_new, gate_channels};
 pub(crate) use layer_norm::{layer_norm, Norm};
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};

@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::{nhwc_shape, nhwc_slice, Conv, ConvKind};
+use super::{gate_factors, nhwc_shape, nhwc_slice, Conv, ConvKind};
 use crate::model::kernels::{dense_conv_gated_new, Nhwc};
 
 impl Conv {
@@ -16,14 +16,7 @@ impl Conv {
         gate: &Tensor,
         residual: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (n, _, _, c) = xs.dims4()?;
-        let gate = gate.flatten_all()?.to_vec1::<f32>()?;
-        if gate.len() != n * c {
-            candle_core::bail!(
-                "channel gate has {} values for {n} images of {c} channels",
-                gate.len()
-            )
-        }
+        let gate = gate_factors(xs, gate)?;
         let op = Gated { conv: self, gate };
         match residual {
             Some(residual) => xs.apply_op2_no_bwd(residual, &op),

@@ -567,8 +567,20 @@ pub(crate) fn global_avg_pool(xs: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `xs * gate`, where `gate` is `(n, 1, 1, c)`: one factor per image and channel
-/// (squeeze-excitation, LR-ASPP's scale branch).
+/// (LR-ASPP's scale branch; squeeze-excitation applies its gate inside the projection,
+/// `Conv::forward_gated`).
 pub(crate) fn scale_channels(xs: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    let gate = gate_factors(xs, gate)?;
+    map_nhwc(xs, "wick-scale-channels", |input, shape| {
+        Ok((
+            kernels::gate_channels(input, shape, &gate),
+            nhwc_shape(shape),
+        ))
+    })
+}
+
+/// The `(n, 1, 1, c)` gate of `(n, h, w, c)` maps as `n * c` factors, checked.
+fn gate_factors(xs: &Tensor, gate: &Tensor) -> candle_core::Result<Vec<f32>> {
     let (n, _, _, c) = xs.dims4()?;
     let gate = gate.flatten_all()?.to_vec1::<f32>()?;
     if gate.len() != n * c {
@@ -577,16 +589,7 @@ pub(crate) fn scale_channels(xs: &Tensor, gate: &Tensor) -> candle_core::Result<
             gate.len()
         )
     }
-    map_nhwc(xs, "wick-scale-channels", |input, shape| {
-        let plane = shape.h * shape.w * shape.c;
-        let mut out = input.to_vec();
-        for (image, factors) in out.chunks_exact_mut(plane).zip(gate.chunks_exact(c)) {
-            for px in image.chunks_exact_mut(c) {
-                px.iter_mut().zip(factors).for_each(|(x, f)| *x *= f);
-            }
-        }
-        Ok((out, nhwc_shape(shape)))
-    })
+    Ok(gate)
 }
 
 /// `(n, c, h, w)` -> contiguous `(n, h, w, c)` f32.
