@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::dense::{self, PackedWeights, Rows, Target};
-use super::{rows_per_task, Activation, Fresh, MatMul, Nhwc};
+use super::{rows_per_task, winograd, Activation, Fresh, MatMul, Nhwc};
 
 fn rows_count(shape: Nhwc, res: &Resolved) -> usize {
     shape.n * res.out_h * res.out_w
@@ -316,7 +316,6 @@ pub(super) unsafe fn run_packed(
     row_stride: usize,
     residual: Option<&[f32]>,
 ) {
-    let rows = Rows::new(input, shape, *params.geometry, res);
     let target = Target {
         data,
         row_stride,
@@ -324,6 +323,25 @@ pub(super) unsafe fn run_packed(
         residual,
         activation: params.activation,
     };
+    let geometry = params.geometry;
+    let c_out = params.bias.len();
+    if geometry.kernel == (3, 3)
+        && geometry.stride == (1, 1)
+        && winograd::is_enabled()
+        && winograd::pays_off(
+            shape.n,
+            (res.out_h, res.out_w),
+            geometry.dilation,
+            (shape.c, c_out),
+        )
+    {
+        if let Some(transformed) = packed.winograd(shape.c) {
+            // SAFETY: as below; `winograd::run` writes the same rows.
+            unsafe { winograd::run(input, shape, res, geometry.dilation, transformed, &target) };
+            return;
+        }
+    }
+    let rows = Rows::new(input, shape, *geometry, res);
     // SAFETY: the caller vouches for `data`.
     unsafe { dense::run(&rows, packed, &target) }
 }

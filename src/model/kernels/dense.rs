@@ -26,7 +26,9 @@ use super::conv::Resolved;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Simd};
+use super::winograd::WinogradWeights;
 use super::{team, Activation, ConvGeometry, Nhwc, SendPtr};
+use std::sync::OnceLock;
 
 /// 64 bytes of weights: packed panels start on a cache line.
 #[derive(Clone, Copy, Default)]
@@ -50,6 +52,9 @@ pub(crate) struct PackedWeights {
     n: usize,
     shape: Shape,
     lines: Vec<Line>,
+    /// A 3x3 layer's filters for [`winograd`](super::winograd), built on first use: they
+    /// are 4x the size of these, and only layers with large maps use them.
+    winograd: OnceLock<Option<Box<WinogradWeights>>>,
 }
 
 /// Register tile of one kernel instantiation: `mr` output pixels x `nv` vectors of channels.
@@ -105,7 +110,13 @@ impl PackedWeights {
                 dst.copy_from_slice(&weight[row * n + p * nr..][..cols]);
             }
         }
-        Some(PackedWeights { k, n, shape, lines })
+        Some(PackedWeights {
+            k,
+            n,
+            shape,
+            lines,
+            winograd: OnceLock::new(),
+        })
     }
 
     /// A copy whose reduction row `r` is multiplied by `factors[r % factors.len()]`: with one
@@ -131,7 +142,37 @@ impl PackedWeights {
             n: self.n,
             shape: self.shape,
             lines,
+            winograd: OnceLock::new(),
         }
+    }
+
+    /// The instruction set these weights were packed for.
+    pub(crate) fn isa(&self) -> Isa {
+        self.shape.isa
+    }
+
+    /// These weights as the 3x3 filters over `c_in` channels they are, in Winograd's
+    /// transform domain (built on the first call).
+    pub(crate) fn winograd(&self, c_in: usize) -> Option<&WinogradWeights> {
+        if self.k != 9 * c_in {
+            return None;
+        }
+        self.winograd
+            .get_or_init(|| WinogradWeights::new(&self.unpack(), c_in, self.n).map(Box::new))
+            .as_deref()
+    }
+
+    /// The row-major `k x n` matrix these were packed from.
+    fn unpack(&self) -> Vec<f32> {
+        let nr = self.shape.nr();
+        let flat = bytemuck_lines_ref(&self.lines);
+        let mut weight = vec![0.0; self.k * self.n];
+        for (row, values) in weight.chunks_exact_mut(self.n).enumerate() {
+            for (col, value) in values.iter_mut().enumerate() {
+                *value = flat[((col / nr) * self.k + row) * nr + col % nr];
+            }
+        }
+        weight
     }
 
     fn panels(&self) -> usize {
@@ -369,6 +410,46 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
             });
         }
     }
+}
+
+/// `out = a * weights` for a contiguous `m x k` matrix `a`, on the calling thread, `out`'s
+/// rows `n` apart: the Winograd products, inside a chunk of tiles a thread already owns.
+///
+/// # Safety
+/// `out` must be valid for writes of `m * weights.n` values and alias nothing read;
+/// `zero_bias` holds `weights.n` zeros.
+pub(crate) unsafe fn multiply_here(
+    a: &[f32],
+    m: usize,
+    weights: &PackedWeights,
+    out: *mut f32,
+    zero_bias: &[f32],
+) {
+    let shape = Nhwc {
+        n: 1,
+        h: 1,
+        w: m,
+        c: weights.k,
+    };
+    let geometry = ConvGeometry::square(1, 1, 0);
+    let res = geometry.resolve(1, m).expect("a 1x1 window fits any map");
+    let rows = Rows::new(a, shape, geometry, res);
+    let target = Target {
+        data: out,
+        row_stride: weights.n,
+        bias: zero_bias,
+        residual: None,
+        activation: Activation::Identity,
+    };
+    let tiles = (0, m.div_ceil(weights.shape.mr));
+    run_block(
+        &rows,
+        weights,
+        &target,
+        SendPtr(out),
+        tiles,
+        (0, weights.panels()),
+    );
 }
 
 /// Row tiles `tiles.0..tiles.1` x column panels `panels.0..panels.1`, on this thread.
@@ -663,28 +744,23 @@ struct Epilogue {
 mod tests {
     use super::*;
     use crate::model::kernels::{
-        dense_conv, oihw_to_rows, pseudo_random, reference_conv, ConvOutput, DenseParams, Padding,
+        dense_conv, reference_layer, ConvOutput, DenseParams, Padding, ReferenceLayer,
     };
 
     /// Packed product vs the definition, with bias, residual and activation applied as the
     /// unpacked path does, for one layer.
     fn check(shape: Nhwc, geometry: ConvGeometry, c_out: usize, residual: bool, act: Activation) {
-        let input = pseudo_random(shape.len(), 7);
+        let layer = reference_layer(shape, &geometry, c_out, (residual, act), 7);
+        let ReferenceLayer {
+            input,
+            weight,
+            bias,
+            residual: extra,
+            expected,
+            rows,
+            ..
+        } = layer;
         let (kh, kw) = geometry.kernel;
-        let w_oihw = pseudo_random(c_out * shape.c * kh * kw, 8);
-        let (plain, res) = reference_conv(&input, shape, &geometry, &w_oihw, (c_out, 1));
-        let bias = pseudo_random(c_out, 9);
-        let rows = shape.n * res.out_h * res.out_w;
-        let extra = pseudo_random(rows * c_out, 10);
-        let expected: Vec<f32> = plain
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let r = if residual { extra[i] } else { 0.0 };
-                act.apply_scalar(x + bias[i % c_out] + r)
-            })
-            .collect();
-        let weight = oihw_to_rows(&w_oihw, c_out, shape.c, kh * kw);
         let Some(packed) = PackedWeights::pack(kh * kw * shape.c, c_out, &weight) else {
             return; // no vector unit: the portable path is the one tested in conv.rs
         };

@@ -23,6 +23,7 @@ mod resize;
 mod simd;
 pub(crate) mod team;
 mod upsample;
+mod winograd;
 
 pub(crate) use concat::dense_conv_concat_new;
 pub(crate) use conv::dense_conv_new;
@@ -314,6 +315,56 @@ pub(crate) fn oihw_to_rows(w_oihw: &[f32], c_out: usize, c_in: usize, taps: usiz
         }
     }
     weight
+}
+
+/// One dense layer for checking a kernel: its input, weights (`[taps * c_in, c_out]` rows), bias,
+/// residual and the output the definition gives, bias, residual (when asked) and activation
+/// applied.
+#[cfg(test)]
+pub(crate) struct ReferenceLayer {
+    pub(crate) input: Vec<f32>,
+    pub(crate) weight: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) residual: Vec<f32>,
+    pub(crate) expected: Vec<f32>,
+    pub(crate) res: conv::Resolved,
+    /// Output pixels.
+    pub(crate) rows: usize,
+}
+
+/// A [`ReferenceLayer`] of pseudo-random values from `seed` on.
+#[cfg(test)]
+pub(crate) fn reference_layer(
+    shape: Nhwc,
+    geometry: &ConvGeometry,
+    c_out: usize,
+    (residual, activation): (bool, Activation),
+    seed: u32,
+) -> ReferenceLayer {
+    let input = pseudo_random(shape.len(), seed);
+    let taps = geometry.kernel.0 * geometry.kernel.1;
+    let w_oihw = pseudo_random(c_out * shape.c * taps, seed + 1);
+    let (plain, res) = reference_conv(&input, shape, geometry, &w_oihw, (c_out, 1));
+    let bias = pseudo_random(c_out, seed + 2);
+    let rows = shape.n * res.out_h * res.out_w;
+    let extra = pseudo_random(rows * c_out, seed + 3);
+    let expected = plain
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let r = if residual { extra[i] } else { 0.0 };
+            activation.apply_scalar(x + bias[i % c_out] + r)
+        })
+        .collect();
+    ReferenceLayer {
+        input,
+        weight: oihw_to_rows(&w_oihw, c_out, shape.c, taps),
+        bias,
+        residual: extra,
+        expected,
+        res,
+        rows,
+    }
 }
 
 /// Direct definition of a grouped 2-D convolution on NHWC data, for checking the kernels.
