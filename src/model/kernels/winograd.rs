@@ -28,8 +28,10 @@ use std::cell::RefCell;
 use super::conv::Resolved;
 use super::dense::{self, PackedWeights, Target};
 #[cfg(target_arch = "x86_64")]
+use super::simd::Isa;
+use super::simd::Simd;
+#[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
-use super::simd::{Isa, Simd};
 use super::{team, Nhwc, SendPtr};
 
 /// Outputs per tile side.
@@ -269,8 +271,55 @@ fn chunk_tiles(c_in: usize, c_out: usize, tiles: usize) -> usize {
     by_size.min(per_thread)
 }
 
-/// The three steps for tiles `span.0..span.1`, on this thread.
+/// The three steps for tiles `span.0..span.1`, on this thread, with the instruction set the
+/// weights were packed for.
 unsafe fn run_chunk(
+    plan: &Plan<'_>,
+    target: &Target<'_>,
+    out: SendPtr,
+    span: (usize, usize),
+    scratch: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match plan.weights.points[0].isa() {
+        Isa::Avx512 => chunk_avx512(plan, target, out, span, scratch),
+        Isa::Avx2 => chunk_avx2(plan, target, out, span, scratch),
+        Isa::Portable => unreachable!("packed weights exist only with a vector unit"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (plan, target, out, span, scratch);
+        unreachable!("packed weights exist only on x86_64");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn chunk_avx512(
+    plan: &Plan<'_>,
+    target: &Target<'_>,
+    out: SendPtr,
+    span: (usize, usize),
+    scratch: &mut [f32],
+) {
+    chunk::<Avx512>(plan, target, out, span, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chunk_avx2(
+    plan: &Plan<'_>,
+    target: &Target<'_>,
+    out: SendPtr,
+    span: (usize, usize),
+    scratch: &mut [f32],
+) {
+    chunk::<Avx2>(plan, target, out, span, scratch);
+}
+
+/// Input transform, the 36 products, output transform.
+#[inline(always)]
+unsafe fn chunk<S: Simd>(
     plan: &Plan<'_>,
     target: &Target<'_>,
     out: SendPtr,
@@ -280,60 +329,13 @@ unsafe fn run_chunk(
     let w = plan.weights;
     let count = span.1 - span.0;
     let (transformed, products) = scratch.split_at_mut(POINTS * count * w.c_in);
-    let isa = w.points[0].isa();
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => transform_input_avx512(plan, span, transformed),
-        Isa::Avx2 => transform_input_avx2(plan, span, transformed),
-        Isa::Portable => unreachable!("packed weights exist only with a vector unit"),
-    }
+    transform_input::<S>(plan, span, transformed);
     for (xi, packed) in w.points.iter().enumerate() {
         let a = &transformed[xi * count * w.c_in..][..count * w.c_in];
         let m = products[xi * count * w.c_out..][..count * w.c_out].as_mut_ptr();
         dense::multiply_here(a, count, packed, m, &w.zeros);
     }
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => transform_output_avx512(plan, target, out, span, products),
-        Isa::Avx2 => transform_output_avx2(plan, target, out, span, products),
-        Isa::Portable => unreachable!("packed weights exist only with a vector unit"),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transform_input_avx512(plan: &Plan<'_>, span: (usize, usize), dst: &mut [f32]) {
-    transform_input::<Avx512>(plan, span, dst);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transform_input_avx2(plan: &Plan<'_>, span: (usize, usize), dst: &mut [f32]) {
-    transform_input::<Avx2>(plan, span, dst);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transform_output_avx512(
-    plan: &Plan<'_>,
-    target: &Target<'_>,
-    out: SendPtr,
-    span: (usize, usize),
-    products: &[f32],
-) {
-    transform_output::<Avx512>(plan, target, out, span, products);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transform_output_avx2(
-    plan: &Plan<'_>,
-    target: &Target<'_>,
-    out: SendPtr,
-    span: (usize, usize),
-    products: &[f32],
-) {
-    transform_output::<Avx2>(plan, target, out, span, products);
+    transform_output::<S>(plan, target, out, span, products);
 }
 
 /// `lanes` values from `p`: a plain load for a whole vector (masked ones are slower).
