@@ -145,9 +145,14 @@ impl Model {
     }
 
     /// One inference on a blank image through the real path, so the first request does not
-    /// pay for lazy allocations.
+    /// pay for lazy allocations and weight transforms. Classifiers and detectors resize any
+    /// image to their one input size; a segmenter warms up at its largest.
     pub(crate) fn warm_up(&self) -> Result<(), ModelError> {
-        let image = RgbImage::new(64, 48);
+        let (width, height) = match self {
+            Model::Segmenter(s) => s.warm_up_size(),
+            Model::Classifier(_) | Model::Detector(_) => (64, 48),
+        };
+        let image = RgbImage::new(width, height);
         let input = self.prepare(image)?;
         self.predict(&[(&input, &InferenceOptions::default())])?;
         Ok(())

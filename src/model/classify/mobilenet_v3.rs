@@ -424,7 +424,7 @@ pub(super) fn build(args: &BuildArgs<'_>) -> Result<Network, ModelError> {
             let bias = w.get("conv_head.bias", &[hidden])?;
             (
                 MobileNetV3::load(w, ("", keys), size, false)?,
-                Linear::from_tensors(&weight.reshape((hidden, head))?, bias)?,
+                Linear::from_tensors(&weight.reshape((hidden, head))?, &bias)?,
                 "classifier",
             )
         }

@@ -202,7 +202,7 @@ fn distilled_head(
     let (weight_dist, bias_dist) = part(keys.head_dist)?;
     let weight = (Tensor::cat(&[&weight, &weight_dist], 1)? * 0.5)?;
     let bias = ((bias + bias_dist)? * 0.5)?;
-    Ok(Linear::from_tensors(&weight, bias)?)
+    Ok(Linear::from_tensors(&weight, &bias)?)
 }
 
 impl Vit {
@@ -471,7 +471,7 @@ mod tests {
             (32, 3),
         )?;
         let features = synthesize("features", &[2, 64]);
-        let trained = Linear::from_tensors(&weight, bias)?.forward(&features)?;
+        let trained = Linear::from_tensors(&weight, &bias)?.forward(&features)?;
         let difference = (reloaded.forward(&features)? - trained)?
             .abs()?
             .max_all()?

@@ -129,6 +129,7 @@ pub struct DenseParams<'a> {
     /// Window geometry.
     pub geometry: &'a ConvGeometry,
     /// `[kh * kw * c_in, c_out]`, row-major: the im2col column order is (ky, kx, c_in).
+    /// May be empty when `packed` holds the weights: layers keep only one copy.
     pub weight: &'a [f32],
     /// `[c_out]`.
     pub bias: &'a [f32],
@@ -136,6 +137,16 @@ pub struct DenseParams<'a> {
     pub activation: Activation,
     /// `weight` packed for this CPU's vector kernel, when it has one.
     pub(crate) packed: Option<&'a PackedWeights>,
+}
+
+impl DenseParams<'_> {
+    /// Values of the `kh * kw * c_in x c_out` weight matrix, in whichever form holds it.
+    pub(crate) fn weight_len(&self) -> usize {
+        self.packed.map_or(self.weight.len(), |p| {
+            let (k, n) = p.dims();
+            k * n
+        })
+    }
 }
 
 /// Where a dense convolution writes: `rows` of `c_out` values `row_stride` apart, optionally

@@ -23,12 +23,13 @@ use super::dense::{self, PackedWeights, Rows, Target};
 use super::depthwise::depthwise_band;
 use super::{team, ConvGeometry, DenseParams, DepthwiseParams, Fresh, Nhwc, SendPtr};
 
-/// Expanded maps smaller than this (per image) stay layer by layer: they fit in L2 anyway,
-/// and the band's halo rows would cost more than the memory traffic saved.
+/// Expanded maps smaller than this (per image, on a 1 MB L2; scaled to the CPU's) stay layer
+/// by layer: they fit in L2 anyway, and the band's halo rows would cost more than the memory
+/// traffic saved.
 const MIN_BANDED_BYTES: usize = 1 << 20;
 
-/// Bytes of expanded input rows one band aims for: the band, the depthwise scratch and the
-/// depthwise output band together stay inside a core's 1 MB L2.
+/// Bytes of expanded input rows one band aims for (on a 1 MB L2; scaled): the band, the
+/// depthwise scratch and the depthwise output band together stay inside a core's L2.
 const BAND_BYTES: usize = 256 * 1024;
 
 /// The 1x1 projection that ends a block, with the block's input when it adds a skip.
@@ -50,13 +51,13 @@ pub(crate) fn expand_depthwise_new(
     project: Option<&Projection<'_>>,
 ) -> Option<Vec<f32>> {
     let c_mid = expand.bias.len();
-    if shape.h * shape.w * c_mid * 4 < MIN_BANDED_BYTES {
+    if shape.h * shape.w * c_mid * 4 < super::cache::scaled(MIN_BANDED_BYTES) {
         return None;
     }
     let row_bytes = shape.w * c_mid * 4;
     let (kh, dh) = (depthwise.geometry.kernel.0, depthwise.geometry.dilation.0);
     let sh = depthwise.geometry.stride.0.max(1);
-    let input_rows = (BAND_BYTES / row_bytes.max(1)).max(1);
+    let input_rows = (super::cache::scaled(BAND_BYTES) / row_bytes.max(1)).max(1);
     let band_rows = (input_rows.saturating_sub((kh - 1) * dh) / sh).max(1);
     expand_depthwise_banded(input, shape, expand, depthwise, project, band_rows)
 }
@@ -144,7 +145,7 @@ impl<'a> Block<'a> {
         let (kh, kw) = depthwise.geometry.kernel;
         let fits = is_pointwise(expand.geometry)
             && input.len() >= shape.len()
-            && expand.weight.len() == shape.c * c_mid
+            && expand.weight_len() == shape.c * c_mid
             && depthwise.bias.len() == c_mid
             && depthwise.weight.len() == kh * kw * c_mid;
         if !fits {
@@ -157,7 +158,7 @@ impl<'a> Block<'a> {
                 let c_out = p.params.bias.len();
                 let rows = shape.n * res.out_h * res.out_w;
                 let fits = is_pointwise(p.params.geometry)
-                    && p.params.weight.len() == c_mid * c_out
+                    && p.params.weight_len() == c_mid * c_out
                     && p.residual.is_none_or(|r| r.len() >= rows * c_out);
                 if !fits {
                     return None;

@@ -56,7 +56,7 @@ pub(crate) fn dense_conv_gated_new(
     let (plane_in, plane_out) = (shape.h * shape.w * shape.c, res.out_h * res.out_w * c_out);
     let Some(packed) = params
         .packed
-        .filter(|_| WEIGHTS_TO_MAP * params.weight.len() <= plane_in)
+        .filter(|_| WEIGHTS_TO_MAP * params.weight_len() <= plane_in)
     else {
         // The map is small against the weights (late blocks): gate it, one product for the
         // whole batch.

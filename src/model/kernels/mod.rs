@@ -11,6 +11,7 @@
 //! and wraps these functions as Candle custom ops.
 
 pub(crate) mod attention;
+mod cache;
 mod concat;
 mod conv;
 mod dense;
@@ -18,6 +19,7 @@ mod depthwise;
 mod expand_depthwise;
 mod gated;
 mod layer_norm;
+mod layout;
 mod pool;
 mod resize;
 mod simd;
@@ -37,6 +39,7 @@ pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};
 pub(crate) use gated::{dense_conv_gated_new, gate_channels};
 pub(crate) use layer_norm::{layer_norm, Norm};
+pub use layout::nchw_to_nhwc;
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;

@@ -233,9 +233,16 @@ impl Simd for Avx2 {
     unsafe fn load(p: *const f32) -> __m256 {
         _mm256_loadu_ps(p)
     }
+    // A full vector takes the plain load or store: AMD's Zen microcode-sequences VMASKMOVPS
+    // to memory (one store per ~12 cycles against one per cycle), and the dense kernel's tile
+    // stores went through it on every tile.
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
-        _mm256_maskload_ps(p, partial_mask(n))
+        if n == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, partial_mask(n))
+        }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m256) {
@@ -243,7 +250,11 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, v: __m256, n: usize) {
-        _mm256_maskstore_ps(p, partial_mask(n), v)
+        match n {
+            8 => _mm256_storeu_ps(p, v),
+            0 => {}
+            _ => _mm256_maskstore_ps(p, partial_mask(n), v),
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {

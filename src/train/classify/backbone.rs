@@ -155,7 +155,7 @@ impl Backbone {
     ) -> Result<()> {
         let loaded = Classifier::load(dir)
             .with_context(|| format!("reloading the written package in `{}`", dir.display()))?;
-        let linear = Linear::from_tensors(&head.weight, head.bias.clone())?;
+        let linear = Linear::from_tensors(&head.weight, &head.bias)?;
         let expected = linear.forward(&self.features(probe)?)?;
         let difference = (loaded.logits(probe)? - expected)?
             .abs()?
