@@ -528,8 +528,8 @@ unsafe fn block_avx2<const MR: usize, const NV: usize>(
 /// reduction, is what keeps big layers (3x3 over 512 channels) from re-reading their weights
 /// from memory every couple of tiles.
 fn tiles_per_group(k: usize, mr: usize) -> usize {
-    let l2_share_bytes = super::cache::scaled(256 * 1024);
-    (l2_share_bytes / (mr * k * 4).max(1)).max(1)
+    const L2_SHARE_BYTES: usize = 256 * 1024;
+    (L2_SHARE_BYTES / (mr * k * 4).max(1)).max(1)
 }
 
 #[inline(always)]

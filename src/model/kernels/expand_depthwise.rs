@@ -23,13 +23,14 @@ use super::dense::{self, PackedWeights, Rows, Target};
 use super::depthwise::depthwise_band;
 use super::{team, ConvGeometry, DenseParams, DepthwiseParams, Fresh, Nhwc, SendPtr};
 
-/// Expanded maps smaller than this (per image, on a 1 MB L2; scaled to the CPU's) stay layer
-/// by layer: they fit in L2 anyway, and the band's halo rows would cost more than the memory
-/// traffic saved.
+/// Expanded maps smaller than this (per image) stay layer by layer: they fit in L2 anyway,
+/// and the band's halo rows would cost more than the memory traffic saved.
 const MIN_BANDED_BYTES: usize = 1 << 20;
 
-/// Bytes of expanded input rows one band aims for (on a 1 MB L2; scaled): the band, the
-/// depthwise scratch and the depthwise output band together stay inside a core's L2.
+/// Bytes of expanded input rows one band aims for: the band, the depthwise scratch and the
+/// depthwise output band together stay inside a core's 1 MB L2. Sized for 1 MB, these also
+/// measured best on a 512 KB L2 (AMD Zen 3, `docs/performance.md`): scaled down to it,
+/// EfficientNet-Lite0 at batch 8 ran 10% slower.
 const BAND_BYTES: usize = 256 * 1024;
 
 /// The 1x1 projection that ends a block, with the block's input when it adds a skip.
@@ -51,13 +52,13 @@ pub(crate) fn expand_depthwise_new(
     project: Option<&Projection<'_>>,
 ) -> Option<Vec<f32>> {
     let c_mid = expand.bias.len();
-    if shape.h * shape.w * c_mid * 4 < super::cache::scaled(MIN_BANDED_BYTES) {
+    if shape.h * shape.w * c_mid * 4 < MIN_BANDED_BYTES {
         return None;
     }
     let row_bytes = shape.w * c_mid * 4;
     let (kh, dh) = (depthwise.geometry.kernel.0, depthwise.geometry.dilation.0);
     let sh = depthwise.geometry.stride.0.max(1);
-    let input_rows = (super::cache::scaled(BAND_BYTES) / row_bytes.max(1)).max(1);
+    let input_rows = (BAND_BYTES / row_bytes.max(1)).max(1);
     let band_rows = (input_rows.saturating_sub((kh - 1) * dh) / sh).max(1);
     expand_depthwise_banded(input, shape, expand, depthwise, project, band_rows)
 }

@@ -11,7 +11,6 @@
 //! and wraps these functions as Candle custom ops.
 
 pub(crate) mod attention;
-mod cache;
 mod concat;
 mod conv;
 mod dense;
