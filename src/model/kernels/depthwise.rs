@@ -115,22 +115,29 @@ unsafe fn run_raw(
         first_row: 0,
         first_out_row: 0,
     };
-    // Units are (image, channel block); each is cut into row ranges until there are about
-    // three parts per thread, so a core the hypervisor slows down takes fewer of them.
-    let units = shape.n * shape.c.div_ceil(lanes);
-    let wanted = 3 * team::threads();
-    let splits = wanted.div_ceil(units).clamp(1, res.out_h);
-    team::parallel_for(units * splits, |part| {
-        let (unit, split) = (part / splits, part % splits);
+    // Parts are row ranges of one image, every channel block in each: a range's input rows
+    // are the rows the layer before wrote on the same core (the team hands ranges out in
+    // order, see `team`), where channel blocks over the whole map read half of it from the
+    // other core. About three ranges per thread, so a core the hypervisor slows down takes
+    // fewer, but at least four rows each: a range also reads its window's halo rows.
+    let splits = (3 * team::threads())
+        .div_ceil(shape.n)
+        .min(res.out_h.div_ceil(4))
+        .max(1);
+    let blocks = shape.c.div_ceil(lanes);
+    team::parallel_for(shape.n * splits, |part| {
+        let (n, split) = (part / splits, part % splits);
         let rows = (split * res.out_h / splits, (split + 1) * res.out_h / splits);
-        let block = Block {
-            n: unit / shape.c.div_ceil(lanes),
-            c0: unit % shape.c.div_ceil(lanes) * lanes,
-            rows,
-        };
-        // SAFETY: `Isa::detect` (or the test) saw the instruction set; blocks write disjoint
-        // channel ranges and rows of `out`, whose size is checked above.
-        unsafe { run_part(&plan, &block) }
+        for block in 0..blocks {
+            let block = Block {
+                n,
+                c0: block * lanes,
+                rows,
+            };
+            // SAFETY: `Isa::detect` (or the test) saw the instruction set; parts write
+            // disjoint rows of `out`, whose size is checked above.
+            unsafe { run_part(&plan, &block) }
+        }
     });
 }
 
@@ -369,11 +376,18 @@ impl RowOut {
         }
     }
 
-    /// The activations that need the exponential, applied to the stored row.
-    unsafe fn finish(&self, out_w: usize, activation: Activation) {
+    /// The activations that need the exponential, applied to the stored row with this
+    /// block's vectors (a dispatched call per pixel cost as much as the SiLU itself).
+    #[inline(always)]
+    unsafe fn finish<S: Simd>(&self, out_w: usize, activation: Activation) {
         for ox in 0..out_w {
-            let pixel = std::slice::from_raw_parts_mut(self.dst.add(ox * self.stride), self.width);
-            super::simd::activate_slice(activation, pixel);
+            let p = self.dst.add(ox * self.stride);
+            if self.width == S::LANES {
+                S::store(p, S::activate(activation, S::load(p)));
+            } else {
+                let v = S::activate(activation, S::load_partial(p, self.width));
+                S::store_partial(p, v, self.width);
+            }
         }
     }
 }
@@ -447,7 +461,7 @@ unsafe fn rows_const<S: Simd, const KH: usize, const KW: usize>(
             ox += 1;
         }
         if finish {
-            out.finish(out_w, plan.params.activation);
+            out.finish::<S>(out_w, plan.params.activation);
         }
     }
 }
@@ -481,7 +495,7 @@ unsafe fn rows_any<S: Simd>(plan: &Plan<'_>, block: &Block, scratch: &Scratch) {
             out.store::<S>(ox, S::min(S::max(acc, lo), hi));
         }
         if finish {
-            out.finish(plan.res.out_w, plan.params.activation);
+            out.finish::<S>(plan.res.out_w, plan.params.activation);
         }
     }
 }

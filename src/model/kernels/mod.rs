@@ -40,6 +40,7 @@ pub(crate) use gated::{dense_conv_gated_new, gate_channels};
 pub(crate) use layer_norm::{layer_norm, Norm};
 pub use layout::nchw_to_nhwc;
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
+pub(crate) use resize::resize_bilinear_new;
 pub use resize::{resize_bilinear, ResizeAxis};
 pub use upsample::upsample_nearest;
 
@@ -61,6 +62,11 @@ impl Fresh {
     /// Where the kernel writes.
     pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
         self.0.as_mut_ptr().cast()
+    }
+
+    /// The values to write, for kernels that write through slices.
+    pub(crate) fn as_uninit_mut(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
+        &mut self.0
     }
 
     /// Number of values.

@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use super::{ConvGeometry, Nhwc};
+use std::sync::OnceLock;
+
+use super::{team, ConvGeometry, Nhwc};
 
 /// Max pooling into a contiguous `(n, out_h, out_w, c)` output. Padding never wins the max,
 /// as in PyTorch's `MaxPool2d`.
@@ -75,6 +77,10 @@ pub fn avg_pool_2x2(input: &[f32], shape: Nhwc, out: &mut [f32]) {
 }
 
 /// Mean over all pixels of each image: `(n, h, w, c)` -> `(n, c)`.
+///
+/// Row ranges are summed on the [`team`](super::team), each range on the core whose layer
+/// wrote it: squeeze-excitation pools every block's depthwise map (EfficientNet-B0: 56x56x144
+/// and larger), and one core walking the whole map read half of it from the other core.
 pub fn global_avg_pool(input: &[f32], shape: Nhwc) -> Vec<f32> {
     let c = shape.c;
     let plane = shape.h * shape.w;
@@ -82,18 +88,36 @@ pub fn global_avg_pool(input: &[f32], shape: Nhwc) -> Vec<f32> {
     if plane == 0 || c == 0 {
         return out;
     }
-    out.par_chunks_mut(c).enumerate().for_each(|(n, acc)| {
-        // Sum in f64 per image: 7x7 or larger planes of large activations lose digits in f32.
+    // Small maps are summed where they are: a hand-over costs more than the reads.
+    let splits = if plane * c < 1 << 15 {
+        1
+    } else {
+        (2 * team::threads()).div_ceil(shape.n).clamp(1, shape.h)
+    };
+    let partial: Vec<OnceLock<Vec<f64>>> = (0..shape.n * splits).map(|_| OnceLock::new()).collect();
+    team::parallel_for(partial.len(), |part| {
+        let (n, split) = (part / splits, part % splits);
+        let rows = (split * shape.h / splits, (split + 1) * shape.h / splits);
+        let pixels =
+            &input[(n * shape.h + rows.0) * shape.w * c..][..(rows.1 - rows.0) * shape.w * c];
+        // Sums in f64: 7x7 or larger planes of large activations lose digits in f32.
         let mut sums = vec![0.0f64; c];
-        for px in input[n * plane * c..(n + 1) * plane * c].chunks_exact(c) {
+        for px in pixels.chunks_exact(c) {
             sums.iter_mut()
                 .zip(px)
                 .for_each(|(s, &x)| *s += f64::from(x));
         }
-        acc.iter_mut()
-            .zip(&sums)
-            .for_each(|(a, s)| *a = (s / plane as f64) as f32);
+        partial[part].get_or_init(|| sums);
     });
+    for (n, acc) in out.chunks_exact_mut(c).enumerate() {
+        for (ch, a) in acc.iter_mut().enumerate() {
+            let sum: f64 = partial[n * splits..(n + 1) * splits]
+                .iter()
+                .map(|sums| sums.get().map_or(0.0, |s| s[ch]))
+                .sum();
+            *a = (sum / plane as f64) as f32;
+        }
+    }
     out
 }
 
@@ -133,5 +157,38 @@ mod tests {
         assert_eq!(out, vec![2.5, 25.0]);
         let pooled = global_avg_pool(&input, shape);
         assert_eq!(pooled, vec![35.0, 50.0]);
+    }
+
+    #[test]
+    fn global_pool_of_a_map_split_across_the_team_is_each_images_channel_mean() {
+        // Two images of 57x31x24 (above the split threshold, rows not a multiple of the
+        // split): channel ch of image n holds n * 1000 + ch + row / 100.
+        let shape = Nhwc {
+            n: 2,
+            h: 57,
+            w: 31,
+            c: 24,
+        };
+        let mut input = Vec::with_capacity(shape.len());
+        for n in 0..shape.n {
+            for row in 0..shape.h {
+                for _ in 0..shape.w {
+                    input
+                        .extend((0..shape.c).map(|ch| (n * 1000 + ch) as f32 + row as f32 / 100.0));
+                }
+            }
+        }
+        let pooled = global_avg_pool(&input, shape);
+        let mean_row = (shape.h - 1) as f32 / 2.0 / 100.0;
+        for n in 0..shape.n {
+            for ch in 0..shape.c {
+                let want = (n * 1000 + ch) as f32 + mean_row;
+                let got = pooled[n * shape.c + ch];
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "image {n} channel {ch}: {got} vs {want}"
+                );
+            }
+        }
     }
 }

@@ -5,9 +5,10 @@
 //! Upsampling needs no antialiasing filter, and PyTorch applies none by default when
 //! downsampling either, so each output pixel blends exactly four input pixels.
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
 
-use super::Nhwc;
+use super::{team, Fresh, Nhwc};
 
 /// Where one output coordinate samples along an axis: two input indices and their weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,29 +56,89 @@ impl ResizeAxis {
 }
 
 /// Resizes `(n, h, w, c)` `input` to `(n, out_h, out_w, c)` into `out` (which must hold
-/// exactly that many values), one parallel task per output row.
+/// exactly that many values).
 ///
 /// # Panics
 /// If `input` or `out` do not match the shapes: a caller bug, never input data.
 pub fn resize_bilinear(
     input: &[f32],
     shape: Nhwc,
-    (out_h, out_w): (usize, usize),
+    out_hw: (usize, usize),
     align_corners: bool,
     out: &mut [f32],
+) {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and only initialised values are written.
+    #[allow(unsafe_code)]
+    let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [MaybeUninit<f32>]) };
+    resize_into(input, shape, out_hw, align_corners, out);
+}
+
+/// [`resize_bilinear`] into a new buffer, never zero-filled first: a segmenter's logits
+/// upsampled to a 512-pixel photo are 22 MB, whose fill on one core cost as much as the
+/// resize itself.
+pub(crate) fn resize_bilinear_new(
+    input: &[f32],
+    shape: Nhwc,
+    (out_h, out_w): (usize, usize),
+    align_corners: bool,
+) -> Vec<f32> {
+    let mut out = Fresh::new(shape.n * out_h * out_w * shape.c);
+    resize_into(
+        input,
+        shape,
+        (out_h, out_w),
+        align_corners,
+        out.as_uninit_mut(),
+    );
+    // SAFETY: `resize_into` writes every value of an output of this size.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.assume_init()
+    }
+}
+
+/// Writes every value of `out`, in row ranges on the [`team`](super::team).
+fn resize_into(
+    input: &[f32],
+    shape: Nhwc,
+    (out_h, out_w): (usize, usize),
+    align_corners: bool,
+    out: &mut [MaybeUninit<f32>],
 ) {
     let c = shape.c;
     assert_eq!(input.len(), shape.len(), "resize input size");
     assert_eq!(out.len(), shape.n * out_h * out_w * c, "resize output size");
-    if out.is_empty() || shape.is_empty() {
+    if out.is_empty() {
+        return;
+    }
+    if shape.is_empty() {
+        // Only with zero channels, where `out` is empty too; kept for a clear contract.
+        out.fill(MaybeUninit::new(0.0));
         return;
     }
     let rows = ResizeAxis::plan(shape.h, out_h, align_corners);
     let cols = ResizeAxis::plan(shape.w, out_w, align_corners);
     let row_len = shape.w * c;
-    out.par_chunks_mut(out_w * c)
-        .enumerate()
-        .for_each(|(r, out_row)| {
+    let out_row_len = out_w * c;
+    let total_rows = shape.n * out_h;
+    let parts = (3 * team::threads()).min(total_rows);
+    let out_rows: Vec<Mutex<&mut [MaybeUninit<f32>]>> = {
+        let mut rest = out;
+        (0..parts)
+            .map(|part| {
+                let take =
+                    ((part + 1) * total_rows / parts - part * total_rows / parts) * out_row_len;
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                rest = tail;
+                Mutex::new(head)
+            })
+            .collect()
+    };
+    team::parallel_for(parts, |part| {
+        let mut span = out_rows[part].lock().unwrap_or_else(|e| e.into_inner());
+        let first = part * total_rows / parts;
+        for (i, out_row) in span.chunks_exact_mut(out_row_len).enumerate() {
+            let r = first + i;
             let (n, oy) = (r / out_h, r % out_h);
             let ry = rows[oy];
             let image = &input[n * shape.h * row_len..][..shape.h * row_len];
@@ -89,10 +150,11 @@ pub fn resize_bilinear(
                 for (k, o) in px.iter_mut().enumerate() {
                     let upper = rx.w0 * a[k] + rx.w1 * b[k];
                     let lower = rx.w0 * d[k] + rx.w1 * e[k];
-                    *o = ry.w0 * upper + ry.w1 * lower;
+                    o.write(ry.w0 * upper + ry.w1 * lower);
                 }
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use candle_core::{Shape, Tensor};
 
 use crate::model::error::ModelError;
-use crate::model::kernels::{resize_bilinear, Nhwc};
+use crate::model::kernels::{resize_bilinear_new, Nhwc};
 use crate::model::layers::map_nhwc;
 use crate::model::weights::Weights;
 
@@ -27,8 +27,8 @@ pub(crate) fn resize(
             w: out_w,
             ..shape
         };
-        let mut out = vec![0.0f32; out_shape.len()];
-        resize_bilinear(input, shape, (out_h, out_w), align_corners, &mut out);
+        let out = resize_bilinear_new(input, shape, (out_h, out_w), align_corners);
+        debug_assert_eq!(out.len(), out_shape.len());
         Ok((out, Shape::from((shape.n, out_h, out_w, shape.c))))
     })
 }
