@@ -130,7 +130,7 @@ pub(crate) fn attention(a: &Attention<'_>, out: &mut [f32]) {
     let out = SendPtr(out.as_mut_ptr());
     let run = |part: usize| {
         let (head, block) = (part / blocks, part % blocks);
-        let rows = (block * tq / blocks, (block + 1) * tq / blocks);
+        let rows = team::span(block, blocks, tq);
         // SAFETY: the operands were checked to hold every row; parts write disjoint rows x
         // head columns of `out`, which holds `output_len` values.
         unsafe { run_part(a, head / a.heads, head % a.heads, rows, out) };

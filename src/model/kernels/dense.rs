@@ -397,7 +397,7 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
         // By rows: 3 parts per thread lets a slowed core fall behind by a third of its share.
         let parts = (3 * threads).min(tiles);
         team::parallel_for(parts, |part| {
-            let span = (part * tiles / parts, (part + 1) * tiles / parts);
+            let span = team::span(part, parts, tiles);
             run_block(rows, weights, target, out, span, (0, panels));
         });
     } else {
@@ -405,12 +405,12 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
         if parts <= 1 {
             let parts = tiles.min(threads);
             team::parallel_for(parts, |part| {
-                let span = (part * tiles / parts, (part + 1) * tiles / parts);
+                let span = team::span(part, parts, tiles);
                 run_block(rows, weights, target, out, span, (0, panels));
             });
         } else {
             team::parallel_for(parts, |part| {
-                let span = (part * panels / parts, (part + 1) * panels / parts);
+                let span = team::span(part, parts, panels);
                 run_block(rows, weights, target, out, (0, tiles), span);
             });
         }
@@ -620,7 +620,7 @@ fn reduction_blocks(taps: usize, c: usize, nr: usize) -> Vec<Block> {
             for i in 0..parts {
                 blocks.push(Block {
                     taps: (t, t + 1),
-                    channels: (i * c / parts, (i + 1) * c / parts),
+                    channels: team::span(i, parts, c),
                 });
             }
         }
@@ -629,7 +629,7 @@ fn reduction_blocks(taps: usize, c: usize, nr: usize) -> Vec<Block> {
         let parts = taps.div_ceil(per_block);
         for i in 0..parts {
             blocks.push(Block {
-                taps: (i * taps / parts, (i + 1) * taps / parts),
+                taps: team::span(i, parts, taps),
                 channels: (0, c),
             });
         }

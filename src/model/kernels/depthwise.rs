@@ -127,7 +127,7 @@ unsafe fn run_raw(
     let blocks = shape.c.div_ceil(lanes);
     team::parallel_for(shape.n * splits, |part| {
         let (n, split) = (part / splits, part % splits);
-        let rows = (split * res.out_h / splits, (split + 1) * res.out_h / splits);
+        let rows = team::span(split, splits, res.out_h);
         for block in 0..blocks {
             let block = Block {
                 n,
@@ -377,7 +377,7 @@ impl RowOut {
     }
 
     /// The activations that need the exponential, applied to the stored row with this
-    /// block's vectors (a dispatched call per pixel cost as much as the SiLU itself).
+    /// block's vectors rather than a dispatched call per pixel.
     #[inline(always)]
     unsafe fn finish<S: Simd>(&self, out_w: usize, activation: Activation) {
         for ox in 0..out_w {

@@ -86,7 +86,7 @@ pub(crate) fn expand_depthwise_banded(
     let dst = SendPtr(out.as_mut_ptr());
     team::parallel_for(shape.n * runs, |part| {
         let (image, run) = (part / runs, part % runs);
-        let rows = (run * block.out_h / runs, (run + 1) * block.out_h / runs);
+        let rows = team::span(run, runs, block.out_h);
         // SAFETY: runs write disjoint output rows of a buffer of `out_len` values, which
         // `Block::new` sized; the inputs were checked there.
         team::run_inline(|| unsafe { block.run_rows(image, rows, band_rows.max(1), dst) });

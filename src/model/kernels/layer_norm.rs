@@ -44,7 +44,7 @@ pub(crate) fn layer_norm(xs: &[f32], norm: &Norm<'_>, out: &mut [f32]) {
     };
     let out = SendPtr(out.as_mut_ptr());
     let run = |part: usize| {
-        let span = (part * rows / parts, (part + 1) * rows / parts);
+        let span = team::span(part, parts, rows);
         // SAFETY: parts write disjoint rows of `out`, which holds `xs.len()` values.
         unsafe { rows_on_this_thread(xs, norm, span, out) };
     };

@@ -97,7 +97,7 @@ pub fn global_avg_pool(input: &[f32], shape: Nhwc) -> Vec<f32> {
     let partial: Vec<OnceLock<Vec<f64>>> = (0..shape.n * splits).map(|_| OnceLock::new()).collect();
     team::parallel_for(partial.len(), |part| {
         let (n, split) = (part / splits, part % splits);
-        let rows = (split * shape.h / splits, (split + 1) * shape.h / splits);
+        let rows = team::span(split, splits, shape.h);
         let pixels =
             &input[(n * shape.h + rows.0) * shape.w * c..][..(rows.1 - rows.0) * shape.w * c];
         // Sums in f64: 7x7 or larger planes of large activations lose digits in f32.

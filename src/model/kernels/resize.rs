@@ -112,7 +112,7 @@ fn resize_into(
         return;
     }
     if shape.is_empty() {
-        // Only with zero channels, where `out` is empty too; kept for a clear contract.
+        // An input of zero height or width has nothing to sample: zeros, as before.
         out.fill(MaybeUninit::new(0.0));
         return;
     }
@@ -122,21 +122,19 @@ fn resize_into(
     let out_row_len = out_w * c;
     let total_rows = shape.n * out_h;
     let parts = (3 * team::threads()).min(total_rows);
-    let out_rows: Vec<Mutex<&mut [MaybeUninit<f32>]>> = {
-        let mut rest = out;
-        (0..parts)
-            .map(|part| {
-                let take =
-                    ((part + 1) * total_rows / parts - part * total_rows / parts) * out_row_len;
-                let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
-                rest = tail;
-                Mutex::new(head)
-            })
-            .collect()
-    };
+    // Each part's rows as a slice of its own (locked once, by the part alone).
+    let mut rest = out;
+    let out_rows: Vec<Mutex<&mut [MaybeUninit<f32>]>> = (0..parts)
+        .map(|part| {
+            let (first, end) = team::span(part, parts, total_rows);
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * out_row_len);
+            rest = tail;
+            Mutex::new(head)
+        })
+        .collect();
     team::parallel_for(parts, |part| {
         let mut span = out_rows[part].lock().unwrap_or_else(|e| e.into_inner());
-        let first = part * total_rows / parts;
+        let first = team::span(part, parts, total_rows).0;
         for (i, out_row) in span.chunks_exact_mut(out_row_len).enumerate() {
             let r = first + i;
             let (n, oy) = (r / out_h, r % out_h);

@@ -51,6 +51,12 @@ pub(crate) fn threads() -> usize {
     }
 }
 
+/// Part `part` of `len` items cut into `parts` contiguous ranges as even as integers allow:
+/// the items `span.0..span.1`. Kernels cut their rows this way, and the team its shares.
+pub(crate) fn span(part: usize, parts: usize, len: usize) -> (usize, usize) {
+    (part * len / parts, (part + 1) * len / parts)
+}
+
 /// Runs `f(0) .. f(parts - 1)` on the team (the calling thread included) and returns when all
 /// have finished. Inline on a worker, inside [`run_inline`], with one core, or while another
 /// thread uses the team. A panic in a part is resumed on the caller after every part ended.
@@ -156,7 +162,7 @@ impl Shared {
         self.parts.store(parts, SeqCst);
         let threads = self.shares.len();
         for (thread, share) in self.shares.iter().enumerate() {
-            let (front, back) = (thread * parts / threads, (thread + 1) * parts / threads);
+            let (front, back) = span(thread, threads, parts);
             share.store(pack(front, back), SeqCst);
         }
     }

@@ -6,7 +6,7 @@
 use candle_core::{Shape, Tensor};
 
 use crate::model::error::ModelError;
-use crate::model::kernels::{resize_bilinear_new, Nhwc};
+use crate::model::kernels::resize_bilinear_new;
 use crate::model::layers::map_nhwc;
 use crate::model::weights::Weights;
 
@@ -22,13 +22,7 @@ pub(crate) fn resize(
         return Ok(xs.clone());
     }
     map_nhwc(xs, "wick-resize-bilinear", |input, shape| {
-        let out_shape = Nhwc {
-            h: out_h,
-            w: out_w,
-            ..shape
-        };
         let out = resize_bilinear_new(input, shape, (out_h, out_w), align_corners);
-        debug_assert_eq!(out.len(), out_shape.len());
         Ok((out, Shape::from((shape.n, out_h, out_w, shape.c))))
     })
 }
