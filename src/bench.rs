@@ -15,7 +15,9 @@ use crate::cli::BenchArgs;
 use crate::model::classify::{self, BuildArgs, Network};
 use crate::model::layers::to_nhwc;
 use crate::model::package::{preprocess_config, Package, Task};
-use crate::model::preprocess::{decode, preprocess, DecodeLimits, PreprocessConfig};
+use crate::model::preprocess::{
+    decode, jpeg_decoder_has_simd, preprocess, DecodeLimits, PreprocessConfig,
+};
 use crate::model::segment::{self, SegmentationArgs};
 use crate::model::weights::{synthesize, Weights};
 use crate::model::{Classifier, DetectOptions, Detector, Segmenter};
@@ -243,13 +245,18 @@ fn bench_preprocess(args: &BenchArgs) -> Result<()> {
     })?;
     println!();
     println!(
-        "decode + preprocess ({what}, {} KB) -> {}x{}: median {:.2} ms, min {:.2} ms, max {:.2} ms",
+        "decode + preprocess ({what}, {} KB) -> {}x{}: median {:.2} ms, min {:.2} ms, max {:.2} ms{}",
         bytes.len() / 1024,
         cfg.input_height,
         cfg.input_width,
         ms(summary.median),
         ms(summary.min),
-        ms(summary.max)
+        ms(summary.max),
+        if jpeg_decoder_has_simd() {
+            ""
+        } else {
+            " (JPEG decoder built without SIMD: nasm was missing)"
+        }
     );
     Ok(())
 }

@@ -120,6 +120,7 @@ fn encode(
     Ok(Answer {
         output,
         image: Some(image),
+        image_size: Some(image.dimensions()),
         options,
         labels: model.labels(),
         is_binary: model.is_binary(),

@@ -126,6 +126,7 @@ mod tests {
         let answer = Answer {
             output: &output,
             image: None,
+            image_size: None,
             options: &options,
             labels: &labels,
             is_binary: false,

@@ -18,8 +18,10 @@ use crate::render::{self, RenderError};
 pub(crate) struct Answer<'a> {
     /// The model's output for the record.
     pub(crate) output: &'a Output,
-    /// The decoded image (segmentation and detection), for overlays and image sizes.
+    /// The decoded image, for pictures (segmentation and detection).
     pub(crate) image: Option<&'a RgbImage>,
+    /// The decoded image's `(width, height)`, for box fractions (segmentation and detection).
+    pub(crate) image_size: Option<(u32, u32)>,
     /// The record's options.
     pub(crate) options: &'a RequestOptions,
     /// Class names by index.
@@ -117,8 +119,8 @@ impl Answer<'_> {
     /// `[class, score, xmin, ymin, xmax, ymax]` per box: pixels, or fractions of the image with
     /// `format=sagemaker` (SageMaker's built-in object detection).
     fn detection_rows(&self, boxes: &[Detection]) -> Vec<[f32; 6]> {
-        let (width, height) = match (self.options.shape, self.image) {
-            (JsonShape::SageMaker, Some(i)) => (i.width().max(1) as f32, i.height().max(1) as f32),
+        let (width, height) = match (self.options.shape, self.image_size) {
+            (JsonShape::SageMaker, Some((w, h))) => (w.max(1) as f32, h.max(1) as f32),
             _ => (1.0, 1.0),
         };
         boxes
@@ -246,6 +248,7 @@ mod tests {
         Answer {
             output,
             image,
+            image_size: image.map(RgbImage::dimensions),
             options,
             labels,
             is_binary: false,

@@ -30,6 +30,12 @@ pub use config::{Interpolation, PreprocessConfig, ResizeMode};
 pub use decode::{decode, DecodeLimits};
 pub use error::PreprocessError;
 
+/// Whether the JPEG decoder was built with its SIMD code (see `preprocess/jpeg.rs`): `wick
+/// serve` warns at start and `wick bench` says so when it was not.
+pub fn jpeg_decoder_has_simd() -> bool {
+    jpeg::has_simd()
+}
+
 /// How one output axis is filled: output pixels `dst_start .. dst_start + dst_len` come from
 /// the source interval `src_start .. src_start + src_len` (fractional source pixels); the rest
 /// of the axis is padding.

@@ -25,6 +25,10 @@ pub trait Predictor: Send + Sync + 'static {
     fn labels(&self) -> &[String];
     /// One decoded image -> an engine input (runs on the blocking pool).
     fn prepare(&self, image: RgbImage) -> Result<Input, ModelError>;
+    /// As `prepare`, when the caller keeps only the image's size (no picture in the answer).
+    fn prepare_sized(&self, image: RgbImage) -> Result<Input, ModelError> {
+        self.prepare(image)
+    }
     /// One output per `(input, options)` pair, in order (runs on an engine thread).
     fn predict(&self, batch: &[(&Input, &InferenceOptions)]) -> Result<Vec<Output>, ModelError>;
     /// A segmentation model with a single foreground class (label maps as 0/255).
@@ -44,6 +48,10 @@ impl Predictor for Model {
 
     fn prepare(&self, image: RgbImage) -> Result<Input, ModelError> {
         Model::prepare(self, image)
+    }
+
+    fn prepare_sized(&self, image: RgbImage) -> Result<Input, ModelError> {
+        Model::prepare_sized(self, image)
     }
 
     fn predict(&self, batch: &[(&Input, &InferenceOptions)]) -> Result<Vec<Output>, ModelError> {

@@ -40,14 +40,16 @@ const WINDOW_BYTES: usize = 16 << 20;
 /// While a request's later windows wait for room in a full queue, it looks this often.
 const QUEUE_POLL: Duration = Duration::from_millis(5);
 
-/// A record's image (kept for overlays and sizes) and its resolved options.
-type Resolved = (Option<Arc<RgbImage>>, RequestOptions);
+/// A record's image (kept for pictures), its size and its resolved options.
+type Resolved = (Option<Arc<RgbImage>>, Option<(u32, u32)>, RequestOptions);
 
 /// One record ready for the engine.
 struct Prepared {
     input: Input,
-    /// Kept for overlays and image sizes (segmentation and detection).
+    /// Kept for pictures (segmentation, and detection answered with one).
     image: Option<Arc<RgbImage>>,
+    /// The decoded image's `(width, height)` (segmentation and detection).
+    size: Option<(u32, u32)>,
     parameters: RawOptions,
 }
 
@@ -165,7 +167,15 @@ pub(super) async fn handle(
     });
     let window_size = config.max_batch_size.max(2);
     let mut answer = AnswerBody::new(format, parsed.shape, task, predictor.labels().len());
-    let mut next = Some(spawn_window(state, &predictor, parsed.records, window_size));
+    // Pictures are drawn on the decoded image; every other answer needs only its size.
+    let draws_pictures = format.is_image();
+    let mut next = Some(spawn_window(
+        state,
+        &predictor,
+        parsed.records,
+        window_size,
+        draws_pictures,
+    ));
     while let Some(pending) = next.take() {
         let window = pending
             .await
@@ -183,7 +193,7 @@ pub(super) async fn handle(
         // The next window is decoded while this one is in the engine.
         next = window
             .rest
-            .map(|rest| spawn_window(state, &predictor, rest, window_size));
+            .map(|rest| spawn_window(state, &predictor, rest, window_size, draws_pictures));
         add_time(&mut timings.decode, window.decode);
         add_time(&mut timings.preprocess, window.preprocess);
         let is_first = answer.records() == 0;
@@ -214,6 +224,7 @@ fn spawn_window(
     predictor: &Arc<dyn Predictor>,
     records: Records,
     size: usize,
+    draws_pictures: bool,
 ) -> JoinHandle<Result<Window, ApiError>> {
     let state = state.clone();
     let predictor = Arc::clone(predictor);
@@ -226,7 +237,7 @@ fn spawn_window(
             .await
             .map_err(|e| ApiError::Internal(format!("decode permits closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
-            span.in_scope(|| prepare_window(records, size, max_pixels, &*predictor))
+            span.in_scope(|| prepare_window(records, size, max_pixels, draws_pictures, &*predictor))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("preprocessing task failed: {e}")))
@@ -237,6 +248,7 @@ fn prepare_window(
     mut records: Records,
     size: usize,
     max_pixels: u64,
+    draws_pictures: bool,
     predictor: &dyn Predictor,
 ) -> Window {
     let mut raw: Vec<Result<Record, CodecError>> = Vec::with_capacity(size);
@@ -282,14 +294,22 @@ fn prepare_window(
     let started = Instant::now();
     let prepare_one = |decoded: Result<(RgbImage, RawOptions), ApiError>| {
         let (image, parameters) = decoded?;
-        let input = predictor.prepare(image).map_err(model_error)?;
-        let image = match &input {
-            Input::Image(image) => Some(Arc::clone(image)),
-            Input::Tensor(_) | Input::Streamed(_) => None,
+        let size = image.dimensions();
+        let input = if draws_pictures {
+            predictor.prepare(image)
+        } else {
+            predictor.prepare_sized(image)
+        }
+        .map_err(model_error)?;
+        let (image, size) = match &input {
+            Input::Image(image) => (Some(Arc::clone(image)), Some(size)),
+            Input::Letterboxed(_) => (None, Some(size)),
+            Input::Tensor(_) | Input::Streamed(_) => (None, None),
         };
         Ok(Prepared {
             input,
             image,
+            size,
             parameters,
         })
     };
@@ -329,7 +349,7 @@ async fn run_window(
         match resolved {
             Ok((prepared, options)) => {
                 inputs.push((prepared.input, options.inference.clone()));
-                records.push(Ok((prepared.image, options)));
+                records.push(Ok((prepared.image, prepared.size, options)));
             }
             Err(err) if keeps_going(plan) => records.push(Err(err)),
             Err(err) => return Err(in_record(plan, first_index + offset, err)),
@@ -358,13 +378,14 @@ async fn run_window(
         let mut outputs = outputs.iter();
         for record in &records {
             match record {
-                Ok((image, options)) => {
+                Ok((image, image_size, options)) => {
                     let output = outputs.next().ok_or_else(|| {
                         ApiError::Internal("the engine returned too few outputs".into())
                     })?;
                     answer.push(&Answer {
                         output,
                         image: image.as_deref(),
+                        image_size: *image_size,
                         options,
                         labels: predictor.labels(),
                         is_binary: predictor.is_binary(),

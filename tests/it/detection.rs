@@ -604,3 +604,87 @@ fn bad_options_are_rejected_naming_the_field() -> Result<()> {
     assert!(found.iter().all(|d| d.xmax <= 64.0 && d.ymax <= 48.0));
     Ok(())
 }
+
+/// `wick serve` letterboxes a detection request while decoding it unless the answer is a
+/// picture: the JSON boxes must be the library pipeline's, in pixels and as SageMaker's
+/// fractions, and a picture must still be drawn.
+#[test]
+fn a_served_detector_answers_the_pipelines_boxes_as_json_and_draws_them() -> Result<()> {
+    let (_, dir) = tiny_pt_package()?;
+    let jpg = std::fs::read(fixture("coffee.jpg"))?;
+    let image = image::load_from_memory(&jpg)?.to_rgb8();
+    let (w, h) = (image.width() as f64, image.height() as f64);
+    let options = DetectOptions {
+        threshold: 0.0,
+        iou: 0.45,
+        max_detections: 5,
+        classes: None,
+    };
+    let want = Detector::load(dir.path())?.detect(&image, &options)?;
+    assert_eq!(want.len(), 5, "the test needs boxes to compare");
+
+    let server = crate::serve_process::Server::start(dir.path(), &[])?;
+    server.wait_ready()?;
+    let mut connection = crate::http::Connection::open(server.addr)?;
+    let attributes = "threshold=0;max_detections=5;format=sagemaker";
+    let reply = connection.send(
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "image/jpeg"),
+            ("X-Amzn-SageMaker-Custom-Attributes", attributes),
+        ],
+        &jpg,
+    )?;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let rows = reply.json()?["prediction"].clone();
+    let rows = rows.as_array().context("a prediction list")?;
+    assert_eq!(rows.len(), want.len());
+    for (row, d) in rows.iter().zip(&want) {
+        let got: Vec<f64> = row
+            .as_array()
+            .context("a row")?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        let expected = [
+            d.class_id as f64,
+            f64::from(d.score),
+            f64::from(d.xmin) / w,
+            f64::from(d.ymin) / h,
+            f64::from(d.xmax) / w,
+            f64::from(d.ymax) / h,
+        ];
+        assert_eq!(got.len(), 6, "{row}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+        }
+    }
+
+    let reply = connection.send(
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "image/jpeg"),
+            ("Accept", "image/jpeg"),
+            (
+                "X-Amzn-SageMaker-Custom-Attributes",
+                "threshold=0;max_detections=5",
+            ),
+        ],
+        &jpg,
+    )?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), "image/jpeg");
+    let drawn = image::load_from_memory(&reply.body)?;
+    assert_eq!(
+        (drawn.width(), drawn.height()),
+        (image.width(), image.height())
+    );
+    Ok(())
+}

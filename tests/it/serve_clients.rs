@@ -39,7 +39,7 @@ impl Predictor for BrightClassifier {
             .map(|(input, options)| {
                 let mean = match input {
                     Input::Tensor(t) => t[0],
-                    Input::Image(_) | Input::Streamed(_) => 0.0,
+                    Input::Image(_) | Input::Letterboxed(_) | Input::Streamed(_) => 0.0,
                 };
                 let (first, second) = if mean > 0.5 { (1, 0) } else { (0, 1) };
                 let classes = [(first, 0.75), (second, 0.25)]

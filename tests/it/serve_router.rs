@@ -44,7 +44,7 @@ impl Predictor for FakeModel {
             .map(|(input, options)| {
                 let m = match input {
                     Input::Tensor(t) => t[0],
-                    Input::Image(_) | Input::Streamed(_) => 0.0,
+                    Input::Image(_) | Input::Letterboxed(_) | Input::Streamed(_) => 0.0,
                 };
                 assert!(m < 0.99, "fake model: white image");
                 let ((a, a_id), (b, b_id)) = if m > 0.5 {

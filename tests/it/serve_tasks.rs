@@ -33,7 +33,7 @@ struct BrightDetector {
 fn image_of(input: &Input) -> Result<&RgbImage, ModelError> {
     match input {
         Input::Image(image) => Ok(image),
-        Input::Tensor(_) | Input::Streamed(_) => {
+        Input::Tensor(_) | Input::Letterboxed(_) | Input::Streamed(_) => {
             Err(ModelError::Unsupported("fake: expected an image".into()))
         }
     }

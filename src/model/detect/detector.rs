@@ -11,7 +11,7 @@ use image::RgbImage;
 use super::darknet::cfg::package_cfg;
 use super::darknet::weights::load_weights;
 use super::labels::COCO;
-use super::letterbox::draw;
+use super::letterbox::{self, Placement};
 use super::network::{DetectionArgs, DetectionNetwork};
 use super::nms::suppress;
 use super::registry;
@@ -170,12 +170,37 @@ impl Detector {
         options: &DetectOptions,
     ) -> Result<Vec<Detection>, ModelError> {
         validate(options, self.labels.len())?;
+        self.detect_letterboxed(&self.letterbox(image), options)
+    }
+
+    /// The first step of [`Detector::detect`] on its own: `wick serve` runs it while decoding
+    /// a request, so a queued request holds the small 8-bit letterbox instead of its photo.
+    pub fn letterbox(&self, image: &RgbImage) -> Letterboxed {
         let original = (image.height() as usize, image.width() as usize);
         let (placement, pad) = self
             .network
             .placement(original, self.input_size, self.letterbox);
+        Letterboxed {
+            resized: letterbox::resize(image, &placement),
+            placement,
+            pad,
+        }
+    }
+
+    /// [`Detector::detect`] from the letterbox of [`Detector::letterbox`].
+    pub fn detect_letterboxed(
+        &self,
+        input: &Letterboxed,
+        options: &DetectOptions,
+    ) -> Result<Vec<Detection>, ModelError> {
+        validate(options, self.labels.len())?;
+        let Letterboxed {
+            resized,
+            placement,
+            pad,
+        } = input;
         let (h, w) = placement.canvas;
-        let pixels = draw(image, &placement, pad);
+        let pixels = letterbox::canvas(resized, placement, *pad);
         let batch = Tensor::from_vec(pixels, (1, 3, h, w), &Device::Cpu)?;
         let raw = self.raw_output(&batch)?;
         let candidates = self.network.candidates(&raw, options.threshold, (h, w))?;
@@ -201,6 +226,23 @@ impl Detector {
                 }
             })
             .collect())
+    }
+}
+
+/// An image letterboxed for a detector, before the network: its pixels resized (8-bit RGB),
+/// where they go on the canvas and the padding around them.
+#[derive(Debug, Clone)]
+pub struct Letterboxed {
+    resized: Vec<u8>,
+    placement: Placement,
+    pad: f32,
+}
+
+impl Letterboxed {
+    /// The original image's `(width, height)`.
+    pub fn original_size(&self) -> (u32, u32) {
+        let (h, w) = self.placement.original;
+        (w as u32, h as u32)
     }
 }
 
@@ -268,4 +310,31 @@ fn resolve_labels(
         )));
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letterbox_made_ahead_gives_the_boxes_of_the_whole_pipeline() {
+        let detector = Detector::synthetic("yolov8n").expect("a synthetic YOLOv8n");
+        // Not a multiple of the stride either way, so the placement pads both sides.
+        let image = RgbImage::from_fn(451, 300, |x, y| {
+            image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+        });
+        let options = DetectOptions {
+            threshold: 0.01,
+            ..DetectOptions::default()
+        };
+        let whole = detector.detect(&image, &options).expect("detects");
+        let letterboxed = detector.letterbox(&image);
+        assert_eq!(letterboxed.original_size(), (451, 300));
+        drop(image);
+        let ahead = detector
+            .detect_letterboxed(&letterboxed, &options)
+            .expect("detects");
+        assert!(!whole.is_empty(), "the test needs boxes to compare");
+        assert_eq!(whole, ahead);
+    }
 }

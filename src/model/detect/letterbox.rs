@@ -88,14 +88,29 @@ fn fit((h, w): (usize, usize), target: (usize, usize)) -> (usize, usize) {
 /// in [0, 1] (`3 * h * w` values for a canvas `(h, w)`, channel-major, ready for an
 /// `(1, 3, h, w)` tensor). The resized pixels are 8-bit, as in ultralytics, divided by 255.
 pub fn draw(image: &RgbImage, placement: &Placement, pad: f32) -> Vec<f32> {
+    canvas(&resize(image, placement), placement, pad)
+}
+
+/// The image resized to `placement.resized`, 8-bit interleaved RGB: what a detector keeps of a
+/// request while it waits for the network (a 1920x1080 photo's 6.2 MB become 0.7 MB at 640).
+pub fn resize(image: &RgbImage, placement: &Placement) -> Vec<u8> {
     let (src_w, src_h) = (image.width() as usize, image.height() as usize);
+    let (new_h, new_w) = placement.resized;
+    if src_w == 0 || src_h == 0 {
+        return Vec::new();
+    }
+    resize_linear_rgb(image.as_raw(), (src_w, src_h), (new_w, new_h))
+}
+
+/// [`resize`]'s pixels on the canvas, as [`draw`] gives them. An empty `resized` (an image
+/// with no pixels) leaves the canvas all padding.
+pub fn canvas(resized: &[u8], placement: &Placement, pad: f32) -> Vec<f32> {
     let (new_h, new_w) = placement.resized;
     let (ch, cw) = placement.canvas;
     let mut out = vec![pad; 3 * ch * cw];
-    if src_w == 0 || src_h == 0 {
+    if resized.len() != 3 * new_h * new_w {
         return out;
     }
-    let resized = resize_linear_rgb(image.as_raw(), (src_w, src_h), (new_w, new_h));
     let plane = ch * cw;
     for (y, row) in resized.chunks_exact(new_w * 3).enumerate() {
         let start = (y + placement.pad_top) * cw + placement.pad_left;

@@ -20,4 +20,4 @@ pub(crate) mod ultralytics_detect;
 pub(crate) mod yolo11;
 pub(crate) mod yolov8;
 
-pub use detector::Detector;
+pub use detector::{Detector, Letterboxed};

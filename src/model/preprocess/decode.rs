@@ -267,6 +267,17 @@ mod tests {
         })
     }
 
+    #[test]
+    fn jpegs_are_decoded_by_libjpeg_turbos_simd_code() {
+        // Built without nasm, the decoder silently falls back to C and every JPEG request
+        // pays about twice the decode time; CI must catch such a build.
+        assert!(
+            crate::model::preprocess::jpeg_decoder_has_simd(),
+            "libjpeg-turbo was built without its SIMD code: install nasm and rebuild mozjpeg-sys \
+             (`cargo clean -p mozjpeg-sys`)"
+        );
+    }
+
     fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
         image.write_to(&mut out, format).unwrap();
