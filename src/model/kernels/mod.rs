@@ -42,6 +42,7 @@ pub use layout::nchw_to_nhwc;
 pub use pool::{avg_pool_2x2, global_avg_pool, max_pool};
 pub(crate) use resize::resize_bilinear_new;
 pub use resize::{resize_bilinear, ResizeAxis};
+pub(crate) use simd::exp_slice;
 pub use upsample::upsample_nearest;
 
 /// A new kernel output that the kernel overwrites completely, so it is never zero-filled.

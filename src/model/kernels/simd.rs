@@ -359,6 +359,32 @@ pub(crate) fn activate_slice(activation: Activation, xs: &mut [f32]) {
     }
 }
 
+/// `e^x` in place for every value, with the widest vectors this CPU has (within 2 ulp; see
+/// [`Simd::exp`]).
+pub(crate) fn exp_slice(xs: &mut [f32]) {
+    match Isa::detect() {
+        // SAFETY: `Isa::detect` saw the instruction set on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { exp_with_avx512(xs) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { exp_with_avx2(xs) },
+        _ => xs.iter_mut().for_each(|x| *x = x.exp()),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_with_avx512(xs: &mut [f32]) {
+    map_with::<Avx512>(xs, |v| Avx512::exp(v))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_with_avx2(xs: &mut [f32]) {
+    map_with::<Avx2>(xs, |v| Avx2::exp(v))
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn activate_avx512(activation: Activation, xs: &mut [f32]) {
@@ -373,16 +399,21 @@ unsafe fn activate_avx2(activation: Activation, xs: &mut [f32]) {
 
 #[inline(always)]
 unsafe fn activate_with<S: Simd>(activation: Activation, xs: &mut [f32]) {
+    map_with::<S>(xs, |v| S::activate(activation, v))
+}
+
+/// `f` over the slice a vector at a time, the tail with a partial vector.
+#[inline(always)]
+unsafe fn map_with<S: Simd>(xs: &mut [f32], f: impl Fn(S::V) -> S::V) {
     let mut chunks = xs.chunks_exact_mut(S::LANES);
     for chunk in &mut chunks {
         let p = chunk.as_mut_ptr();
-        S::store(p, S::activate(activation, S::load(p)));
+        S::store(p, f(S::load(p)));
     }
     let tail = chunks.into_remainder();
     if !tail.is_empty() {
         let p = tail.as_mut_ptr();
-        let v = S::activate(activation, S::load_partial(p, tail.len()));
-        S::store_partial(p, v, tail.len());
+        S::store_partial(p, f(S::load_partial(p, tail.len())), tail.len());
     }
 }
 
