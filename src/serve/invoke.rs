@@ -294,7 +294,6 @@ fn prepare_window(
     let started = Instant::now();
     let prepare_one = |decoded: Result<(RgbImage, RawOptions), ApiError>| {
         let (image, parameters) = decoded?;
-        let size = image.dimensions();
         let input = if draws_pictures {
             predictor.prepare(image)
         } else {
@@ -302,8 +301,8 @@ fn prepare_window(
         }
         .map_err(model_error)?;
         let (image, size) = match &input {
-            Input::Image(image) => (Some(Arc::clone(image)), Some(size)),
-            Input::Letterboxed(_) => (None, Some(size)),
+            Input::Image(image) => (Some(Arc::clone(image)), Some(image.dimensions())),
+            Input::Letterboxed(letterboxed) => (None, Some(letterboxed.original_size())),
             Input::Tensor(_) | Input::Streamed(_) => (None, None),
         };
         Ok(Prepared {

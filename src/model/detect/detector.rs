@@ -169,7 +169,6 @@ impl Detector {
         image: &RgbImage,
         options: &DetectOptions,
     ) -> Result<Vec<Detection>, ModelError> {
-        validate(options, self.labels.len())?;
         self.detect_letterboxed(&self.letterbox(image), options)
     }
 

@@ -165,15 +165,10 @@ impl Head {
             let (_, h, w, _) = f.dims4()?;
             let mut boxes = run(&self.boxes[level])?;
             let mut classes = run(&self.classes[level])?;
-            // The exponentials a vector at a time (they were a tenth of YOLOv8n's batch-1 time
-            // one by one, on one core): the class sigmoids, and each side's bins shifted by
-            // their maximum, then exponentiated, for the DFL softmax.
+            // The exponentials a vector at a time: one `expf` each, on the one core that runs
+            // this, they were 4.6% of YOLOv8n's batch-1 CPU samples (docs/performance.md).
             Activation::Sigmoid.apply(&mut classes);
-            for bins in boxes.chunks_exact_mut(reg_max) {
-                let max = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                bins.iter_mut().for_each(|b| *b -= max);
-            }
-            exp_slice(&mut boxes);
+            dfl_exps(&mut boxes, reg_max);
             levels.push(Level {
                 h,
                 w,
@@ -224,8 +219,17 @@ struct Level {
     classes: Vec<f32>,
 }
 
-/// The expected distance of one box side from its bins' `exp(logit - max)`: the softmax's
-/// mean of the DFL weights.
+/// Each box side's `reg_max` bins as `exp(logit - max)`, the numerators of the DFL softmax.
+fn dfl_exps(boxes: &mut [f32], reg_max: usize) {
+    for bins in boxes.chunks_exact_mut(reg_max) {
+        let max = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        bins.iter_mut().for_each(|b| *b -= max);
+    }
+    exp_slice(boxes);
+}
+
+/// The expected distance of one box side from its bins' [`dfl_exps`]: the softmax's mean of
+/// the DFL weights.
 fn weighted_mean(exps: &[f32], weights: &[f32]) -> f32 {
     let sum: f32 = exps.iter().sum();
     exps.iter().zip(weights).map(|(p, w)| p * w).sum::<f32>() / sum
@@ -234,9 +238,8 @@ fn weighted_mean(exps: &[f32], weights: &[f32]) -> f32 {
 /// The expected distance of one box side: softmax over the bins, weighted by the DFL weights.
 #[cfg(test)]
 fn dfl_expectation(logits: &[f32], weights: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut exps: Vec<f32> = logits.iter().map(|l| l - max).collect();
-    exp_slice(&mut exps);
+    let mut exps = logits.to_vec();
+    dfl_exps(&mut exps, logits.len());
     weighted_mean(&exps, weights)
 }
 
