@@ -93,23 +93,30 @@ impl PackedWeights {
     /// Packs a row-major `k x n` matrix for this CPU, or `None` where no vector kernel runs
     /// (the caller keeps its portable path).
     pub(crate) fn pack(k: usize, n: usize, weight: &[f32]) -> Option<Self> {
-        let isa = Isa::detect();
-        if isa == Isa::Portable || k == 0 || n == 0 {
-            return None;
-        }
+        let mut packed = Self::zeroed(k, n)?;
         assert_eq!(weight.len(), k * n, "weight is k x n");
-        let shape = Shape::choose(isa, n);
-        let nr = shape.nr();
-        let panels = n.div_ceil(nr);
-        let mut lines = vec![Line::default(); (panels * k * nr).div_ceil(16)];
-        let flat: &mut [f32] = bytemuck_lines(&mut lines);
-        for p in 0..panels {
+        let nr = packed.shape.nr();
+        let flat: &mut [f32] = bytemuck_lines(&mut packed.lines);
+        for p in 0..n.div_ceil(nr) {
             let cols = (n - p * nr).min(nr);
             for row in 0..k {
                 let dst = &mut flat[(p * k + row) * nr..][..cols];
                 dst.copy_from_slice(&weight[row * n + p * nr..][..cols]);
             }
         }
+        Some(packed)
+    }
+
+    /// A `k x n` matrix of zeros packed for this CPU, to be filled through [`Self::as_mut_ptr`];
+    /// `None` as [`Self::pack`].
+    pub(crate) fn zeroed(k: usize, n: usize) -> Option<Self> {
+        let isa = Isa::detect();
+        if isa == Isa::Portable || k == 0 || n == 0 {
+            return None;
+        }
+        let shape = Shape::choose(isa, n);
+        let nr = shape.nr();
+        let lines = vec![Line::default(); (n.div_ceil(nr) * k * nr).div_ceil(16)];
         Some(PackedWeights {
             k,
             n,
@@ -117,6 +124,35 @@ impl PackedWeights {
             lines,
             winograd: OnceLock::new(),
         })
+    }
+
+    /// Columns per panel: from [`Self::offset`]`(row, col)` on, the values of row `row` run
+    /// contiguously to the panel's end (zeros past column `n`).
+    pub(crate) fn panel_width(&self) -> usize {
+        self.shape.nr()
+    }
+
+    /// Where value `(row, col)` lies, from [`Self::as_ptr`]. Row `row + r` of the same
+    /// column lies `r * panel_width()` further.
+    pub(crate) fn offset(&self, row: usize, col: usize) -> usize {
+        assert!(
+            row < self.k && col < self.n,
+            "({row}, {col}) in a {}x{}",
+            self.k,
+            self.n
+        );
+        let nr = self.shape.nr();
+        ((col / nr) * self.k + row) * nr + col % nr
+    }
+
+    /// The packed values (panels, each `k` rows of [`Self::panel_width`]).
+    pub(crate) fn as_ptr(&self) -> *const f32 {
+        bytemuck_lines_ref(&self.lines).as_ptr()
+    }
+
+    /// The packed values, to fill a [`Self::zeroed`] matrix.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
+        bytemuck_lines(&mut self.lines).as_mut_ptr()
     }
 
     /// A copy whose reduction row `r` is multiplied by `factors[r % factors.len()]`: with one
