@@ -346,17 +346,19 @@ pub(super) unsafe fn run_packed(
             (shape.c, c_out),
         )
     {
-        if winograd::streams(shape.c, c_out) {
-            // SAFETY: as below; `winograd::run_streamed` writes the same rows.
-            unsafe {
-                winograd::run_streamed(input, shape, res, geometry.dilation, packed, &target)
-            };
-            return;
-        }
-        if let Some(transformed) = packed.winograd(shape.c) {
-            // SAFETY: as below; `winograd::run` writes the same rows.
-            unsafe { winograd::run(input, shape, res, geometry.dilation, transformed, &target) };
-            return;
+        let dilation = geometry.dilation;
+        match packed.winograd(shape.c) {
+            Some(winograd::Filters::Kept(transformed)) => {
+                // SAFETY: as below; `winograd::run` writes the same rows.
+                unsafe { winograd::run(input, shape, res, dilation, transformed, &target) };
+                return;
+            }
+            Some(winograd::Filters::Streamed) => {
+                // SAFETY: as below; `winograd::run_streamed` writes the same rows.
+                unsafe { winograd::run_streamed(input, shape, res, dilation, packed, &target) };
+                return;
+            }
+            None => {}
         }
     }
     let rows = Rows::new(input, shape, *geometry, res);

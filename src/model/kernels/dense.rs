@@ -26,7 +26,7 @@ use super::conv::Resolved;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Simd};
-use super::winograd::WinogradWeights;
+use super::winograd::Filters;
 use super::{team, Activation, ConvGeometry, Nhwc, SendPtr};
 use std::sync::OnceLock;
 
@@ -52,9 +52,10 @@ pub(crate) struct PackedWeights {
     n: usize,
     shape: Shape,
     lines: Vec<Line>,
-    /// A 3x3 layer's filters for [`winograd`](super::winograd), built on first use: they
-    /// are 4x the size of these, and only layers with large maps use them.
-    winograd: OnceLock<Option<Box<WinogradWeights>>>,
+    /// How a 3x3 layer runs [`winograd`](super::winograd), decided on its first Winograd
+    /// call: its transformed filters are 4x the size of these, and only layers with large
+    /// maps use them.
+    winograd: OnceLock<Filters>,
 }
 
 /// Register tile of one kernel instantiation: `mr` output pixels x `nv` vectors of channels.
@@ -187,15 +188,14 @@ impl PackedWeights {
         self.shape.isa
     }
 
-    /// These weights as the 3x3 filters over `c_in` channels they are, in Winograd's
-    /// transform domain (built on the first call).
-    pub(crate) fn winograd(&self, c_in: usize) -> Option<&WinogradWeights> {
+    /// These weights as the 3x3 filters over `c_in` channels they are, for Winograd: kept in
+    /// its transform domain or made per call (decided on the first call, see
+    /// [`Filters::new`]); `None` when they are not a 3x3 layer's over `c_in` channels.
+    pub(crate) fn winograd(&self, c_in: usize) -> Option<&Filters> {
         if self.k != 9 * c_in {
             return None;
         }
-        self.winograd
-            .get_or_init(|| WinogradWeights::new(&self.unpack(), c_in, self.n).map(Box::new))
-            .as_deref()
+        Some(self.winograd.get_or_init(|| Filters::new(self, c_in)))
     }
 
     /// Reduction length and output channels: the matrix is `k x n`.

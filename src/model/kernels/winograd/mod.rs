@@ -17,12 +17,11 @@
 //! - [`cached`]: built once per layer on first use and kept, for layers whose `U` is small
 //!   (few channels, large maps: ResNet's first stages). Chunks of tiles go through all three
 //!   steps on one thread while their transformed data stays in its cache.
-//! - [`streamed`]: for layers with the most channels (ResNet's last stage: 207 MB of `U` for
-//!   DeepLabV3+ ResNet-34's layer4 at 512x512), `U` is made per call, a block of output
-//!   channels at a time on the thread that multiplies with it, from the packed 3x3 weights
-//!   the direct kernel holds anyway; the transformed input is shared by the blocks. Making
-//!   `U` is not free (17-22 ns per channel pair and call, most of it writing 36 values per
-//!   pair out to L3), so layers whose `U` is moderate keep it: see [`MAX_CACHED_BYTES`].
+//! - [`streamed`]: `U` made per call, a block of output channels at a time on the thread that
+//!   multiplies with it, from the packed 3x3 weights the direct kernel holds anyway; the
+//!   transformed input is shared by the blocks. Slower than reading kept filters, so only
+//!   layers past a per-process budget of kept filters take it ([`Filters::new`]): the last,
+//!   widest layers of a network whose filters would not fit (DeepLabV3+ ResNet-34's layer4).
 //!
 //! ONNX Runtime's CPU kernels (MLAS) have no Winograd path for f32.
 //!
@@ -40,7 +39,10 @@ mod transform;
 pub(crate) use cached::{run, WinogradWeights};
 pub(crate) use streamed::run as run_streamed;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::conv::Resolved;
+use super::dense::PackedWeights;
 use super::{team, Nhwc};
 
 /// Outputs per tile side.
@@ -177,30 +179,76 @@ pub(crate) fn pays_off(
         && 10 * outputs >= 6 * TILE * TILE * tiles
 }
 
-/// Whether a layer of `c_in x c_out` channels makes its transformed filters per call
-/// ([`run_streamed`]) instead of keeping them ([`run`]): when they would take more than
-/// [`MAX_CACHED_BYTES`], unless `WICK_WINOGRAD=cached`.
-pub(crate) fn streams(c_in: usize, c_out: usize) -> bool {
-    mode() == Mode::Auto && POINTS * c_in * c_out * size_of::<f32>() > MAX_CACHED_BYTES
+/// How a 3x3 layer runs Winograd, decided on its first Winograd call.
+pub(crate) enum Filters {
+    /// Its transformed filters, kept.
+    Kept(Box<WinogradWeights>),
+    /// Made per call from the packed 3x3 weights ([`run_streamed`]).
+    Streamed,
 }
 
-/// Transformed filters a layer keeps: 9.4 MB, 256 channels in and out (a 512x512 layer's are
-/// 38 MB). Streaming every layer over 3 MB cost DeepLabV3+ ResNet-50 at 512 about 9% of its
-/// time (eight layers), against none for ResNet-34 (whose 3x3 layers had gained as much from
-/// not reading `U` from memory); only the largest layers stream.
-const MAX_CACHED_BYTES: usize = 16 << 20;
+impl Filters {
+    /// Keeps the layer's transformed filters while the process's kept filters stay within
+    /// [`KEPT_BYTES`] (in the order layers first take this path: a network's first layers
+    /// keep theirs, its last and widest stream), every layer's with `WICK_WINOGRAD=cached`,
+    /// none with `WICK_WINOGRAD=streamed`.
+    pub(crate) fn new(filters: &PackedWeights, c_in: usize) -> Self {
+        let (_, c_out) = filters.dims();
+        let bytes = POINTS * c_in * c_out * size_of::<f32>();
+        let kept = match mode() {
+            Mode::Cached => true,
+            Mode::Streamed => false,
+            Mode::Auto | Mode::Off => KEPT.claim(bytes, KEPT_BYTES),
+        };
+        if !kept {
+            return Filters::Streamed;
+        }
+        match WinogradWeights::new(&filters.unpack(), c_in, c_out) {
+            Some(weights) => Filters::Kept(Box::new(weights)),
+            None => Filters::Streamed,
+        }
+    }
+}
+
+/// Transformed filters a process keeps. Kept filters are read from memory on every call;
+/// made per call they cost 17-22 ns per channel pair (most of it writing 36 values per pair
+/// out to L3), and at the 64 tiles of a 512-channel layer at 512x512 that is slower: in one
+/// sitting (19:08 UTC) DeepLabV3+ ResNet-50 took 0.97x ONNX Runtime's time with every filter
+/// kept and 1.15x with its 512-channel layers' made per call, ResNet-34 0.67x and 0.80x. But
+/// kept, ResNet-34's are 345 MB (its server's peak RSS 1.27x ONNX Runtime's). 176 MB keeps
+/// all of DeepLabV3+ ResNet-50's at 512 (169 MB), all but one layer of DeepLabV3 ResNet-50's,
+/// and ResNet-34's up to its layer4's first convolution (143 MB; the five after it stream).
+const KEPT_BYTES: usize = 176 << 20;
+
+static KEPT: Budget = Budget(AtomicUsize::new(0));
+
+/// Bytes handed out against a limit.
+struct Budget(AtomicUsize);
+
+impl Budget {
+    /// Takes `bytes` if the total stays within `limit`; a refusal takes nothing.
+    fn claim(&self, bytes: usize, limit: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+}
 
 /// Below this many channels in or out, the transforms cost about what the products save
 /// (YOLOv8n's 16-channel layers at 160x160: 1.1x the direct kernel's time; 32 channels at
 /// 80x80: 0.9x).
 const MIN_CHANNELS: usize = 32;
 
-/// `WICK_WINOGRAD`: `0` turns the path off and `cached` keeps every layer's transformed
-/// filters (to time the direct kernel, or the cached one, in the same build).
+/// `WICK_WINOGRAD`: `0` turns the path off, `cached` keeps every layer's transformed filters
+/// and `streamed` none (to time the direct kernel, or either way of holding filters, in the
+/// same build).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Off,
     Cached,
+    Streamed,
     Auto,
 }
 
@@ -209,6 +257,7 @@ fn mode() -> Mode {
     *MODE.get_or_init(|| match std::env::var("WICK_WINOGRAD").as_deref() {
         Ok("0") => Mode::Off,
         Ok("cached") => Mode::Cached,
+        Ok("streamed") => Mode::Streamed,
         _ => Mode::Auto,
     })
 }

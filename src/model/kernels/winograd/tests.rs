@@ -91,11 +91,17 @@ fn streams_blocks_of_channels_over_groups_of_tiles() {
 }
 
 #[test]
-fn keeps_only_small_layers_filters() {
-    assert!(!streams(128, 128), "2.4 MB is kept");
-    assert!(!streams(256, 256), "9.4 MB is kept");
-    assert!(streams(256, 512), "19 MB is made per call");
-    assert!(streams(512, 512), "38 MB");
+fn keeps_filters_until_the_budget_is_spent() {
+    let budget = Budget(AtomicUsize::new(0));
+    let layer = POINTS * 512 * 512 * size_of::<f32>(); // 38 MB
+    assert!(budget.claim(layer, KEPT_BYTES));
+    assert!(budget.claim(3 * layer, KEPT_BYTES), "four layers: 151 MB");
+    assert!(
+        !budget.claim(layer, KEPT_BYTES),
+        "a fifth would pass 176 MB"
+    );
+    let small = POINTS * 128 * 128 * size_of::<f32>(); // 2.4 MB
+    assert!(budget.claim(small, KEPT_BYTES), "a refusal takes nothing");
 }
 
 fn three_by_three(padding: usize, dilation: usize) -> ConvGeometry {
