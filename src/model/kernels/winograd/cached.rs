@@ -56,6 +56,11 @@ impl WinogradWeights {
             zeros: vec![0.0; c_out],
         })
     }
+
+    /// What these filters were claimed as against the kept-filter budget.
+    pub(crate) fn bytes(&self) -> usize {
+        POINTS * self.c_in * self.c_out * size_of::<f32>()
+    }
 }
 
 thread_local! {

@@ -196,7 +196,7 @@ impl Filters {
         let (_, c_out) = filters.dims();
         let bytes = POINTS * c_in * c_out * size_of::<f32>();
         let kept = match mode() {
-            Mode::Cached => true,
+            Mode::Cached => KEPT.claim(bytes, usize::MAX),
             Mode::Streamed => false,
             Mode::Auto | Mode::Off => KEPT.claim(bytes, KEPT_BYTES),
         };
@@ -205,7 +205,20 @@ impl Filters {
         }
         match WinogradWeights::new(&filters.unpack(), c_in, c_out) {
             Some(weights) => Filters::Kept(Box::new(weights)),
-            None => Filters::Streamed,
+            None => {
+                KEPT.release(bytes);
+                Filters::Streamed
+            }
+        }
+    }
+}
+
+/// A dropped model's kept filters go back to the budget (a test process or `wick bench`
+/// loads many models; each is decided as if it were alone).
+impl Drop for Filters {
+    fn drop(&mut self) {
+        if let Filters::Kept(weights) = self {
+            KEPT.release(weights.bytes());
         }
     }
 }
@@ -233,6 +246,11 @@ impl Budget {
                 used.checked_add(bytes).filter(|&total| total <= limit)
             })
             .is_ok()
+    }
+
+    /// Gives back `bytes` claimed before.
+    fn release(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 

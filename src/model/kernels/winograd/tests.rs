@@ -102,6 +102,11 @@ fn keeps_filters_until_the_budget_is_spent() {
     );
     let small = POINTS * 128 * 128 * size_of::<f32>(); // 2.4 MB
     assert!(budget.claim(small, KEPT_BYTES), "a refusal takes nothing");
+    budget.release(layer);
+    assert!(
+        budget.claim(layer, KEPT_BYTES),
+        "released bytes are claimed again"
+    );
 }
 
 fn three_by_three(padding: usize, dilation: usize) -> ConvGeometry {
