@@ -88,11 +88,7 @@ pub(crate) unsafe fn run(
         weights.c_out,
         "one bias per output channel"
     );
-    let rows = shape.n * res.out_h * res.out_w;
-    if let Some(residual) = target.residual {
-        assert!(residual.len() >= rows * weights.c_out, "residual too short");
-    }
-    let plan = Plan::new(input, shape, res, dilation, weights.c_out);
+    let plan = Plan::new(input, shape, res, dilation, target);
     let tiles = plan.tiles();
     let chunk = chunk_tiles(weights.c_in, weights.c_out, tiles);
     let chunks = tiles.div_ceil(chunk);

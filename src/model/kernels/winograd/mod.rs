@@ -42,7 +42,7 @@ pub(crate) use streamed::run as run_streamed;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::conv::Resolved;
-use super::dense::PackedWeights;
+use super::dense::{PackedWeights, Target};
 use super::{team, Nhwc};
 
 /// Outputs per tile side.
@@ -100,14 +100,21 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// The tiles writing `target` (its bias gives the output channels), after checking that
+    /// the input and the residual hold every value the layer reads.
     fn new(
         input: &'a [f32],
         shape: Nhwc,
         res: Resolved,
         dilation: (usize, usize),
-        c_out: usize,
+        target: &Target<'_>,
     ) -> Self {
         assert!(input.len() >= shape.len(), "input holds the whole shape");
+        let c_out = target.bias.len();
+        if let Some(residual) = target.residual {
+            let rows = shape.n * res.out_h * res.out_w;
+            assert!(residual.len() >= rows * c_out, "residual too short");
+        }
         Plan {
             input,
             shape,

@@ -111,20 +111,19 @@ pub(crate) unsafe fn run(
     filters: &PackedWeights,
     target: &Target<'_>,
 ) {
-    let groups = Groups {
-        max_group_bytes: MAX_GROUP_BYTES,
-    };
-    run_grouped(input, shape, res, dilation, filters, target, groups);
+    run_grouped(
+        input,
+        shape,
+        res,
+        dilation,
+        filters,
+        target,
+        MAX_GROUP_BYTES,
+    );
 }
 
-/// How tiles are grouped (a parameter so that tests can make several groups of a small map).
-#[derive(Clone, Copy)]
-pub(super) struct Groups {
-    /// Transformed input a group may take.
-    pub(super) max_group_bytes: usize,
-}
-
-/// [`run`] with tiles grouped as `groups` says.
+/// [`run`] with groups of tiles whose transformed input takes at most `max_group_bytes` (a
+/// parameter so that tests can make several groups of a small map).
 ///
 /// # Safety
 /// As [`run`].
@@ -135,19 +134,15 @@ pub(super) unsafe fn run_grouped(
     dilation: (usize, usize),
     filters: &PackedWeights,
     target: &Target<'_>,
-    groups: Groups,
+    max_group_bytes: usize,
 ) {
     let (k, c_out) = filters.dims();
     let c_in = shape.c;
     assert_eq!(k, 9 * c_in, "3x3 filters over the input's channels");
     assert_eq!(target.bias.len(), c_out, "one bias per output channel");
-    if let Some(residual) = target.residual {
-        let rows = shape.n * res.out_h * res.out_w;
-        assert!(residual.len() >= rows * c_out, "residual too short");
-    }
-    let plan = Plan::new(input, shape, res, dilation, c_out);
+    let plan = Plan::new(input, shape, res, dilation, target);
     let tiles = plan.tiles();
-    let groups = (POINTS * tiles * c_in * size_of::<f32>()).div_ceil(groups.max_group_bytes);
+    let groups = (POINTS * tiles * c_in * size_of::<f32>()).div_ceil(max_group_bytes);
     let blocks = Blocks::new(filters.panel_width(), c_out, team::threads());
     let out = SendPtr(target.data);
     INPUT.with(|buffer| {

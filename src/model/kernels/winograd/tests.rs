@@ -39,8 +39,8 @@ fn check_grouped(
         // SAFETY: `out` holds every row at `stride`; nothing aliases it.
         unsafe {
             if streamed {
-                let groups = streamed::Groups { max_group_bytes };
-                streamed::run_grouped(input, shape, layer.res, dilation, &filters, &target, groups);
+                let (res, bytes) = (layer.res, max_group_bytes);
+                streamed::run_grouped(input, shape, res, dilation, &filters, &target, bytes);
             } else {
                 run(input, shape, layer.res, dilation, &weights, &target);
             }
