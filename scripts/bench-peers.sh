@@ -8,11 +8,11 @@
 # Usage: scripts/bench-peers.sh [--only NAME[,NAME...]] [--rounds R] [--iterations N]
 #                               [--iterations-large M] [--wick PATH] [--json OUT]
 #   --only               networks (default all): efficientnet_lite0 resnet50 mobilenet_v2
-#                        densenet121 efficientnet_b0 efficientnet_v2_s vit_base_patch16_224
-#                        deit_small_patch16_224 convnext_tiny (224, batch 1 and 8),
-#                        deeplabv3plus_resnet50 deeplabv3plus_resnet34 unet_resnet34
-#                        unet_efficientnet_b0 deeplabv3_resnet50 lraspp_mobilenet_v3_large
-#                        segformer_b0 segformer_b2 (512), yolov8n
+#                        mobilenet_v3_large densenet121 efficientnet_b0 efficientnet_v2_s
+#                        vit_base_patch16_224 deit_small_patch16_224 convnext_tiny (224, batch
+#                        1 and 8), deeplabv3plus_resnet50 deeplabv3plus_resnet34 unet_resnet34
+#                        unet_efficientnet_b0 fpn_resnet34 deeplabv3_resnet50
+#                        lraspp_mobilenet_v3_large segformer_b0 segformer_b2 (512), yolov8n
 #                        yolov8s yolo11n yolo11s (640)
 #   --rounds R           interleaved rounds per row (default 3)
 #   --iterations N       timed iterations per run at 224 (default 20)
@@ -37,9 +37,9 @@ usage() {
     exit "${1:-0}"
 }
 
-all_names=(efficientnet_lite0 resnet50 mobilenet_v2 densenet121 efficientnet_b0 efficientnet_v2_s
-    vit_base_patch16_224 deit_small_patch16_224 convnext_tiny deeplabv3plus_resnet50
-    deeplabv3plus_resnet34 unet_resnet34 unet_efficientnet_b0 deeplabv3_resnet50
+all_names=(efficientnet_lite0 resnet50 mobilenet_v2 mobilenet_v3_large densenet121 efficientnet_b0
+    efficientnet_v2_s vit_base_patch16_224 deit_small_patch16_224 convnext_tiny deeplabv3plus_resnet50
+    deeplabv3plus_resnet34 unet_resnet34 unet_efficientnet_b0 fpn_resnet34 deeplabv3_resnet50
     lraspp_mobilenet_v3_large segformer_b0 segformer_b2 yolov8n yolov8s yolo11n yolo11s)
 only="" rounds=3 iterations=20 iterations_large=8 wick="" json=""
 while [[ $# -gt 0 ]]; do

