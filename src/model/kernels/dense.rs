@@ -381,6 +381,65 @@ impl<'a> Rows<'a> {
     }
 }
 
+impl Rows<'_> {
+    /// Writes the windows of output rows `m0..m0 + slots.len()` to `dst`, each as one row of
+    /// `taps * c` values (tap-major, as the weight rows), and points `slots` at those rows.
+    /// Rows past the end are zeros.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `slots.len() * taps * c + S::LANES` values; each
+    /// window's copies spill up to a vector past its end, into the next window's space.
+    #[inline(always)]
+    unsafe fn gather_windows<S: Simd>(&self, m0: usize, slots: &mut [*const f32], dst: *mut f32) {
+        let (kh, kw) = self.geometry.kernel;
+        let (sh, sw) = self.geometry.stride;
+        let (dh, dw) = self.geometry.dilation;
+        let Nhwc { h, w, c, .. } = self.shape;
+        let (out_w, plane) = (self.res.out_w, self.res.out_h * self.res.out_w);
+        let width = kh * kw * c;
+        let count = self.count();
+        let (mut n, rem) = (m0 / plane, m0 % plane);
+        let (mut oy, mut ox) = (rem / out_w, rem % out_w);
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let row = dst.add(i * width);
+            *slot = row;
+            if m0 + i >= count {
+                zero_over::<S>(row, width);
+                continue;
+            }
+            let x0 = (ox * sw) as isize - self.res.pad_left as isize;
+            for ky in 0..kh {
+                let out = row.add(ky * kw * c);
+                let iy = (oy * sh + ky * dh).wrapping_sub(self.res.pad_top);
+                if iy >= h {
+                    zero_over::<S>(out, kw * c);
+                    continue;
+                }
+                let line = self.input.as_ptr().add((n * h + iy) * w * c);
+                if dw == 1 && x0 >= 0 && x0 as usize + kw <= w {
+                    copy_over::<S>(line.add(x0 as usize * c), out, kw * c);
+                    continue;
+                }
+                for kx in 0..kw {
+                    let ix = x0 + (kx * dw) as isize;
+                    if (0..w as isize).contains(&ix) {
+                        copy_over::<S>(line.add(ix as usize * c), out.add(kx * c), c);
+                    } else {
+                        zero_over::<S>(out.add(kx * c), c);
+                    }
+                }
+            }
+            ox += 1;
+            if ox == out_w {
+                (ox, oy) = (0, oy + 1);
+                if oy == self.res.out_h {
+                    (oy, n) = (0, n + 1);
+                }
+            }
+        }
+    }
+}
+
 /// Where the product goes and what happens to it on the way.
 pub(crate) struct Target<'a> {
     /// First output channel of the first row; rows are `row_stride` apart and may be
@@ -579,11 +638,19 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
     finish: Finish,
 ) {
     let taps = rows.taps();
-    let c = rows.shape.c;
     let m = rows.count();
     let n = weights.n;
     let nr = NV * S::LANES;
-    let blocks = reduction_blocks(taps, c, nr);
+    // A window over few channels (the RGB stem) is gathered into one row of `taps * c`
+    // values per pixel: the reduction then runs as one tap, not `taps` loops of three steps
+    // each behind their own pointer loads (the weight rows are in the same tap-major order).
+    let gather = taps > 1 && rows.shape.c < GATHER_BELOW_CHANNELS && rows.parts.is_empty();
+    let (gathered_taps, c) = if gather {
+        (1, taps * rows.shape.c)
+    } else {
+        (taps, rows.shape.c)
+    };
+    let blocks = reduction_blocks(gathered_taps, c, nr);
     let block_k = blocks
         .iter()
         .map(|b| (b.taps.1 - b.taps.0) * (b.channels.1 - b.channels.0))
@@ -591,12 +658,23 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
         .unwrap_or(1);
     let group = tiles_per_group(block_k, MR);
     let mut pointers = vec![std::ptr::null::<f32>(); group * taps * MR];
+    let mut patches = Vec::new();
+    if gather {
+        patches = PATCHES.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        // A vector of slack: the copies store whole vectors past a window's end.
+        patches.resize(patches.len().max(group * MR * c + S::LANES), 0.0);
+    }
     let mut first = tiles.0;
     while first < tiles.1 {
         let last = (first + group).min(tiles.1);
         for tile in first..last {
             let slot = &mut pointers[(tile - first) * taps * MR..][..taps * MR];
-            rows.fill(tile * MR, MR, slot);
+            if gather {
+                let at = patches[(tile - first) * MR * c..].as_mut_ptr();
+                rows.gather_windows::<S>(tile * MR, &mut slot[..MR], at);
+            } else {
+                rows.fill(tile * MR, MR, slot);
+            }
         }
         for (bi, block) in blocks.iter().enumerate() {
             let pass = Pass {
@@ -610,7 +688,7 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
                 let b = weights.panel(p, block.taps.0 * c + block.channels.0);
                 for t in first..last {
                     let m0 = t * MR;
-                    let tap_rows = &pointers[(t - first) * taps * MR..][..taps * MR];
+                    let tap_rows = &pointers[(t - first) * taps * MR..][..gathered_taps * MR];
                     let tap_rows = &tap_rows[block.taps.0 * MR..block.taps.1 * MR];
                     let epilogue = Epilogue {
                         out: out.0.add(m0 * target.row_stride + col0),
@@ -628,6 +706,41 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
         }
         first = last;
     }
+    if gather {
+        PATCHES.with(|p| *p.borrow_mut() = patches);
+    }
+}
+
+/// Convolutions over fewer input channels than this gather their windows (see [`block`]).
+const GATHER_BELOW_CHANNELS: usize = 8;
+
+/// Copies `len` values from `src` to `dst` a vector at a time. Stores whole vectors, so up to
+/// `S::LANES - 1` values past `dst + len` are overwritten; the reads stop at `src + len`.
+#[inline(always)]
+unsafe fn copy_over<S: Simd>(src: *const f32, dst: *mut f32, len: usize) {
+    let mut i = 0;
+    while i < len {
+        S::store(
+            dst.add(i),
+            S::load_partial(src.add(i), (len - i).min(S::LANES)),
+        );
+        i += S::LANES;
+    }
+}
+
+/// Zeros `len` values at `dst`, overwriting up to `S::LANES - 1` more as [`copy_over`].
+#[inline(always)]
+unsafe fn zero_over<S: Simd>(dst: *mut f32, len: usize) {
+    let mut i = 0;
+    while i < len {
+        S::store(dst.add(i), S::zero());
+        i += S::LANES;
+    }
+}
+
+thread_local! {
+    /// The gathered windows of one group of tiles, kept between calls.
+    static PATCHES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A part of the reduction: taps `taps.0..taps.1`, channels `channels.0..channels.1` of each.
@@ -875,17 +988,12 @@ mod tests {
 
     #[test]
     fn packed_convolutions_match_the_definition_over_tile_widths_and_geometries() {
-        let shape = Nhwc {
-            n: 2,
-            h: 9,
-            w: 7,
-            c: 5,
-        };
         let geometries = [
             ConvGeometry::square(1, 1, 0),
             ConvGeometry::square(3, 1, 1),
             ConvGeometry::square(3, 2, 1),
             ConvGeometry::square(5, 1, 2),
+            ConvGeometry::square(7, 2, 3),
             ConvGeometry {
                 kernel: (3, 3),
                 stride: (2, 2),
@@ -899,10 +1007,19 @@ mod tests {
                 padding: Padding::symmetric(2),
             },
         ];
-        // Output widths that pick every panel width and leave partial vectors and tiles.
-        for c_out in [1, 7, 16, 24, 40, 64, 100] {
-            for geometry in geometries {
-                check(shape, geometry, c_out, false, Activation::Relu6);
+        // Input channels that gather their windows (an RGB stem) and that do not; output
+        // widths that pick every panel width and leave partial vectors and tiles.
+        for c in [3, 5, 12] {
+            let shape = Nhwc {
+                n: 2,
+                h: 9,
+                w: 7,
+                c,
+            };
+            for c_out in [1, 7, 16, 24, 40, 64, 100] {
+                for geometry in geometries {
+                    check(shape, geometry, c_out, false, Activation::Relu6);
+                }
             }
         }
     }
