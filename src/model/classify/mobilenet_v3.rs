@@ -446,7 +446,10 @@ struct Classification {
 
 impl Backbone for Classification {
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let pooled = global_avg_pool(&self.trunk.forward(xs)?.high)?;
+        global_avg_pool(&self.trunk.forward(xs)?.high)
+    }
+
+    fn forward_pooled(&self, pooled: Tensor) -> candle_core::Result<Tensor> {
         hardswish(&self.pre_logits.forward(&pooled)?)
     }
 }

@@ -14,8 +14,17 @@ use crate::model::weights::Weights;
 
 /// A network without its classifier: normalised images in, pooled features out.
 pub trait Backbone: Send + Sync {
-    /// `(n, h, w, 3)` NHWC, normalised -> `(n, num_features)`.
+    /// `(n, h, w, 3)` NHWC, normalised -> `(n, num_features)`, or `(n, pooled)` when the
+    /// network has a [`Backbone::forward_pooled`] step.
     fn forward_features(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// `(n, pooled)` -> `(n, num_features)`: layers between the pooling and the classifier
+    /// (MobileNetV3's 960 -> 1280 hidden layer), run on the whole batch after the images'
+    /// [`Backbone::forward_features`] so their weights are read once per batch, not once per
+    /// image. None by default.
+    fn forward_pooled(&self, pooled: Tensor) -> candle_core::Result<Tensor> {
+        Ok(pooled)
+    }
 
     /// The checkpoint tensors that store a linear head `(classes, num_features)` trained on
     /// these features, for a checkpoint whose head is under `key`: `{key}.weight` and
@@ -55,10 +64,11 @@ impl Network {
             self.backbone
                 .forward_features(&to_nhwc(&xs.narrow(0, i, 1)?)?)
         });
-        match per_image {
-            Some(features) => features,
-            None => self.backbone.forward_features(&to_nhwc(xs)?),
-        }
+        let pooled = match per_image {
+            Some(features) => features?,
+            None => self.backbone.forward_features(&to_nhwc(xs)?)?,
+        };
+        self.backbone.forward_pooled(pooled)
     }
 
     /// The checkpoint tensors storing a new head `(classes, num_features)` (`wick train`):
