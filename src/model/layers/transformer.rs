@@ -3,7 +3,7 @@
 //!
 //! Tokens are contiguous `(n, tokens, channels)` tensors. Every linear layer is a 1x1
 //! convolution over a `(n, 1, tokens, channels)` view, so it runs through the packed dense
-//! kernel (`kernels/dense.rs`) with the residual add fused into its output pass; attention
+//! kernel (`kernels/dense/`) with the residual add fused into its output pass; attention
 //! reads its heads straight from the fused `qkv` rows (`super::attention`), and the layer norm
 //! is wick's vectorised kernel on the team (`kernels/layer_norm.rs`).
 // Based on https://github.com/huggingface/pytorch-image-models/blob/v1.0.31/timm/models/vision_transformer.py
