@@ -644,20 +644,19 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
     panels: (usize, usize),
     finish: Finish,
 ) {
-    let taps = rows.taps();
     let m = rows.count();
     let n = weights.n;
     let nr = NV * S::LANES;
     // A window over few channels (the RGB stem) is gathered into one row of `taps * c`
     // values per pixel: the reduction then runs as one tap, not `taps` loops of three steps
     // each behind their own pointer loads (the weight rows are in the same tap-major order).
-    let gather = taps > 1 && rows.shape.c < GATHER_BELOW_CHANNELS && rows.parts.is_empty();
-    let (gathered_taps, c) = if gather {
-        (1, taps * rows.shape.c)
+    let gather = rows.taps() > 1 && rows.shape.c < GATHER_BELOW_CHANNELS && rows.parts.is_empty();
+    let (taps, c) = if gather {
+        (1, rows.taps() * rows.shape.c)
     } else {
-        (taps, rows.shape.c)
+        (rows.taps(), rows.shape.c)
     };
-    let blocks = reduction_blocks(gathered_taps, c, nr);
+    let blocks = reduction_blocks(taps, c, nr);
     let block_k = blocks
         .iter()
         .map(|b| (b.taps.1 - b.taps.0) * (b.channels.1 - b.channels.0))
@@ -678,7 +677,7 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
             let slot = &mut pointers[(tile - first) * taps * MR..][..taps * MR];
             if gather {
                 let at = patches[(tile - first) * MR * c..].as_mut_ptr();
-                rows.gather_windows::<S>(tile * MR, &mut slot[..MR], at);
+                rows.gather_windows::<S>(tile * MR, slot, at);
             } else {
                 rows.fill(tile * MR, MR, slot);
             }
@@ -695,7 +694,7 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
                 let b = weights.panel(p, block.taps.0 * c + block.channels.0);
                 for t in first..last {
                     let m0 = t * MR;
-                    let tap_rows = &pointers[(t - first) * taps * MR..][..gathered_taps * MR];
+                    let tap_rows = &pointers[(t - first) * taps * MR..][..taps * MR];
                     let tap_rows = &tap_rows[block.taps.0 * MR..block.taps.1 * MR];
                     let epilogue = Epilogue {
                         out: out.0.add(m0 * target.row_stride + col0),
@@ -864,12 +863,10 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     // Straight-line over constant indices with a small body, for the same reason: if LLVM
     // does not unroll this loop fully, the accumulators are indexed at run time and live in
     // memory. The cheap activations are one clamp: [lo, hi].
-    let (lo, hi, in_registers) = match (e.residual, e.activation) {
-        _ if !pass.last => (f32::NEG_INFINITY, f32::INFINITY, true),
-        (None, Activation::Identity) => (f32::NEG_INFINITY, f32::INFINITY, true),
-        (None, Activation::Relu) => (0.0, f32::INFINITY, true),
-        (None, Activation::Relu6) => (0.0, 6.0, true),
-        _ => (f32::NEG_INFINITY, f32::INFINITY, false),
+    let (lo, hi, in_registers) = if pass.last {
+        e.clamp()
+    } else {
+        (f32::NEG_INFINITY, f32::INFINITY, true)
     };
     let (lo, hi) = (S::splat(lo), S::splat(hi));
     for r in 0..MR {
@@ -934,6 +931,20 @@ struct Epilogue {
     residual: Option<*const f32>,
     residual_stride: usize,
     activation: Activation,
+}
+
+impl Epilogue {
+    /// The clamp `[lo, hi]` applied to the sums in registers, and whether that is the whole
+    /// epilogue (else the residual and activation follow out of line, [`finish_rows`]).
+    #[inline(always)]
+    fn clamp(&self) -> (f32, f32, bool) {
+        match (self.residual, self.activation) {
+            (None, Activation::Identity) => (f32::NEG_INFINITY, f32::INFINITY, true),
+            (None, Activation::Relu) => (0.0, f32::INFINITY, true),
+            (None, Activation::Relu6) => (0.0, 6.0, true),
+            _ => (f32::NEG_INFINITY, f32::INFINITY, false),
+        }
+    }
 }
 
 mod row;

@@ -12,7 +12,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::super::simd::{Avx2, Avx512};
 use super::super::simd::{Isa, Simd};
-use super::super::{team, Activation, SendPtr};
+use super::super::{team, SendPtr};
 use super::{Epilogue, Finish, PackedWeights, Target};
 
 /// `target = activation(x * weights + bias (+ residual))` for the one row `x` (`k` values).
@@ -156,12 +156,7 @@ unsafe fn store<S: Simd, const NV: usize>(
     e: &Epilogue,
     finish: Finish,
 ) {
-    let (lo, hi, in_registers) = match (e.residual, e.activation) {
-        (None, Activation::Identity) => (f32::NEG_INFINITY, f32::INFINITY, true),
-        (None, Activation::Relu) => (0.0, f32::INFINITY, true),
-        (None, Activation::Relu6) => (0.0, 6.0, true),
-        _ => (f32::NEG_INFINITY, f32::INFINITY, false),
-    };
+    let (lo, hi, in_registers) = e.clamp();
     let (lo, hi) = (S::splat(lo), S::splat(hi));
     for v in 0..NV {
         let x = S::min(S::max(acc[v], lo), hi);
