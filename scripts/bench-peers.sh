@@ -7,6 +7,7 @@
 #
 # Usage: scripts/bench-peers.sh [--only NAME[,NAME...]] [--rounds R] [--iterations N]
 #                               [--iterations-large M] [--wick PATH] [--json OUT]
+#                               [--precision f32|bf16]
 #   --only               networks (default all): efficientnet_lite0 resnet50 mobilenet_v2
 #                        mobilenet_v3_large densenet121 efficientnet_b0 efficientnet_v2_s
 #                        vit_base_patch16_224 deit_small_patch16_224 convnext_tiny (224, batch
@@ -20,6 +21,8 @@
 #   --wick PATH          the wick binary (default: `cargo build --release`, honouring
 #                        CARGO_TARGET_DIR)
 #   --json OUT           also write every round's times and the header fields to OUT
+#   --precision P        wick's precision, `f32` (default) or `bf16` (`wick bench --precision`;
+#                        f32 where the CPU has no AVX512-BF16); ONNX Runtime always runs f32
 #
 # The first run creates a venv in ${WICK_CACHE_DIR:-~/.cache/wick}/peers-venv from PyPI
 # (scripts/peers/requirements*.txt; about 6 GB with torch's CUDA wheels) and exports the ONNX
@@ -41,7 +44,7 @@ all_names=(efficientnet_lite0 resnet50 mobilenet_v2 mobilenet_v3_large densenet1
     efficientnet_v2_s vit_base_patch16_224 deit_small_patch16_224 convnext_tiny deeplabv3plus_resnet50
     deeplabv3plus_resnet34 unet_resnet34 unet_efficientnet_b0 fpn_resnet34 deeplabv3_resnet50
     lraspp_mobilenet_v3_large segformer_b0 segformer_b2 yolov8n yolov8s yolo11n yolo11s)
-only="" rounds=3 iterations=20 iterations_large=8 wick="" json=""
+only="" rounds=3 iterations=20 iterations_large=8 wick="" json="" precision=f32
 while [[ $# -gt 0 ]]; do
     case $1 in
         --only) only=${2:?--only needs names}; shift 2 ;;
@@ -50,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         --iterations-large) iterations_large=${2:?--iterations-large needs a number}; shift 2 ;;
         --wick) wick=${2:?--wick needs a path}; shift 2 ;;
         --json) json=${2:?--json needs a path}; shift 2 ;;
+        --precision) precision=${2:?--precision needs f32 or bf16}; shift 2 ;;
         -h | --help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
     esac
@@ -85,6 +89,6 @@ wick=$(wick_binary "$wick")
 
 args=(--wick "$wick" --onnx-dir "$onnx_dir" --lite0-package "$lite0_package"
     --commit "$(wick_commit)" --only "$(IFS=,; echo "${names[*]}")" --rounds "$rounds"
-    --iterations "$iterations" --iterations-large "$iterations_large")
+    --iterations "$iterations" --iterations-large "$iterations_large" --precision "$precision")
 [[ -z $json ]] || args+=(--json "$json")
 "$venv_python" "$peers_dir/bench_peers.py" "${args[@]}"

@@ -15,6 +15,7 @@ use crate::cli::BenchArgs;
 use crate::model::classify::{self, BuildArgs, Network};
 use crate::model::layers::to_nhwc;
 use crate::model::package::{preprocess_config, Package, Task};
+use crate::model::precision;
 use crate::model::preprocess::{
     decode, jpeg_decoder_has_simd, preprocess, DecodeLimits, PreprocessConfig,
 };
@@ -68,6 +69,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "`--batch-sizes` must all be at least 1"
     );
     println!("threads: {}", rayon::current_num_threads());
+    let precision = precision::effective(args.precision);
+    println!("precision: {precision}");
+    // Every network below is built on this thread, so all of them are packed for it.
+    precision::while_loading(precision, || run_networks(args))
+}
+
+/// Loads and times the networks `args` names.
+fn run_networks(args: &BenchArgs) -> Result<ExitCode> {
     let is_detector = |name: &String| Detector::has_synthetic(name);
     let detectors: Vec<Detector> = match &args.model_dir {
         Some(dir) if Package::open(dir)?.config.task == Task::Detection => {

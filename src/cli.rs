@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::artifacts::ArtifactUri;
+use crate::model::Precision;
 
 /// wick: a SageMaker-compatible serving and training container for image models.
 #[derive(Debug, Parser)]
@@ -86,6 +87,10 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// `bf16`: dense convolutions multiply in bf16 (see `wick serve --precision`); default:
+    /// config.json's `precision`, else f32.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Request options in Custom-Attributes syntax, as `wick serve` reads them, e.g.
     /// `threshold=0.4;classes=cat,dog`, `format=sagemaker`, `mask_format=rle`, `output=overlay`.
     #[arg(long, default_value = "")]
@@ -132,6 +137,10 @@ pub struct BenchArgs {
     /// Timed iterations per configuration (after warm-up).
     #[arg(long, default_value_t = 30)]
     pub iterations: usize,
+    /// `bf16`: load every network with its dense convolutions in bf16 (see `wick serve
+    /// --precision`; f32 where the CPU has no AVX512-BF16); default f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// JPEG or PNG to time decoding + preprocessing on; default: a generated 1920x1080 JPEG.
     #[arg(long)]
     pub image: Option<PathBuf>,
@@ -222,6 +231,10 @@ pub struct ServeArgs {
     /// sends SIGKILL 30 s after SIGTERM).
     #[arg(long, env = "WICK_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+    /// `bf16`: dense convolutions multiply in bf16 and sum in f32 (CPUs with AVX512-BF16;
+    /// others run f32 and log why). Overrides config.json's `precision`; default f32.
+    #[arg(long, env = "WICK_PRECISION")]
+    pub precision: Option<Precision>,
     /// Seconds to receive a request's headers; also how long an idle keep-alive connection
     /// waits for its next request before it is closed.
     #[arg(long, env = "WICK_HEADER_READ_TIMEOUT_SECS", default_value_t = 60)]

@@ -38,7 +38,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         args.batch_size > 0,
         "`--batch-size` must be at least 1 (given: 0)"
     );
-    let model = Model::load(&args.model_dir).with_context(|| {
+    let model = Model::load(&args.model_dir, args.precision).with_context(|| {
         format!(
             "loading the model package in `{}`",
             args.model_dir.display()

@@ -75,7 +75,7 @@ class Failure(Exception):
 
 def wick_bench(args, net, batch, iterations):
     """Runs `wick bench` for one network and batch size; returns (median ms, threads)."""
-    cmd = [args.wick, "bench", "--iterations", str(iterations)]
+    cmd = [args.wick, "bench", "--iterations", str(iterations), "--precision", args.precision]
     if net.kind == "package":
         cmd += ["--model-dir", args.lite0_package, "--batch-sizes", str(batch)]
     elif net.kind == "synthetic":
@@ -87,6 +87,10 @@ def wick_bench(args, net, batch, iterations):
     if proc.returncode != 0:
         raise Failure(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stderr.strip()}")
     out = proc.stdout
+    precision = re.search(r"^precision: (\w+)$", out, re.M)
+    if precision and precision.group(1) != args.precision:
+        raise Failure(f"`{' '.join(cmd)}` ran in {precision.group(1)}, not {args.precision} "
+                      "(a CPU without AVX512-BF16 runs f32)")
     threads = re.search(r"^threads: (\d+)$", out, re.M)
     if not threads:
         raise Failure(f"`{' '.join(cmd)}` printed no `threads:` line:\n{out}")
@@ -225,10 +229,11 @@ def report(args, results, threads):
         "rounds": args.rounds,
         "iterations": args.iterations,
         "iterations_large": args.iterations_large,
+        "precision": args.precision,
     }
     print(f"wick bench vs ONNX Runtime, {meta['date']}; {meta['cpu']}, {meta['cores']} cores; "
           f"onnxruntime {meta['onnxruntime']} (CPU EP, {threads} intra-op threads, inter-op 1, "
-          f"ORT_ENABLE_ALL); wick {meta['wick_commit']} ({threads} threads); {args.rounds} "
+          f"ORT_ENABLE_ALL); wick {meta['wick_commit']} ({threads} threads, {args.precision}); {args.rounds} "
           f"interleaved rounds of {args.iterations} iterations ({args.iterations_large} at 512/640)")
     print()
     print("| network | input | batch | wick ms | ORT ms | wick / ORT | per-round wick / ORT |")
@@ -254,6 +259,8 @@ def main():
     ap.add_argument("--iterations", type=int, default=20, help="timed iterations at 224")
     ap.add_argument("--iterations-large", type=int, default=8, help="timed iterations at 512 and 640")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                    help="wick's precision (`wick bench --precision`); ONNX Runtime runs f32")
     args = ap.parse_args()
     if args.rounds < 1 or args.iterations < 1 or args.iterations_large < 1:
         ap.error("--rounds and the iteration counts must be at least 1")

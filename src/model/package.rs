@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::huggingface::{self, HfError};
+use super::precision::Precision;
 use super::preprocess::{Interpolation, PreprocessConfig, ResizeMode};
 use super::smp_config::{self, SmpConfigError};
 
@@ -180,6 +181,10 @@ pub(crate) struct PackageConfig {
     /// YOLOv8 detectors: the canvas an image is letterboxed onto.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) letterbox: Option<Letterbox>,
+    /// `bf16` runs the dense convolutions in bf16 where the CPU can (`model::precision`);
+    /// default f32. A serve or predict flag overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) precision: Option<Precision>,
     /// Other timm fields (`num_features`, `global_pool`, ...), kept on rewrite.
     #[serde(flatten)]
     pub(crate) extra: BTreeMap<String, serde_json::Value>,

@@ -12,6 +12,7 @@ use super::detect::detector::{Detector, Letterboxed};
 use super::error::ModelError;
 use super::output::{DetectOptions, Output, ScoreFunction};
 use super::package::{Package, Task};
+use super::precision::{self, Precision};
 use super::preprocess::{preprocess, to_batch};
 use super::segment::segmenter::Segmenter;
 use super::segment::streamed::StreamedImage;
@@ -69,14 +70,20 @@ pub enum Model {
 }
 
 impl Model {
-    /// Loads the package in `dir`, choosing the network by its `config.json` `task`.
-    pub(crate) fn load(dir: &Path) -> Result<Self, ModelError> {
-        let task = Package::open(dir)?.config.task;
-        match task {
+    /// Loads the package in `dir`, choosing the network by its `config.json` `task`, its
+    /// dense layers in `precision` if given, else in `config.json`'s `precision` (default f32).
+    pub(crate) fn load(dir: &Path, precision: Option<Precision>) -> Result<Self, ModelError> {
+        let config = Package::open(dir)?.config;
+        let requested = precision.or(config.precision).unwrap_or_default();
+        let effective = precision::effective(requested);
+        if effective != Precision::F32 {
+            tracing::info!(precision = %effective, "dense convolutions multiply in bf16, sum in f32");
+        }
+        precision::while_loading(effective, || match config.task {
             Task::Classification => Ok(Model::Classifier(Classifier::load(dir)?)),
             Task::Segmentation => Ok(Model::Segmenter(Segmenter::load(dir)?)),
             Task::Detection => Ok(Model::Detector(Detector::load(dir)?)),
-        }
+        })
     }
 
     /// What the model does.

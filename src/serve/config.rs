@@ -1,6 +1,7 @@
 //! `ServeConfig`: the validated, resolved settings of `wick serve`, from the command line and
 //! SageMaker's environment variables (aliases and batch-mode defaults applied here, once).
 
+use crate::model::Precision;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -70,6 +71,8 @@ pub struct ServeConfig {
     pub(crate) body_read_timeout: Duration,
     /// Largest request line plus headers.
     pub(crate) max_header_bytes: usize,
+    /// The dense convolutions' number format, over `config.json`'s (`model::precision`).
+    pub(crate) precision: Option<Precision>,
     /// Whether each request prints a CloudWatch embedded-metric-format line.
     pub(crate) emf: bool,
     /// Test-only slow-model fault injection.
@@ -221,6 +224,7 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
             body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
             max_header_bytes: args.max_header_bytes,
+            precision: args.precision,
             emf,
             fault_inference_delay: args.fault_inference_delay_ms.map(Duration::from_millis),
             fault_worker_exit_after: args.fault_worker_exit_after,

@@ -145,7 +145,7 @@ async fn fetch_and_load(
 /// Loads the package, runs one inference through the real path, starts the engine.
 fn load_and_warm(state: &AppState, model_dir: &std::path::Path) -> Result<()> {
     let started = Instant::now();
-    let model = Model::load(model_dir)
+    let model = Model::load(model_dir, state.config().precision)
         .with_context(|| format!("loading the model package in `{}`", model_dir.display()))?;
     let load_time = started.elapsed();
     let started = Instant::now();

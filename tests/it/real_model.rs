@@ -149,3 +149,72 @@ fn convert_writes_a_safetensors_package_that_predicts_the_same() -> Result<()> {
     assert!(String::from_utf8(again.stderr)?.contains("already holds a config.json"));
     Ok(())
 }
+
+/// `"precision": "bf16"` in config.json: the real EfficientNet-Lite0 keeps PyTorch's top-1 on
+/// every photo with its probability within 0.05 (f32 holds 0.03 in the test above). Without
+/// AVX512-BF16 the package still loads, in f32, and says why on stderr.
+#[test]
+fn a_bf16_package_keeps_pytorchs_top1_on_the_photos() -> Result<()> {
+    let package = lite0_package()?;
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(&package)? {
+        let path = entry?.path();
+        std::os::unix::fs::symlink(&path, dir.path().join(path.file_name().unwrap_or_default()))?;
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(package.join("config.json"))?)?;
+    config["precision"] = "bf16".into();
+    std::fs::remove_file(&config_path)?;
+    std::fs::write(&config_path, serde_json::to_string(&config)?)?;
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference_top5.json"))?)?;
+    let photos = ["chelsea.png", "chelsea.jpg", "coffee.png", "coffee.jpg"];
+    let mut args = vec![
+        OsStr::new("predict"),
+        OsStr::new("--model-dir"),
+        dir.path().as_os_str(),
+    ];
+    let paths: Vec<_> = photos.iter().map(|name| fixture(name)).collect();
+    args.extend(paths.iter().map(|p| p.as_os_str()));
+    let out = wick(&args)?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    if !wick::model::precision::bf16_supported() {
+        assert!(stderr.contains("no AVX512-BF16"), "{stderr}");
+    }
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), photos.len());
+    for (name, line) in photos.iter().zip(&lines) {
+        let want = &reference.images[*name].top5[0];
+        let got = &line["predictions"][0];
+        assert_eq!(got["label"], want.label.as_str(), "{name}: top-1 in bf16");
+        let score = got["score"].as_f64().unwrap_or_default() as f32;
+        assert!(
+            (score - want.probability).abs() < 0.05,
+            "{name}: {score} vs PyTorch {}",
+            want.probability
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_unknown_precision_is_refused_by_name() -> Result<()> {
+    let out = wick(&[
+        OsStr::new("predict"),
+        OsStr::new("--precision"),
+        OsStr::new("fp16"),
+        fixture("chelsea.jpg").as_os_str(),
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(
+        stderr.contains("`fp16`") && stderr.contains("bf16"),
+        "{stderr}"
+    );
+    Ok(())
+}

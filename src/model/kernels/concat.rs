@@ -53,9 +53,24 @@ mod tests {
     use crate::model::kernels::{pseudo_random, Activation, ConvGeometry, PackedWeights};
 
     /// Parts read in place, one of them a channel slice of a wider map, give what the
-    /// convolution of the concatenated copy gives.
+    /// convolution of the concatenated copy gives, in f32 and in bf16.
     #[test]
     fn concatenated_parts_convolve_like_their_copy() {
+        let f32_out = concat_against_copy(false);
+        if crate::model::kernels::bf16_supported() {
+            let bf16_out = concat_against_copy(true);
+            assert!(
+                f32_out
+                    .iter()
+                    .zip(&bf16_out)
+                    .any(|(a, b)| (a - b).abs() > 1e-4),
+                "the bf16 run rounded its operands"
+            );
+        }
+    }
+
+    /// The parts' output, after checking it against the copy's.
+    fn concat_against_copy(bf16: bool) -> Vec<f32> {
         let (n, h, w, c, c_out) = (2, 5, 7, 12, 40);
         let pixels = n * h * w;
         let wide = pseudo_random(pixels * 2 * c, 1);
@@ -63,7 +78,13 @@ mod tests {
         let weight = pseudo_random(3 * c * c_out, 3);
         let bias = pseudo_random(c_out, 4);
         let geometry = ConvGeometry::square(1, 1, 0);
-        let packed = PackedWeights::pack(3 * c, c_out, &weight);
+        let packed = PackedWeights::pack(3 * c, c_out, &weight).map(|p| {
+            if bf16 {
+                p.with_bf16(&weight)
+            } else {
+                p
+            }
+        });
         let params = DenseParams {
             geometry: &geometry,
             weight: &weight,
@@ -97,7 +118,11 @@ mod tests {
         let got = dense_conv_concat_new(&parts, shape, &params);
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "bf16 {bf16}: {g} vs {w}"
+            );
         }
+        got
     }
 }

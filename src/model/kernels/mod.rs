@@ -31,8 +31,8 @@ pub(crate) use conv::dense_conv_new;
 pub use conv::{
     dense_conv, scale_shift_act, ChannelAffine, ConvGeometry, ConvOutput, DenseParams, Padding,
 };
-pub(crate) use dense::PackedWeights;
 pub(crate) use dense::Part;
+pub(crate) use dense::{bf16_supported, PackedWeights};
 pub(crate) use depthwise::depthwise_conv_new;
 pub use depthwise::{depthwise_conv, DepthwiseParams};
 pub(crate) use expand_depthwise::{expand_depthwise_new, Projection};

@@ -14,6 +14,7 @@ use super::kernels::{
     self, dense_conv, dense_conv_new, depthwise_conv_new, Activation, ConvGeometry, ConvOutput,
     DenseParams, DepthwiseParams, Nhwc, PackedWeights, Padding,
 };
+use super::precision::{self, Precision};
 use super::weights::Weights;
 
 pub(crate) mod attention;
@@ -230,7 +231,10 @@ impl Conv {
         activation: Activation,
     ) -> Self {
         let (k, c_out) = (weight.len() / bias.len().max(1), bias.len());
-        let packed = PackedWeights::pack(k, c_out, &weight).map(Box::new);
+        let bf16 = precision::packing() == Precision::Bf16 && c_in.is_multiple_of(2);
+        let packed = PackedWeights::pack(k, c_out, &weight)
+            .map(|p| if bf16 { p.with_bf16(&weight) } else { p })
+            .map(Box::new);
         Conv {
             geometry,
             kind: ConvKind::Dense,

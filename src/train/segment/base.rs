@@ -223,6 +223,7 @@ impl BaseModel {
                 multi_label: false,
                 darknet_cfg: None,
                 letterbox: None,
+                precision: None,
                 extra: Default::default(),
             }
         };

@@ -13,7 +13,7 @@
 //! uninitialised.
 //!
 //! The tile is `MR` pixels x `nv` vectors of output channels, kept in registers over the whole
-//! reduction; the widths per instruction set are in [`Shape`]. Work is split over the
+//! reduction; the widths per instruction set are in [`packed::Shape`]. Work is split over the
 //! [`team`](super::team): by pixel rows when there are many, by column panels when a layer has
 //! few pixels (7x7 maps). Measured in `docs/performance.md`.
 
@@ -25,423 +25,13 @@
     clippy::needless_range_loop
 )]
 
-use super::conv::Resolved;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Simd};
-use super::winograd::Filters;
 use super::{team, Activation, ConvGeometry, Nhwc, SendPtr};
-use std::sync::OnceLock;
-
-/// 64 bytes of weights: packed panels start on a cache line.
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-impl std::fmt::Debug for PackedWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedWeights")
-            .field("k", &self.k)
-            .field("n", &self.n)
-            .field("shape", &self.shape)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A `k x n` weight matrix in column panels of `nr = nv * lanes` values, each panel `k`
-/// contiguous rows of `nr`, zero past column `n`.
-pub(crate) struct PackedWeights {
-    k: usize,
-    n: usize,
-    shape: Shape,
-    lines: Vec<Line>,
-    /// How a 3x3 layer runs [`winograd`](super::winograd), decided on its first Winograd
-    /// call: its transformed filters are 4x the size of these, and only layers with large
-    /// maps use them.
-    winograd: OnceLock<Filters>,
-}
-
-/// Register tile of one kernel instantiation: `mr` output pixels x `nv` vectors of channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Shape {
-    isa: Isa,
-    lanes: usize,
-    nv: usize,
-    mr: usize,
-}
-
-impl Shape {
-    /// The tile for `n` output channels: the panel width that wastes the fewest padded
-    /// columns, preferring wider panels (fewer loads per multiply-add) on a tie.
-    fn choose(isa: Isa, n: usize) -> Shape {
-        let (lanes, widths): (usize, &[(usize, usize)]) = match isa {
-            // (nv, mr): 24-28 accumulators of 32 registers; 16 lanes.
-            Isa::Avx512 => (16, &[(4, 6), (3, 8), (2, 8), (1, 8)]),
-            // 12 accumulators of 16 registers, one for the broadcast; 8 lanes.
-            _ => (8, &[(3, 4), (2, 6), (1, 8)]),
-        };
-        let waste = |nv: usize| n.div_ceil(nv * lanes) * nv * lanes - n;
-        let &(nv, mr) = widths
-            .iter()
-            .min_by_key(|(nv, _)| waste(*nv))
-            .expect("at least one width");
-        Shape { isa, lanes, nv, mr }
-    }
-
-    fn nr(&self) -> usize {
-        self.nv * self.lanes
-    }
-}
-
-impl PackedWeights {
-    /// Packs a row-major `k x n` matrix for this CPU, or `None` where no vector kernel runs
-    /// (the caller keeps its portable path).
-    pub(crate) fn pack(k: usize, n: usize, weight: &[f32]) -> Option<Self> {
-        let mut packed = Self::zeroed(k, n)?;
-        assert_eq!(weight.len(), k * n, "weight is k x n");
-        let nr = packed.shape.nr();
-        let flat: &mut [f32] = bytemuck_lines(&mut packed.lines);
-        for p in 0..n.div_ceil(nr) {
-            let cols = (n - p * nr).min(nr);
-            for row in 0..k {
-                let dst = &mut flat[(p * k + row) * nr..][..cols];
-                dst.copy_from_slice(&weight[row * n + p * nr..][..cols]);
-            }
-        }
-        Some(packed)
-    }
-
-    /// A `k x n` matrix of zeros packed for this CPU, to be filled through [`Self::as_mut_ptr`];
-    /// `None` as [`Self::pack`].
-    pub(crate) fn zeroed(k: usize, n: usize) -> Option<Self> {
-        let isa = Isa::detect();
-        if isa == Isa::Portable || k == 0 || n == 0 {
-            return None;
-        }
-        let shape = Shape::choose(isa, n);
-        let nr = shape.nr();
-        let lines = vec![Line::default(); (n.div_ceil(nr) * k * nr).div_ceil(16)];
-        Some(PackedWeights {
-            k,
-            n,
-            shape,
-            lines,
-            winograd: OnceLock::new(),
-        })
-    }
-
-    /// Columns per panel: from [`Self::offset`]`(row, col)` on, the values of row `row` run
-    /// contiguously to the panel's end (zeros past column `n`).
-    pub(crate) fn panel_width(&self) -> usize {
-        self.shape.nr()
-    }
-
-    /// Where value `(row, col)` lies, from [`Self::as_ptr`]. Row `row + r` of the same
-    /// column lies `r * panel_width()` further.
-    pub(crate) fn offset(&self, row: usize, col: usize) -> usize {
-        assert!(
-            row < self.k && col < self.n,
-            "({row}, {col}) in a {}x{}",
-            self.k,
-            self.n
-        );
-        let nr = self.shape.nr();
-        ((col / nr) * self.k + row) * nr + col % nr
-    }
-
-    /// The packed values (panels, each `k` rows of [`Self::panel_width`]).
-    pub(crate) fn as_ptr(&self) -> *const f32 {
-        bytemuck_lines_ref(&self.lines).as_ptr()
-    }
-
-    /// The packed values, to fill a [`Self::zeroed`] matrix.
-    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
-        bytemuck_lines(&mut self.lines).as_mut_ptr()
-    }
-
-    /// A copy whose reduction row `r` is multiplied by `factors[r % factors.len()]`: with one
-    /// factor per input channel, the weights of `conv(x * gate)` (row `r` of every tap reads
-    /// channel `r % c_in`). Cheaper than gating the map when `k x n` is smaller than it.
-    pub(crate) fn scale_rows(&self, factors: &[f32]) -> PackedWeights {
-        assert!(
-            !factors.is_empty() && self.k.is_multiple_of(factors.len()),
-            "one factor per input channel"
-        );
-        let nr = self.shape.nr();
-        let mut lines = self.lines.clone();
-        let flat = bytemuck_lines(&mut lines);
-        for p in 0..self.panels() {
-            let panel = &mut flat[p * self.k * nr..][..self.k * nr];
-            for (row, values) in panel.chunks_exact_mut(nr).enumerate() {
-                let factor = factors[row % factors.len()];
-                values.iter_mut().for_each(|v| *v *= factor);
-            }
-        }
-        PackedWeights {
-            k: self.k,
-            n: self.n,
-            shape: self.shape,
-            lines,
-            winograd: OnceLock::new(),
-        }
-    }
-
-    /// The instruction set these weights were packed for.
-    pub(crate) fn isa(&self) -> Isa {
-        self.shape.isa
-    }
-
-    /// These weights as the 3x3 filters over `c_in` channels they are, for Winograd: kept in
-    /// its transform domain or made per call (decided on the first call, see
-    /// [`Filters::new`]); `None` when they are not a 3x3 layer's over `c_in` channels.
-    pub(crate) fn winograd(&self, c_in: usize) -> Option<&Filters> {
-        if self.k != 9 * c_in {
-            return None;
-        }
-        Some(self.winograd.get_or_init(|| Filters::new(self, c_in)))
-    }
-
-    /// Reduction length and output channels: the matrix is `k x n`.
-    pub(crate) fn dims(&self) -> (usize, usize) {
-        (self.k, self.n)
-    }
-
-    /// The row-major `k x n` matrix these were packed from.
-    pub(crate) fn unpack(&self) -> Vec<f32> {
-        let nr = self.shape.nr();
-        let flat = bytemuck_lines_ref(&self.lines);
-        let mut weight = vec![0.0; self.k * self.n];
-        for (row, values) in weight.chunks_exact_mut(self.n).enumerate() {
-            for (col, value) in values.iter_mut().enumerate() {
-                *value = flat[((col / nr) * self.k + row) * nr + col % nr];
-            }
-        }
-        weight
-    }
-
-    fn panels(&self) -> usize {
-        self.n.div_ceil(self.shape.nr())
-    }
-
-    /// Start of panel `p` at reduction row `k0`.
-    fn panel(&self, p: usize, k0: usize) -> *const f32 {
-        let flat: &[f32] = bytemuck_lines_ref(&self.lines);
-        flat[(p * self.k + k0) * self.shape.nr()..].as_ptr()
-    }
-}
-
-fn bytemuck_lines(lines: &mut [Line]) -> &mut [f32] {
-    // SAFETY: `Line` is `repr(C)` of 16 f32 with no padding (64 bytes, align 64).
-    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), lines.len() * 16) }
-}
-
-fn bytemuck_lines_ref(lines: &[Line]) -> &[f32] {
-    // SAFETY: as in `bytemuck_lines`.
-    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
-}
-
-/// The input of a convolution seen as the rows of the product: for output pixel `m` and tap
-/// `t` of the window, where its `c` channels start.
-pub(crate) struct Rows<'a> {
-    input: &'a [f32],
-    shape: Nhwc,
-    geometry: ConvGeometry,
-    res: Resolved,
-    /// `c` zeros: padding taps and pixels past the end read these.
-    zeros: Vec<f32>,
-    /// A 1x1 convolution over the channel concatenation of these maps, read where they lie:
-    /// "tap" `t` is part `t`, whose pixel `m` starts at `data[m * stride]` (`c` channels).
-    parts: Vec<Part<'a>>,
-}
-
-/// One map of a gathered 1x1 convolution's input (see [`Rows::gather`]).
-#[derive(Clone, Copy)]
-pub(crate) struct Part<'a> {
-    /// Pixel 0's first channel.
-    pub(crate) data: &'a [f32],
-    /// Distance between consecutive pixels (at least the part's channels).
-    pub(crate) stride: usize,
-}
-
-impl<'a> Rows<'a> {
-    /// `input` must hold `shape.len()` values and `res` be `geometry` resolved for it.
-    pub(crate) fn new(
-        input: &'a [f32],
-        shape: Nhwc,
-        geometry: ConvGeometry,
-        res: Resolved,
-    ) -> Self {
-        assert!(input.len() >= shape.len(), "input holds the whole shape");
-        Rows {
-            input,
-            shape,
-            geometry,
-            res,
-            zeros: vec![0.0; shape.c],
-            parts: Vec::new(),
-        }
-    }
-
-    /// The rows of a 1x1 convolution whose input is the concatenation of `parts` along the
-    /// channels, without writing it: each part holds `shape.c` channels of `shape`'s pixels
-    /// (the weight rows are part-major, as for the concatenated map).
-    pub(crate) fn gather(parts: Vec<Part<'a>>, shape: Nhwc) -> Self {
-        let pixels = shape.n * shape.h * shape.w;
-        for part in &parts {
-            assert!(part.stride >= shape.c, "parts' pixels do not overlap");
-            assert!(
-                pixels == 0 || part.data.len() >= (pixels - 1) * part.stride + shape.c,
-                "part holds every pixel"
-            );
-        }
-        let geometry = ConvGeometry::square(1, 1, 0);
-        let res = geometry
-            .resolve(shape.h, shape.w)
-            .expect("a 1x1 window fits any map");
-        Rows {
-            input: &[],
-            shape,
-            geometry,
-            res,
-            zeros: vec![0.0; shape.c],
-            parts,
-        }
-    }
-
-    fn taps(&self) -> usize {
-        if self.parts.is_empty() {
-            self.geometry.kernel.0 * self.geometry.kernel.1
-        } else {
-            self.parts.len()
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.shape.n * self.res.out_h * self.res.out_w
-    }
-
-    fn is_pointwise(&self) -> bool {
-        self.geometry.kernel == (1, 1)
-            && self.geometry.stride == (1, 1)
-            && self.res.pad_top == 0
-            && self.res.pad_left == 0
-            && self.res.out_h == self.shape.h
-            && self.res.out_w == self.shape.w
-    }
-
-    /// Fills `out[t * mr + i]` with the start of tap `t` for output row `m0 + i`.
-    fn fill(&self, m0: usize, mr: usize, out: &mut [*const f32]) {
-        let count = self.count();
-        let c = self.shape.c;
-        if !self.parts.is_empty() {
-            for (part, slots) in self.parts.iter().zip(out.chunks_exact_mut(mr)) {
-                for (i, p) in slots.iter_mut().enumerate() {
-                    let m = m0 + i;
-                    *p = if m < count {
-                        part.data[m * part.stride..].as_ptr()
-                    } else {
-                        self.zeros.as_ptr()
-                    };
-                }
-            }
-            return;
-        }
-        if self.is_pointwise() {
-            for (i, p) in out[..mr].iter_mut().enumerate() {
-                let m = m0 + i;
-                *p = if m < count {
-                    self.input[m * c..].as_ptr()
-                } else {
-                    self.zeros.as_ptr()
-                };
-            }
-            return;
-        }
-        let (kh, kw) = self.geometry.kernel;
-        let (sh, sw) = self.geometry.stride;
-        let (dh, dw) = self.geometry.dilation;
-        let plane = self.res.out_h * self.res.out_w;
-        for i in 0..mr {
-            let m = m0 + i;
-            let (n, rem) = (m / plane, m % plane);
-            let (oy, ox) = (rem / self.res.out_w, rem % self.res.out_w);
-            for ky in 0..kh {
-                let iy = (oy * sh + ky * dh).checked_sub(self.res.pad_top);
-                for kx in 0..kw {
-                    let ix = (ox * sw + kx * dw).checked_sub(self.res.pad_left);
-                    let slot = &mut out[(ky * kw + kx) * mr + i];
-                    *slot = match (iy, ix) {
-                        (Some(iy), Some(ix))
-                            if m < count && iy < self.shape.h && ix < self.shape.w =>
-                        {
-                            self.input[((n * self.shape.h + iy) * self.shape.w + ix) * c..].as_ptr()
-                        }
-                        _ => self.zeros.as_ptr(),
-                    };
-                }
-            }
-        }
-    }
-}
-
-impl Rows<'_> {
-    /// Writes the windows of output rows `m0..m0 + slots.len()` to `dst`, each as one row of
-    /// `taps * c` values (tap-major, as the weight rows), and points `slots` at those rows.
-    /// Rows past the end are zeros.
-    ///
-    /// # Safety
-    /// `dst` must be valid for writes of `slots.len() * taps * c + S::LANES` values; each
-    /// window's copies spill up to a vector past its end, into the next window's space.
-    #[inline(always)]
-    unsafe fn gather_windows<S: Simd>(&self, m0: usize, slots: &mut [*const f32], dst: *mut f32) {
-        let (kh, kw) = self.geometry.kernel;
-        let (sh, sw) = self.geometry.stride;
-        let (dh, dw) = self.geometry.dilation;
-        let Nhwc { h, w, c, .. } = self.shape;
-        let (out_w, plane) = (self.res.out_w, self.res.out_h * self.res.out_w);
-        let width = kh * kw * c;
-        let count = self.count();
-        let (mut n, rem) = (m0 / plane, m0 % plane);
-        let (mut oy, mut ox) = (rem / out_w, rem % out_w);
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let row = dst.add(i * width);
-            *slot = row;
-            if m0 + i >= count {
-                zero_over::<S>(row, width);
-                continue;
-            }
-            let x0 = (ox * sw) as isize - self.res.pad_left as isize;
-            for ky in 0..kh {
-                let out = row.add(ky * kw * c);
-                let iy = (oy * sh + ky * dh).wrapping_sub(self.res.pad_top);
-                if iy >= h {
-                    zero_over::<S>(out, kw * c);
-                    continue;
-                }
-                let line = self.input.as_ptr().add((n * h + iy) * w * c);
-                if dw == 1 && x0 >= 0 && x0 as usize + kw <= w {
-                    copy_over::<S>(line.add(x0 as usize * c), out, kw * c);
-                    continue;
-                }
-                for kx in 0..kw {
-                    let ix = x0 + (kx * dw) as isize;
-                    if (0..w as isize).contains(&ix) {
-                        copy_over::<S>(line.add(ix as usize * c), out.add(kx * c), c);
-                    } else {
-                        zero_over::<S>(out.add(kx * c), c);
-                    }
-                }
-            }
-            ox += 1;
-            if ox == out_w {
-                (ox, oy) = (0, oy + 1);
-                if oy == self.res.out_h {
-                    (oy, n) = (0, n + 1);
-                }
-            }
-        }
-    }
-}
+pub(crate) use bf16::is_supported as bf16_supported;
+pub(crate) use packed::PackedWeights;
+pub(crate) use rows::{Part, Rows};
 
 /// Where the product goes and what happens to it on the way.
 pub(crate) struct Target<'a> {
@@ -481,12 +71,29 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
             "residual too short"
         );
     }
-    let s = weights.shape;
     let m = rows.count();
     if m == 1 && rows.is_pointwise() && rows.parts.is_empty() {
         row::run(rows.input, weights, target);
         return;
     }
+    match weights.bf16.as_deref() {
+        Some(pairs) if rows.shape.c.is_multiple_of(2) => split(rows, pairs, target, Kernel::Pairs),
+        _ => split(rows, weights, target, Kernel::Values),
+    }
+}
+
+/// Which operands [`run_block`] multiplies: `weights` as f32, or as the bf16 pairs of
+/// [`bf16::pack_pairs`] (the input rounded as it is gathered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Values,
+    Pairs,
+}
+
+/// Splits the product over the team by rows or by column panels and runs each part.
+fn split(rows: &Rows<'_>, weights: &PackedWeights, target: &Target<'_>, kernel: Kernel) {
+    let s = weights.shape;
+    let m = rows.count();
     let tiles = m.div_ceil(s.mr);
     let panels = weights.panels();
     let threads = team::threads();
@@ -494,13 +101,13 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
     let out = SendPtr(target.data);
     // Below ~0.3 MFLOP a layer is faster on one core than with a hand-over.
     if threads == 1 || flops < 300_000 {
-        run_block(rows, weights, target, out, (0, tiles), (0, panels));
+        run_block(rows, weights, target, out, (0, tiles), (0, panels), kernel);
     } else if tiles >= 4 * threads {
         // By rows: 3 parts per thread lets a slowed core fall behind by a third of its share.
         let parts = (3 * threads).min(tiles);
         team::parallel_for(parts, |part| {
             let span = team::span(part, parts, tiles);
-            run_block(rows, weights, target, out, span, (0, panels));
+            run_block(rows, weights, target, out, span, (0, panels), kernel);
         });
     } else {
         let parts = panels.min(2 * threads);
@@ -508,12 +115,12 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
             let parts = tiles.min(threads);
             team::parallel_for(parts, |part| {
                 let span = team::span(part, parts, tiles);
-                run_block(rows, weights, target, out, span, (0, panels));
+                run_block(rows, weights, target, out, span, (0, panels), kernel);
             });
         } else {
             team::parallel_for(parts, |part| {
                 let span = team::span(part, parts, panels);
-                run_block(rows, weights, target, out, (0, tiles), span);
+                run_block(rows, weights, target, out, (0, tiles), span, kernel);
             });
         }
     }
@@ -521,6 +128,8 @@ pub(crate) unsafe fn run(rows: &Rows<'_>, weights: &PackedWeights, target: &Targ
 
 /// `out = a * weights` for a contiguous `m x k` matrix `a`, on the calling thread, `out`'s
 /// rows `n` apart: the Winograd products, inside a chunk of tiles a thread already owns.
+/// Always f32: rounding the transformed input and filters to bf16 put F(4x4, 3x3)'s output 7%
+/// of its range off the definition (its transforms amplify rounding ~100x; f32 holds 1e-5).
 ///
 /// # Safety
 /// `out` must be valid for writes of `m * weights.n` values and alias nothing read;
@@ -556,6 +165,7 @@ pub(crate) unsafe fn multiply_here(
         SendPtr(out),
         tiles,
         (0, weights.panels()),
+        Kernel::Values,
     );
 }
 
@@ -567,12 +177,24 @@ fn run_block(
     out: SendPtr,
     tiles: (usize, usize),
     panels: (usize, usize),
+    kernel: Kernel,
 ) {
     let s = weights.shape;
     // SAFETY (all arms): `PackedWeights::pack` chose the shape for the ISA `Isa::detect` saw
-    // on this CPU; the caller of `run` vouched for the buffers.
+    // on this CPU, and `bf16::pack_pairs` packs only where `bf16::is_supported`; the caller
+    // of `run` vouched for the buffers.
     #[cfg(target_arch = "x86_64")]
     unsafe {
+        if kernel == Kernel::Pairs {
+            match (s.nv, s.mr) {
+                (4, 6) => block_bf16::<6, 4>(rows, weights, target, out, tiles, panels),
+                (3, 8) => block_bf16::<8, 3>(rows, weights, target, out, tiles, panels),
+                (2, 8) => block_bf16::<8, 2>(rows, weights, target, out, tiles, panels),
+                (1, 8) => block_bf16::<8, 1>(rows, weights, target, out, tiles, panels),
+                other => unreachable!("no bf16 kernel for tile {other:?}"),
+            }
+            return;
+        }
         match (s.isa, s.nv, s.mr) {
             (Isa::Avx512, 4, 6) => block_avx512::<6, 4>(rows, weights, target, out, tiles, panels),
             (Isa::Avx512, 3, 8) => block_avx512::<8, 3>(rows, weights, target, out, tiles, panels),
@@ -586,7 +208,7 @@ fn run_block(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, target, out, tiles, panels, s);
+        let _ = (rows, target, out, tiles, panels, s, kernel);
         unreachable!("packed weights exist only on x86_64");
     }
 }
@@ -601,7 +223,28 @@ unsafe fn block_avx512<const MR: usize, const NV: usize>(
     tiles: (usize, usize),
     panels: (usize, usize),
 ) {
-    block::<Avx512, MR, NV>(
+    block::<Avx512, Values, MR, NV>(
+        rows,
+        weights,
+        target,
+        out,
+        tiles,
+        panels,
+        finish_rows_avx512,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block_bf16<const MR: usize, const NV: usize>(
+    rows: &Rows<'_>,
+    weights: &PackedWeights,
+    target: &Target<'_>,
+    out: SendPtr,
+    tiles: (usize, usize),
+    panels: (usize, usize),
+) {
+    block::<Avx512, bf16::Pairs, MR, NV>(
         rows,
         weights,
         target,
@@ -622,7 +265,7 @@ unsafe fn block_avx2<const MR: usize, const NV: usize>(
     tiles: (usize, usize),
     panels: (usize, usize),
 ) {
-    block::<Avx2, MR, NV>(rows, weights, target, out, tiles, panels, finish_rows_avx2)
+    block::<Avx2, Values, MR, NV>(rows, weights, target, out, tiles, panels, finish_rows_avx2)
 }
 
 /// Pixel tiles per group whose input rows for one reduction block (`k` values each) stay in
@@ -635,7 +278,7 @@ fn tiles_per_group(k: usize, mr: usize) -> usize {
 }
 
 #[inline(always)]
-unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn block<S: Simd, P: Operands<S>, const MR: usize, const NV: usize>(
     rows: &Rows<'_>,
     weights: &PackedWeights,
     target: &Target<'_>,
@@ -650,8 +293,12 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
     // A window over few channels (the RGB stem) is gathered into one row of `taps * c`
     // values per pixel: the reduction then runs as one tap, not `taps` loops of three steps
     // each behind their own pointer loads (the weight rows are in the same tap-major order).
-    let gather = rows.taps() > 1 && rows.shape.c < GATHER_BELOW_CHANNELS && rows.parts.is_empty();
-    let (taps, c) = if gather {
+    // bf16 pairs are always gathered: rounding happens there, a tile at a time.
+    let gather = P::PAIRS
+        || (rows.taps() > 1 && rows.shape.c < GATHER_BELOW_CHANNELS && rows.parts.is_empty());
+    let (taps, c) = if P::PAIRS {
+        (1, rows.taps() * rows.shape.c / 2)
+    } else if gather {
         (1, rows.taps() * rows.shape.c)
     } else {
         (rows.taps(), rows.shape.c)
@@ -677,7 +324,7 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
             let slot = &mut pointers[(tile - first) * taps * MR..][..taps * MR];
             if gather {
                 let at = patches[(tile - first) * MR * c..].as_mut_ptr();
-                rows.gather_windows::<S>(tile * MR, slot, at);
+                rows.gather_windows::<S, P>(tile * MR, slot, at);
             } else {
                 rows.fill(tile * MR, MR, slot);
             }
@@ -706,7 +353,7 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
                         residual_stride: n,
                         activation: target.activation,
                     };
-                    tile::<S, MR, NV>(tap_rows, b, &pass, &epilogue, finish);
+                    tile::<S, P, MR, NV>(tap_rows, b, &pass, &epilogue, finish);
                 }
             }
         }
@@ -720,27 +367,53 @@ unsafe fn block<S: Simd, const MR: usize, const NV: usize>(
 /// Convolutions over fewer input channels than this gather their windows (see [`block`]).
 const GATHER_BELOW_CHANNELS: usize = 8;
 
-/// Copies `len` values from `src` to `dst` a vector at a time. Stores whole vectors, so up to
-/// `S::LANES - 1` values past `dst + len` are overwritten; the reads stop at `src + len`.
-#[inline(always)]
-unsafe fn copy_over<S: Simd>(src: *const f32, dst: *mut f32, len: usize) {
-    let mut i = 0;
-    while i < len {
-        S::store(
-            dst.add(i),
-            S::load_partial(src.add(i), (len - i).min(S::LANES)),
-        );
-        i += S::LANES;
-    }
+/// What the tile multiplies: f32 values ([`Values`]) or bf16 pairs ([`bf16::Pairs`]), and how
+/// gathered windows are written for it.
+pub(super) trait Operands<S: Simd> {
+    /// Each 32-bit lane holds two bf16 values of consecutive reduction rows: the input is
+    /// always gathered (and rounded) per tile, and the words are half the values.
+    const PAIRS: bool;
+    /// `acc + x * b`, lane by lane (for pairs, both products of the lane added).
+    unsafe fn madd(x: S::V, b: S::V, acc: S::V) -> S::V;
+    /// Writes `len` values from `src` to `dst` as this kernel reads them, a vector at a time:
+    /// whole vectors are stored, so up to `S::LANES - 1` words past the end are overwritten;
+    /// reads stop at `src + len`.
+    unsafe fn copy_over(src: *const f32, dst: *mut f32, len: usize);
+    /// Writes `len` zero values, overwriting past the end as [`Self::copy_over`].
+    unsafe fn zero_over(dst: *mut f32, len: usize);
 }
 
-/// Zeros `len` values at `dst`, overwriting up to `S::LANES - 1` more as [`copy_over`].
-#[inline(always)]
-unsafe fn zero_over<S: Simd>(dst: *mut f32, len: usize) {
-    let mut i = 0;
-    while i < len {
-        S::store(dst.add(i), S::zero());
-        i += S::LANES;
+/// f32 values, one per lane: the default kernel.
+#[derive(Clone, Copy)]
+pub(super) struct Values;
+
+impl<S: Simd> Operands<S> for Values {
+    const PAIRS: bool = false;
+
+    #[inline(always)]
+    unsafe fn madd(x: S::V, b: S::V, acc: S::V) -> S::V {
+        S::fma(x, b, acc)
+    }
+
+    #[inline(always)]
+    unsafe fn copy_over(src: *const f32, dst: *mut f32, len: usize) {
+        let mut i = 0;
+        while i < len {
+            S::store(
+                dst.add(i),
+                S::load_partial(src.add(i), (len - i).min(S::LANES)),
+            );
+            i += S::LANES;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn zero_over(dst: *mut f32, len: usize) {
+        let mut i = 0;
+        while i < len {
+            S::store(dst.add(i), S::zero());
+            i += S::LANES;
+        }
     }
 }
 
@@ -810,7 +483,7 @@ struct Pass {
 /// One tile: the sums of `MR` pixels x `NV` vectors of channels over every tap and channel,
 /// kept in registers, then the epilogue and the store.
 #[inline(always)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn tile<S: Simd, P: Operands<S>, const MR: usize, const NV: usize>(
     tap_rows: &[*const f32],
     mut b: *const f32,
     pass: &Pass,
@@ -853,7 +526,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
             for r in 0..MR {
                 let x = S::splat(*a[r].add(k));
                 for v in 0..NV {
-                    acc[r][v] = S::fma(x, bv[v], acc[r][v]);
+                    acc[r][v] = P::madd(x, bv[v], acc[r][v]);
                 }
             }
             b = b.add(NV * S::LANES);
@@ -947,6 +620,9 @@ impl Epilogue {
     }
 }
 
+mod bf16;
+mod packed;
 mod row;
+mod rows;
 #[cfg(test)]
 mod tests;

@@ -193,3 +193,124 @@ fn reduction_blocks_cover_every_tap_and_channel_once() {
         assert!(seen.iter().all(|&n| n == 1), "taps {taps} c {c} nr {nr}");
     }
 }
+
+fn round_to_bf16(xs: &[f32]) -> Vec<f32> {
+    xs.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
+}
+
+/// The bf16 kernel against the f32 kernel on the same operands rounded to bf16: products of
+/// bf16 values are exact in f32, so the two differ only in the order of their sums. Unrounded
+/// operands differ from these by ~1e-3 of the sum: a kernel that rounded one side
+/// differently, paired the wrong rows or misplaced a tap's channels fails by far more than
+/// this tolerance.
+#[test]
+fn bf16_products_match_the_f32_kernel_on_rounded_operands() {
+    let cases = [
+        (
+            8,
+            ConvGeometry::square(1, 1, 0),
+            48,
+            false,
+            Activation::Relu,
+        ),
+        (
+            12,
+            ConvGeometry::square(3, 1, 1),
+            100,
+            true,
+            Activation::Silu,
+        ),
+        (
+            64,
+            ConvGeometry::square(3, 2, 1),
+            64,
+            false,
+            Activation::Identity,
+        ),
+        (
+            8,
+            ConvGeometry::square(7, 2, 3),
+            24,
+            false,
+            Activation::Relu,
+        ),
+        (
+            16,
+            ConvGeometry {
+                kernel: (3, 3),
+                stride: (1, 1),
+                dilation: (2, 2),
+                padding: Padding::symmetric(2),
+            },
+            40,
+            true,
+            Activation::Relu6,
+        ),
+        (
+            200,
+            ConvGeometry::square(1, 1, 0),
+            36,
+            true,
+            Activation::Identity,
+        ),
+    ];
+    for (i, (c, geometry, c_out, residual, act)) in cases.into_iter().enumerate() {
+        let shape = Nhwc {
+            n: 2,
+            h: 9,
+            w: 11,
+            c,
+        };
+        let layer = reference_layer(shape, &geometry, c_out, (residual, act), 11 + i as u32);
+        let k = geometry.kernel.0 * geometry.kernel.1 * c;
+        let rounded = round_to_bf16(&layer.weight);
+        let Some(f32_packed) = PackedWeights::pack(k, c_out, &rounded) else {
+            return; // no vector unit
+        };
+        let packed = PackedWeights::pack(k, c_out, &layer.weight)
+            .expect("packs")
+            .with_bf16(&layer.weight);
+        if !bf16_supported() {
+            assert!(!packed.is_bf16(), "no bf16 copy without AVX512-BF16");
+            return;
+        }
+        assert!(packed.is_bf16());
+        let run = |input: &[f32], weights: &PackedWeights| {
+            let params = DenseParams {
+                geometry: &geometry,
+                weight: &[],
+                bias: &layer.bias,
+                activation: act,
+                packed: Some(weights),
+            };
+            let mut out = vec![f32::NAN; layer.rows * c_out];
+            dense_conv(
+                input,
+                shape,
+                &params,
+                ConvOutput {
+                    data: &mut out,
+                    row_stride: c_out,
+                    residual: residual.then_some(&layer.residual[..]),
+                },
+            );
+            out
+        };
+        let got = run(&layer.input, &packed);
+        let want = run(&round_to_bf16(&layer.input), &f32_packed);
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * k as f32 + 1e-5,
+                "case {i}: value {j}: bf16 kernel {g} vs f32 on rounded operands {w}"
+            );
+        }
+        // And the rounding is real: f32 on the unrounded operands differs.
+        let exact = run(
+            &layer.input,
+            &PackedWeights::pack(k, c_out, &layer.weight).unwrap(),
+        );
+        assert!(got.iter().zip(&exact).any(|(g, e)| (g - e).abs() > 1e-4));
+    }
+}
