@@ -6,11 +6,12 @@
 //! one pointer per pixel into the input (or into a row of zeros where the window leaves the
 //! image) and broadcasts from there ("indirect convolution"). Only windows over fewer than 8
 //! channels (RGB stems) are gathered, a tile at a time, so their reduction is not 9 or 49 taps
-//! of three steps each. One output row has its own kernel ([`row`]). The weights are laid out
-//! once, at load, in panels of `nv` vectors of columns, so the inner loop reads them
-//! contiguously; the `gemm` crate re-packed them on every call. Bias, a residual and the
-//! activation are applied to the accumulators before the single store, so outputs may start
-//! uninitialised.
+//! of three steps each. One output row has its own kernel ([`row`]). A layer loaded in bf16
+//! runs the same tile on bf16 pairs ([`bf16`]), its windows always gathered and rounded. The
+//! weights are laid out once, at load, in panels of `nv` vectors of columns, so the inner loop
+//! reads them contiguously; the `gemm` crate re-packed them on every call. Bias, a residual
+//! and the activation are applied to the accumulators before the single store, so outputs may
+//! start uninitialised.
 //!
 //! The tile is `MR` pixels x `nv` vectors of output channels, kept in registers over the whole
 //! reduction; the widths per instruction set are in [`packed::Shape`]. Work is split over the
