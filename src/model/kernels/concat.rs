@@ -80,7 +80,7 @@ mod tests {
         let geometry = ConvGeometry::square(1, 1, 0);
         let packed = PackedWeights::pack(3 * c, c_out, &weight).map(|p| {
             if bf16 {
-                p.with_bf16(&weight)
+                p.with_bf16(&weight, 3 * c)
             } else {
                 p
             }

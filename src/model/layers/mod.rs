@@ -231,9 +231,9 @@ impl Conv {
         activation: Activation,
     ) -> Self {
         let (k, c_out) = (weight.len() / bias.len().max(1), bias.len());
-        let bf16 = precision::packing() == Precision::Bf16 && c_in.is_multiple_of(2);
+        let bf16 = precision::packing() == Precision::Bf16;
         let packed = PackedWeights::pack(k, c_out, &weight)
-            .map(|p| if bf16 { p.with_bf16(&weight) } else { p })
+            .map(|p| if bf16 { p.with_bf16(&weight, c_in) } else { p })
             .map(Box::new);
         Conv {
             geometry,

@@ -164,11 +164,14 @@ impl PackedWeights {
         }
     }
 
-    /// Adds the bf16 copy of `weight` (the row-major matrix these were packed from), for
-    /// products with more than one output row; unchanged where `k` is odd or this CPU has no
-    /// bf16 kernel.
-    pub(crate) fn with_bf16(mut self, weight: &[f32]) -> Self {
-        self.bf16 = super::bf16::pack_pairs(self.k, self.n, weight).map(Box::new);
+    /// Adds the bf16 copy of `weight` (the row-major matrix these were packed from, a window
+    /// over `c_in` channels), for products with more than one output row; unchanged where
+    /// `c_in` is odd (a pair of rows would straddle two taps, and the kernel would never read
+    /// the copy) or this CPU has no bf16 kernel.
+    pub(crate) fn with_bf16(mut self, weight: &[f32], c_in: usize) -> Self {
+        if c_in.is_multiple_of(2) {
+            self.bf16 = super::bf16::pack_pairs(self.k, self.n, weight).map(Box::new);
+        }
         self
     }
 

@@ -271,7 +271,7 @@ fn bf16_products_match_the_f32_kernel_on_rounded_operands() {
         };
         let packed = PackedWeights::pack(k, c_out, &layer.weight)
             .expect("packs")
-            .with_bf16(&layer.weight);
+            .with_bf16(&layer.weight, c);
         if !bf16_supported() {
             assert!(!packed.is_bf16(), "no bf16 copy without AVX512-BF16");
             return;
